@@ -1,0 +1,34 @@
+# sessionmesh — the two commands a newcomer needs are `make up` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install up test lint protos unit clean bench bench-smoke
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## virtualenv with everything, including etcd, etcdctl and grpcurl in .venv/bin
+
+protos: $(STAMP) ## regenerate protos/sessionmesh/v1/*_pb2*.py from the .proto files
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/sessionmesh/v1/*.proto
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint unit ## lint, then the whole suite (slow tests run in reduced form)
+
+up: $(STAMP) ## start a local mesh: etcd, simnet, two nodes, a gateway
+	$(BIN)/python -m deploy.local_mesh
+
+clean:
+	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,11 @@
+"""The sessionmesh.v1 API: generated messages and stubs, re-exported.
+
+Regenerate with ``make protos``; ``tests/test_protos_fresh.py`` fails when the
+committed stubs differ from what the .proto files generate.
+"""
+
+from protos.sessionmesh.v1 import session_pb2, session_pb2_grpc
+
+SESSION_SERVICE_NAME = session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
+
+__all__ = ["SESSION_SERVICE_NAME", "session_pb2", "session_pb2_grpc"]

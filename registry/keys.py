@@ -1,0 +1,68 @@
+"""The etcd key layout of a cluster. Only this module spells out key paths.
+
+::
+
+    /sessionmesh/<cluster>/nodes/<node_id>        NodeRecord JSON, under the node's lease
+    /sessionmesh/<cluster>/owners/<slot>          {"node_id"}, under the owner's lease
+    /sessionmesh/<cluster>/pins/<workspace>       node_id, no lease
+    /sessionmesh/<cluster>/pinned-owners/<ws>     like owners/, for a pinned workspace
+    /sessionmesh/<cluster>/catalog/<slot>/<ws>    no lease: the workspaces a slot holds
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CLUSTER = "default"
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    """Key builders for one cluster."""
+
+    cluster: str = DEFAULT_CLUSTER
+    """Name of the cluster; several clusters can share one etcd."""
+
+    @property
+    def root(self) -> bytes:
+        """Prefix of every key of this cluster."""
+        return f"/sessionmesh/{self.cluster}/".encode()
+
+    @property
+    def nodes_prefix(self) -> bytes:
+        """Prefix of the membership records."""
+        return self.root + b"nodes/"
+
+    def node(self, node_id: str) -> bytes:
+        """Key of one node's membership record."""
+        return self.nodes_prefix + node_id.encode()
+
+    def node_id_of(self, key: bytes) -> str:
+        """The node id named by a membership key."""
+        return key[len(self.nodes_prefix) :].decode()
+
+    @property
+    def owners_prefix(self) -> bytes:
+        """Prefix of the slot ownership keys."""
+        return self.root + b"owners/"
+
+    def owner(self, slot: int) -> bytes:
+        """Key of one slot's ownership record."""
+        return self.owners_prefix + str(slot).encode()
+
+    @property
+    def pins_prefix(self) -> bytes:
+        """Prefix of the operators' pins."""
+        return self.root + b"pins/"
+
+    def pin(self, workspace_id: str) -> bytes:
+        """Key of one workspace's pin."""
+        return self.pins_prefix + workspace_id.encode()
+
+    def catalog(self, slot: int, workspace_id: str) -> bytes:
+        """Key recording that ``slot`` holds ``workspace_id``."""
+        return self.root + f"catalog/{slot}/{workspace_id}".encode()
+
+    def catalog_prefix(self, slot: int) -> bytes:
+        """Prefix of the workspaces one slot holds."""
+        return self.root + f"catalog/{slot}/".encode()
