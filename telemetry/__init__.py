@@ -1,0 +1,1 @@
+"""Tracing, metrics and logging set-up shared by every process (entry points configure the SDK)."""
