@@ -1,0 +1,64 @@
+"""Who is where: etcd membership, the ring, the routing table, and the accounts database.
+
+``registry`` uses neither ``node`` nor ``gateway``; they use it.
+"""
+
+from registry.errors import (
+    AlreadyExists,
+    CapacityExhausted,
+    InvalidInput,
+    MeshError,
+    NotFound,
+    NotOwner,
+    Unavailable,
+    abort_with,
+    from_rpc_error,
+)
+from registry.ids import (
+    validate_id,
+    validate_labels,
+    validate_phone_number,
+    validate_recipient,
+    validate_text,
+)
+from registry.keys import ClusterKeys
+from registry.membership import (
+    ACTIVE,
+    DRAINING,
+    MembershipWatcher,
+    NodeRecord,
+    NodeRegistration,
+    connect_etcd,
+    parse_endpoints,
+)
+from registry.routing import Ring, RoutingTable
+from registry.slots import DEFAULT_SLOT_COUNT, slot_of
+
+__all__ = [
+    "ACTIVE",
+    "DEFAULT_SLOT_COUNT",
+    "DRAINING",
+    "AlreadyExists",
+    "CapacityExhausted",
+    "ClusterKeys",
+    "InvalidInput",
+    "MembershipWatcher",
+    "MeshError",
+    "NodeRecord",
+    "NodeRegistration",
+    "NotFound",
+    "NotOwner",
+    "Ring",
+    "RoutingTable",
+    "Unavailable",
+    "abort_with",
+    "connect_etcd",
+    "from_rpc_error",
+    "parse_endpoints",
+    "slot_of",
+    "validate_id",
+    "validate_labels",
+    "validate_phone_number",
+    "validate_recipient",
+    "validate_text",
+]

@@ -18,7 +18,7 @@ clients turn a status back in one place (:func:`from_rpc_error`).
 
 from __future__ import annotations
 
-from typing import ClassVar, NoReturn
+from typing import ClassVar, NoReturn, cast
 
 import grpc
 
@@ -92,7 +92,9 @@ _BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
 }
 
 
-async def abort_with(context: grpc.aio.ServicerContext[object, object], error: MeshError) -> NoReturn:
+async def abort_with(
+    context: grpc.aio.ServicerContext[object, object], error: MeshError
+) -> NoReturn:
     """End the RPC with the status, message and trailing metadata of ``error``."""
     if error.metadata:
         context.set_trailing_metadata(error.metadata)
@@ -101,7 +103,9 @@ async def abort_with(context: grpc.aio.ServicerContext[object, object], error: M
 
 
 def _trailing(error: grpc.aio.AioRpcError, key: str) -> str:
-    for item_key, value in error.trailing_metadata() or ():
+    # grpc.aio's Metadata yields (key, value) pairs; the stubs type them loosely.
+    for item in error.trailing_metadata() or ():
+        item_key, value = cast("tuple[str, str | bytes]", item)
         if item_key == key:
             return value if isinstance(value, str) else value.decode()
     return ""

@@ -1,0 +1,210 @@
+"""The accounts store writes beside the call path: batched, coalesced, exact, never raising."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, select
+
+from registry.accounts import AccountStore, WhatsappAccount, downgrade, upgrade
+from registry.accounts.engine import make_engine
+from registry.accounts.models import utc_now
+from registry.errors import Unavailable
+from tests.test_migrations import server_database
+from tests.waiting import eventually
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'accounts.db'}"
+        upgrade(url)
+        yield url
+    else:
+        for url in server_database(request.param):
+            upgrade(url)
+            yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'accounts.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[AccountStore]:
+    # A long interval: tests flush explicitly, so they see exactly one batch at a time.
+    accounts = AccountStore(database_url, flush_interval_seconds=60)
+    await accounts.start()
+    yield accounts
+    await accounts.stop()
+
+
+def read_rows(url: str) -> dict[str, WhatsappAccount]:
+    engine = make_engine(url)
+    try:
+        with Session(engine) as session:
+            return {row.session_id: row for row in session.exec(select(WhatsappAccount))}
+    finally:
+        engine.dispose()
+
+
+def create(store: AccountStore, session_id: str = "s-1", node_id: str = "node-a") -> None:
+    store.record_created(
+        workspace_id="ws-1",
+        session_id=session_id,
+        phone_number="+15550001",
+        node_id=node_id,
+        node_url=f"{node_id}:50051",
+        storage_path=f"/data/workspace_ws-1/{session_id}",
+    )
+
+
+def assign(store: AccountStore, node_id: str, session_id: str = "s-1") -> None:
+    store.record_assignment(
+        workspace_id="ws-1", session_id=session_id, node_id=node_id, node_url=f"{node_id}:50051"
+    )
+
+
+class TestRecording:
+    """What each ``record_*`` call leaves in the row."""
+
+    async def test_created_session_gets_a_row(self, store: AccountStore, database_url: str) -> None:
+        before = utc_now()
+        create(store)
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert (row.workspace_id, row.phone_number, row.status) == ("ws-1", "+15550001", "starting")
+        assert (row.assigned_node_id, row.assigned_node_url) == ("node-a", "node-a:50051")
+        assert row.session_storage_path == "/data/workspace_ws-1/s-1"
+        assert row.instance_migration_count == 0
+        assert row.previous_node_id is None
+        assert row.created_at >= before.replace(microsecond=0)
+
+    async def test_moves_are_counted_exactly(self, store: AccountStore, database_url: str) -> None:
+        create(store)
+        await store.flush()
+        assign(store, "node-b")
+        await store.flush()
+        assign(store, "node-c")
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert row.instance_migration_count == 2
+        assert (row.previous_node_id, row.assigned_node_id) == ("node-b", "node-c")
+        assert row.last_instance_migration_at is not None
+        moved_at = row.last_instance_migration_at
+
+        assign(store, "node-c")
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert row.instance_migration_count == 2
+        assert row.previous_node_id == "node-b"
+        assert row.last_instance_migration_at == moved_at
+
+    async def test_moves_within_one_batch_are_each_counted(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        create(store)
+        assign(store, "node-b")
+        assign(store, "node-b")
+        assign(store, "node-c")
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert row.instance_migration_count == 2
+        assert (row.previous_node_id, row.assigned_node_id) == ("node-b", "node-c")
+
+    async def test_status_disconnect_and_storage(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        create(store)
+        store.record_status(workspace_id="ws-1", session_id="s-1", status="ready")
+        store.record_disconnect(
+            workspace_id="ws-1", session_id="s-1", reason="connection_replaced", details="kicked"
+        )
+        store.record_storage(workspace_id="ws-1", session_id="s-1", size_bytes=12_345_678_901)
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert row.status == "ready"
+        assert (row.disconnect_reason, row.disconnect_details) == ("connection_replaced", "kicked")
+        assert row.disconnected_at is not None
+        assert row.session_file_size_bytes == 12_345_678_901
+        assert row.session_storage_verified_at is not None
+
+    async def test_activity_is_coalesced_per_session(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        create(store)
+        for _ in range(100):
+            store.record_activity(workspace_id="ws-1", session_id="s-1")
+        store.record_activity(workspace_id="ws-1", session_id="s-2")
+        assert store.pending_count == 2
+        last_call = utc_now()
+        await store.flush()
+        assert store.pending_count == 0
+        rows = read_rows(database_url)
+        assert rows["s-1"].last_activity_at is not None
+        assert rows["s-1"].last_activity_at <= last_call
+        # An unknown session still gets a row, so no activity is lost.
+        assert rows["s-2"].workspace_id == "ws-1"
+        assert rows["s-2"].last_activity_at is not None
+
+
+class TestWriting:
+    """When and how the queue reaches the database."""
+
+    async def test_stop_writes_what_is_queued(self, sqlite_url: str) -> None:
+        store = AccountStore(sqlite_url, flush_interval_seconds=60)
+        await store.start()
+        create(store)
+        await store.stop()
+        assert set(read_rows(sqlite_url)) == {"s-1"}
+
+    async def test_background_task_flushes_on_its_own(self, sqlite_url: str) -> None:
+        store = AccountStore(sqlite_url, flush_interval_seconds=0.05)
+        await store.start()
+        try:
+            create(store)
+            await eventually(lambda: "s-1" in read_rows(sqlite_url), message="periodic flush")
+        finally:
+            await store.stop()
+
+    async def test_failed_write_is_logged_and_retried(
+        self, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        store = AccountStore(sqlite_url, flush_interval_seconds=60)
+        await store.start()
+        try:
+            create(store)
+            assign(store, "node-b")
+            downgrade(sqlite_url, "base")
+            with caplog.at_level(logging.WARNING, logger="registry.accounts.store"):
+                await store.flush()
+            assert "accounts_flush_failed" in caplog.text
+            assert store.pending_count == 1
+            assign(store, "node-c")
+            upgrade(sqlite_url)
+            await store.flush()
+            assert store.pending_count == 0
+            row = read_rows(sqlite_url)["s-1"]
+            assert (row.instance_migration_count, row.assigned_node_id) == (2, "node-c")
+        finally:
+            await store.stop()
+
+    async def test_start_refuses_a_schema_behind_head(self, tmp_path: Path) -> None:
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+        upgrade(url, "0001")
+        store = AccountStore(url)
+        with pytest.raises(Unavailable, match="sessionmesh-db upgrade"):
+            await store.start()
+        await store.stop()
