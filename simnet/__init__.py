@@ -1,0 +1,19 @@
+"""simnet: the stand-in messaging network that the ``sim`` driver talks to."""
+
+from simnet.admin import SimNetAdmin, SimNetAdminError
+from simnet.protocol import ProtocolError, decode_line, encode_line
+from simnet.records import Delivery, InboundMessage, LiveInterval, ReplacedEvent
+from simnet.server import SimNet
+
+__all__ = [
+    "Delivery",
+    "InboundMessage",
+    "LiveInterval",
+    "ProtocolError",
+    "ReplacedEvent",
+    "SimNet",
+    "SimNetAdmin",
+    "SimNetAdminError",
+    "decode_line",
+    "encode_line",
+]

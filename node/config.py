@@ -1,0 +1,192 @@
+"""A node's configuration: flags win over environment variables, which win over defaults.
+
+::
+
+    --node-id              NODE_ID (or INSTANCE_ID)       hostname-based
+    --listen HOST:PORT     NODE_LISTEN                    127.0.0.1:7001 (port 0: any free port)
+    --advertise HOST:PORT  NODE_ADVERTISE                 listen host with the bound port
+    --etcd URL[,URL…]      ETCD_ENDPOINTS                 http://127.0.0.1:2379
+    --cluster              SESSIONMESH_CLUSTER            default
+    --storage PATH         SESSION_STORAGE_PATH           .mesh/sessions
+    --max-sessions N       MAX_SESSIONS_PER_INSTANCE      500
+    --database-url URL     DATABASE_URL                   sqlite:///.mesh/accounts.db ('' = off)
+    --simnet HOST:PORT     SIMNET_ADDR                    127.0.0.1:7100
+    --metrics-listen H:P   METRICS_LISTEN                 '' (off)
+    --lease-ttl-seconds    LEASE_TTL_SECONDS              5
+    --zone                 NODE_ZONE                      ''
+    --restore-concurrency  RESTORE_CONCURRENCY            32
+    --log-level            LOG_LEVEL                      INFO
+
+A bad value ends the process with a message naming it and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.errors import InvalidInput
+from registry.ids import validate_id
+from registry.keys import DEFAULT_CLUSTER
+from registry.membership import parse_endpoints
+
+DEFAULT_LISTEN = "127.0.0.1:7001"
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+DEFAULT_STORAGE = ".mesh/sessions"
+DEFAULT_MAX_SESSIONS = 500
+DEFAULT_DATABASE_URL = "sqlite:///.mesh/accounts.db"
+DEFAULT_SIMNET = "127.0.0.1:7100"
+DEFAULT_LEASE_TTL_SECONDS = 5
+DEFAULT_RESTORE_CONCURRENCY = 32
+MIN_LEASE_TTL_SECONDS = 2
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to start."""
+
+    node_id: str
+    """This node's id in etcd, the accounts DB and session meta; stable across restarts."""
+    listen_address: str = DEFAULT_LISTEN
+    """host:port the gRPC server binds; port 0 picks a free port."""
+    advertise_address: str = ""
+    """host:port published in etcd for others to dial; empty = listen host, bound port."""
+    etcd_endpoints: str = DEFAULT_ETCD
+    """Comma-separated etcd client URLs."""
+    cluster: str = DEFAULT_CLUSTER
+    """Cluster name: the etcd key prefix shared by the nodes and gateways of one mesh."""
+    storage_path: Path = Path(DEFAULT_STORAGE)
+    """Root of the shared session storage."""
+    max_sessions: int = DEFAULT_MAX_SESSIONS
+    """MAX_SESSIONS_PER_INSTANCE: the most sessions this node hosts (its ring weight)."""
+    database_url: str = DEFAULT_DATABASE_URL
+    """Accounts DB URL (SQLAlchemy form); empty turns the accounts DB off."""
+    simnet_address: str = DEFAULT_SIMNET
+    """host:port of simnet, for the built-in sim driver."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus endpoint; empty = off."""
+    lease_ttl_seconds: int = DEFAULT_LEASE_TTL_SECONDS
+    """TTL of the node's etcd lease: how fast the mesh notices this node died."""
+    zone: str = ""
+    """Failure zone (e.g. an availability zone), published in the node record."""
+    restore_concurrency: int = DEFAULT_RESTORE_CONCURRENCY
+    """Sessions restored at once at start, so a boot does not spike the CPU."""
+    log_level: str = "INFO"
+    """Root log level."""
+
+
+def default_node_id() -> str:
+    """``node-<hostname>``, with every character an id may not hold replaced by ``-``."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:59].strip("-")
+    return f"node-{cleaned or 'local'}"
+
+
+def parse_host_port(value: str, *, field: str) -> tuple[str, int]:
+    """``"127.0.0.1:7001"`` → ``("127.0.0.1", 7001)``; raises ``InvalidInput`` naming ``field``."""
+    host, separator, port_text = value.rpartition(":")
+    if not separator or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidInput(f"{field} {value!r} is invalid: use HOST:PORT with a port 0-65535")
+    return host.strip("[]"), int(port_text)
+
+
+def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    def env(*names: str, default: str = "") -> str:
+        for name in names:
+            if environ.get(name):
+                return environ[name]
+        return default
+
+    parser = argparse.ArgumentParser(
+        prog="sessionmesh-node", description="Host sessionmesh sessions and serve their API."
+    )
+    add = parser.add_argument
+    add("--node-id", default=env("NODE_ID", "INSTANCE_ID"), help="default: node-<hostname>")
+    add("--listen", default=env("NODE_LISTEN", default=DEFAULT_LISTEN), metavar="HOST:PORT")
+    add("--advertise", default=env("NODE_ADVERTISE"), metavar="HOST:PORT")
+    add("--etcd", default=env("ETCD_ENDPOINTS", default=DEFAULT_ETCD), metavar="URL[,URL…]")
+    add("--cluster", default=env("SESSIONMESH_CLUSTER", default=DEFAULT_CLUSTER))
+    add("--storage", default=env("SESSION_STORAGE_PATH", default=DEFAULT_STORAGE), metavar="PATH")
+    add(
+        "--max-sessions",
+        default=env("MAX_SESSIONS_PER_INSTANCE", default=str(DEFAULT_MAX_SESSIONS)),
+        metavar="N",
+    )
+    # Not env(): an explicitly empty DATABASE_URL turns the accounts DB off.
+    add("--database-url", default=environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+    add("--simnet", default=env("SIMNET_ADDR", default=DEFAULT_SIMNET), metavar="HOST:PORT")
+    add("--metrics-listen", default=env("METRICS_LISTEN"), metavar="HOST:PORT")
+    add(
+        "--lease-ttl-seconds",
+        default=env("LEASE_TTL_SECONDS", default=str(DEFAULT_LEASE_TTL_SECONDS)),
+    )
+    add("--zone", default=env("NODE_ZONE"))
+    add(
+        "--restore-concurrency",
+        default=env("RESTORE_CONCURRENCY", default=str(DEFAULT_RESTORE_CONCURRENCY)),
+    )
+    add("--log-level", default=env("LOG_LEVEL", default="INFO"))
+    return parser
+
+
+def _positive_int(value: str, *, field: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(f"{field} {value!r} is not a whole number") from None
+    if number < minimum:
+        raise InvalidInput(f"{field} must be at least {minimum} (got {number})")
+    return number
+
+
+def _config_from(args: argparse.Namespace) -> NodeConfig:
+    node_id = validate_id(args.node_id or default_node_id(), field="--node-id")
+    parse_host_port(args.listen, field="--listen")
+    if args.advertise:
+        parse_host_port(args.advertise, field="--advertise")
+    parse_host_port(args.simnet, field="--simnet")
+    if args.metrics_listen:
+        parse_host_port(args.metrics_listen, field="--metrics-listen")
+    validate_id(args.cluster, field="--cluster")
+    parse_endpoints(args.etcd)
+    log_level = args.log_level.upper()
+    if log_level not in _LOG_LEVELS:
+        raise InvalidInput(f"--log-level {args.log_level!r}: use one of {', '.join(_LOG_LEVELS)}")
+    return NodeConfig(
+        node_id=node_id,
+        listen_address=args.listen,
+        advertise_address=args.advertise,
+        etcd_endpoints=args.etcd,
+        cluster=args.cluster,
+        storage_path=Path(args.storage),
+        max_sessions=_positive_int(args.max_sessions, field="--max-sessions", minimum=1),
+        database_url=args.database_url,
+        simnet_address=args.simnet,
+        metrics_listen=args.metrics_listen,
+        lease_ttl_seconds=_positive_int(
+            args.lease_ttl_seconds, field="--lease-ttl-seconds", minimum=MIN_LEASE_TTL_SECONDS
+        ),
+        zone=args.zone,
+        restore_concurrency=_positive_int(
+            args.restore_concurrency, field="--restore-concurrency", minimum=1
+        ),
+        log_level=log_level,
+    )
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> NodeConfig:
+    """Build the config from ``argv`` (default: ``sys.argv[1:]``) and ``environ`` (default:
+    ``os.environ``). A bad value exits with a message naming it and code 2."""
+    parser = _build_parser(os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    try:
+        return _config_from(args)
+    except InvalidInput as error:
+        parser.error(error.message)  # exits with code 2

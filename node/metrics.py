@@ -1,0 +1,74 @@
+"""The node's Prometheus metrics.
+
+Module-level metrics in the default registry (the one ``telemetry.metrics`` serves), every
+series labelled by ``node_id`` so several nodes in one process (tests) never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SESSIONS = Gauge(
+    "sessionmesh_node_sessions",
+    "Sessions hosted by the node, by state.",
+    ["node_id", "state"],
+)
+UTILISATION = Gauge(
+    "sessionmesh_node_utilisation_ratio",
+    "Hosted sessions divided by MAX_SESSIONS_PER_INSTANCE.",
+    ["node_id"],
+)
+CAPACITY = Gauge(
+    "sessionmesh_node_capacity_sessions",
+    "MAX_SESSIONS_PER_INSTANCE of the node.",
+    ["node_id"],
+)
+RPC_LATENCY = Histogram(
+    "sessionmesh_node_rpc_duration_seconds",
+    "Time to answer a SessionService call, by method and status code.",
+    ["node_id", "method", "code"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+MESSAGES_ACCEPTED = Counter(
+    "sessionmesh_node_messages_accepted",
+    "Messages written to an outbox (duplicates not counted).",
+    ["node_id"],
+)
+SESSIONS_RESTORED = Counter(
+    "sessionmesh_node_sessions_restored",
+    "Sessions started again from stored credentials.",
+    ["node_id"],
+)
+
+
+class NodeMetrics:
+    """The metrics of one node, bound to its id."""
+
+    def __init__(self, node_id: str, *, capacity: int) -> None:
+        self._node_id = node_id
+        self._capacity = capacity
+        CAPACITY.labels(node_id).set(capacity)
+        UTILISATION.labels(node_id).set(0)
+
+    def state_changed(self, previous: str | None, current: str | None) -> None:
+        """A session moved between states (None: it appeared or went away)."""
+        if previous is not None:
+            SESSIONS.labels(self._node_id, previous).dec()
+        if current is not None:
+            SESSIONS.labels(self._node_id, current).inc()
+
+    def hosted(self, count: int) -> None:
+        """The node hosts ``count`` sessions now."""
+        UTILISATION.labels(self._node_id).set(count / self._capacity)
+
+    def rpc_finished(self, method: str, code: str, duration_seconds: float) -> None:
+        """One call answered."""
+        RPC_LATENCY.labels(self._node_id, method, code).observe(duration_seconds)
+
+    def message_accepted(self) -> None:
+        """One new message is on disk."""
+        MESSAGES_ACCEPTED.labels(self._node_id).inc()
+
+    def session_restored(self) -> None:
+        """One session was restored from storage."""
+        SESSIONS_RESTORED.labels(self._node_id).inc()

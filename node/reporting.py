@@ -1,0 +1,99 @@
+"""Where a node's session changes go besides the watchers: metrics and the accounts DB.
+
+``AccountStore.record_*`` only queue (the store writes in batches beside the call path), so
+nothing here waits on the database.
+"""
+
+from __future__ import annotations
+
+from node.metrics import NodeMetrics
+from node.session import HostedSession, SessionState
+from registry.accounts import AccountStore
+
+
+class SessionReporter:
+    """A ``SessionObserver`` that feeds the node's metrics and (if any) the accounts DB."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        node_address: str,
+        metrics: NodeMetrics,
+        accounts: AccountStore | None,
+    ) -> None:
+        self._node_id = node_id
+        self._node_address = node_address
+        self._metrics = metrics
+        self._accounts = accounts
+
+    def created(self, session: HostedSession, *, storage_path: str) -> None:
+        """A new session was created on this node."""
+        if self._accounts is not None:
+            self._accounts.record_created(
+                workspace_id=session.workspace_id,
+                session_id=session.session_id,
+                phone_number=session.meta.phone_number,
+                node_id=self._node_id,
+                node_url=self._node_address,
+                storage_path=storage_path,
+            )
+
+    def assigned(self, session: HostedSession) -> None:
+        """A stored session now runs on this node (restored or adopted)."""
+        if self._accounts is not None:
+            self._accounts.record_assignment(
+                workspace_id=session.workspace_id,
+                session_id=session.session_id,
+                node_id=self._node_id,
+                node_url=self._node_address,
+            )
+
+    def deleted_offline(
+        self, workspace_id: str, session_id: str, *, reason: str, details: str
+    ) -> None:
+        """A stored session that was not running here was marked deleted."""
+        if self._accounts is not None:
+            key = {"workspace_id": workspace_id, "session_id": session_id}
+            self._accounts.record_status(**key, status=SessionState.STOPPED.value)
+            self._accounts.record_disconnect(**key, reason=reason, details=details)
+
+    def stored_size(self, session: HostedSession, *, size_bytes: int) -> None:
+        """The session's files were measured at ``size_bytes``."""
+        if self._accounts is not None:
+            self._accounts.record_storage(
+                workspace_id=session.workspace_id,
+                session_id=session.session_id,
+                size_bytes=size_bytes,
+            )
+
+    # SessionObserver
+
+    def state_changed(
+        self, session: HostedSession, previous: SessionState, current: SessionState
+    ) -> None:
+        """Count the move and queue the new status."""
+        self._metrics.state_changed(previous.value, current.value)
+        if self._accounts is not None:
+            self._accounts.record_status(
+                workspace_id=session.workspace_id,
+                session_id=session.session_id,
+                status=current.value,
+            )
+
+    def disconnected(self, session: HostedSession, reason: str, details: str) -> None:
+        """Queue the disconnect (or deletion) with its reason."""
+        if self._accounts is not None:
+            self._accounts.record_disconnect(
+                workspace_id=session.workspace_id,
+                session_id=session.session_id,
+                reason=reason,
+                details=details,
+            )
+
+    def activity(self, session: HostedSession) -> None:
+        """Queue the activity time (coalesced by the store)."""
+        if self._accounts is not None:
+            self._accounts.record_activity(
+                workspace_id=session.workspace_id, session_id=session.session_id
+            )

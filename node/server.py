@@ -1,0 +1,303 @@
+"""Start and stop a node: gRPC server, accounts DB, etcd membership, sessions.
+
+Start: bind the port (port 0: any free one), open the accounts DB (migrating it first),
+connect etcd and follow membership into a routing table, restore the sessions this node
+owned, start serving, then register in etcd. Stop (the SIGTERM path): mark the node
+``draining``, stop taking calls, stop the sessions gracefully (their state flushed to
+storage), flush the accounts DB, revoke the lease, close etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.metadata
+import logging
+import random
+import socket
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+import aetcd
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node.config import NodeConfig, parse_host_port
+from node.drivers.base import DriverFactory
+from node.manager import SessionManager
+from node.metrics import NodeMetrics
+from node.service import SessionService
+from node.storage import SessionStorage
+from protos import SESSION_SERVICE_NAME, session_pb2_grpc
+from registry.accounts import AccountStore, upgrade
+from registry.errors import Unavailable
+from registry.keys import ClusterKeys
+from registry.membership import (
+    DRAINING,
+    MembershipWatcher,
+    NodeRecord,
+    NodeRegistration,
+    connect_etcd,
+)
+from registry.routing import RoutingTable
+from telemetry.tracing import server_interceptors
+
+_log = logging.getLogger(__name__)
+
+LOAD_PUBLISH_INTERVAL_SECONDS = 1.0
+"""The node record's ``load`` is republished at most this often, and only when it changed."""
+_MIGRATION_RETRY_MAX_DELAY_SECONDS = 0.5
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sessionmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+async def _migrate(database_url: str) -> None:
+    """Bring the accounts schema to head; one retry, because two nodes starting at once on
+    one SQLite file can collide on the migration itself."""
+    try:
+        await asyncio.to_thread(upgrade, database_url)
+    except Exception as error:
+        _log.warning("accounts_migration_retry error=%r", error)
+        # Jittered, so the two colliding nodes do not collide again.
+        await asyncio.sleep(random.uniform(0.05, _MIGRATION_RETRY_MAX_DELAY_SECONDS))
+        await asyncio.to_thread(upgrade, database_url)
+
+
+def _dialable_address(listen_address: str, bound_port: int) -> str:
+    """The listen host with the bound port; a wildcard host becomes this machine's name."""
+    host, _ = parse_host_port(listen_address, field="--listen")
+    if host in _WILDCARD_HOSTS:
+        host = socket.gethostname()
+    return f"{host}:{bound_port}"
+
+
+def _default_driver_factory(config: NodeConfig) -> DriverFactory:
+    from node.drivers.sim import SimDriverFactory  # noqa: PLC0415 - only when no factory given
+
+    factory: DriverFactory = SimDriverFactory(simnet_address=config.simnet_address)
+    return factory
+
+
+class _HealthServicer(Protocol):
+    """The part of grpc_health's asyncio servicer the node uses (grpc-stubs lacks it)."""
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        """Publish ``status`` for ``service``."""
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Answer NOT_SERVING for every service from now on."""
+
+
+def _new_health_servicer() -> _HealthServicer:
+    # grpc-stubs 1.53 has no grpc_health.v1.health.aio; the module itself is typed loosely.
+    servicer: _HealthServicer = importlib.import_module("grpc_health.v1._async").HealthServicer()
+    return servicer
+
+
+class NodeServer:
+    """A running node. Stop it with ``stop()``; everything it opened is closed then."""
+
+    def __init__(
+        self,
+        *,
+        config: NodeConfig,
+        address: str,
+        server: grpc.aio.Server,
+        health_servicer: _HealthServicer,
+        manager: SessionManager,
+        routing: RoutingTable,
+        etcd: aetcd.Client,
+        watcher: MembershipWatcher,
+        registration: NodeRegistration,
+        accounts: AccountStore | None,
+    ) -> None:
+        self._config = config
+        self._address = address
+        self._server = server
+        self._health = health_servicer
+        self._manager = manager
+        self._routing = routing
+        self._etcd = etcd
+        self._watcher = watcher
+        self._registration = registration
+        self._accounts = accounts
+        self._load_task = asyncio.create_task(self._publish_load(), name="node-load")
+        self._stop_lock = asyncio.Lock()
+        self._is_stopped = False
+
+    @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self._config.node_id
+
+    @property
+    def address(self) -> str:
+        """host:port others dial (the advertised address, with the bound port)."""
+        return self._address
+
+    @property
+    def manager(self) -> SessionManager:
+        """The sessions of this node."""
+        return self._manager
+
+    @property
+    def routing(self) -> RoutingTable:
+        """This node's watch-fed routing table."""
+        return self._routing
+
+    @property
+    def registration(self) -> NodeRegistration:
+        """This node's etcd membership."""
+        return self._registration
+
+    async def _publish_load(self) -> None:
+        published = self._registration.record.load
+        while True:
+            await asyncio.sleep(LOAD_PUBLISH_INTERVAL_SECONDS)
+            load = self._manager.hosted_count
+            if load == published:
+                continue
+            try:
+                await self._registration.update(replace(self._registration.record, load=load))
+            except Unavailable as error:
+                _log.warning("node_load_publish_failed node_id=%s error=%r", self.node_id, error)
+                continue
+            published = load
+
+    async def stop(self, *, grace_seconds: float = 5.0) -> None:
+        """Drain and stop: mark draining, stop taking calls, stop sessions (state flushed),
+        flush the accounts DB, revoke the lease, close etcd. Safe to call twice."""
+        async with self._stop_lock:
+            if self._is_stopped:
+                return
+            self._is_stopped = True
+            _log.info("node_stopping node_id=%s", self.node_id)
+            self._load_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._load_task
+            try:
+                record = replace(
+                    self._registration.record, state=DRAINING, load=self._manager.hosted_count
+                )
+                await self._registration.update(record)
+            except Unavailable as error:
+                _log.warning("node_drain_mark_failed node_id=%s error=%r", self.node_id, error)
+            await self._health.enter_graceful_shutdown()
+            # New calls are refused from here; calls in flight get grace_seconds to finish,
+            # while the sessions stop (which also ends every WatchSession stream).
+            server_stopped = asyncio.create_task(self._server.stop(grace_seconds))
+            await self._manager.stop_all()
+            await server_stopped
+            if self._accounts is not None:
+                await self._accounts.stop()
+            await self._registration.stop()
+            await self._watcher.stop()
+            await self._etcd.close()
+            _log.info("node_stopped node_id=%s", self.node_id)
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        await self._server.wait_for_termination()
+
+
+def _add_services(server: grpc.aio.Server, service: SessionService) -> _HealthServicer:
+    # The generated grpc module has no type annotations.
+    session_pb2_grpc.add_SessionServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health_servicer = _new_health_servicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SESSION_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return health_servicer
+
+
+async def start_node(
+    config: NodeConfig, *, driver_factory: DriverFactory | None = None
+) -> NodeServer:
+    """Start a node as ``config`` says; raises ``Unavailable`` if etcd or the port is not
+    there. Whatever was opened before a failure is closed again."""
+    async with contextlib.AsyncExitStack() as cleanup:
+        storage = SessionStorage(config.storage_path)
+        await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
+
+        server = grpc.aio.server(interceptors=server_interceptors())
+        cleanup.push_async_callback(server.stop, None)
+        try:
+            port = server.add_insecure_port(config.listen_address)
+        except RuntimeError as error:
+            raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
+        address = config.advertise_address or _dialable_address(config.listen_address, port)
+
+        accounts: AccountStore | None = None
+        if config.database_url:
+            await _migrate(config.database_url)
+            accounts = AccountStore(config.database_url)
+            await accounts.start()
+            cleanup.push_async_callback(accounts.stop)
+
+        etcd = await connect_etcd(config.etcd_endpoints)
+        cleanup.push_async_callback(etcd.close)
+        keys = ClusterKeys(config.cluster)
+        routing = RoutingTable()
+        watcher = MembershipWatcher(etcd, keys)
+        watcher.subscribe(routing.update)
+        await watcher.start()
+        cleanup.push_async_callback(watcher.stop)
+
+        metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
+        manager = SessionManager(
+            node_id=config.node_id,
+            node_address=address,
+            storage=storage,
+            driver_factory=driver_factory or _default_driver_factory(config),
+            max_sessions=config.max_sessions,
+            restore_concurrency=config.restore_concurrency,
+            accounts=accounts,
+            metrics=metrics,
+        )
+        cleanup.push_async_callback(manager.stop_all)
+        restored = await manager.restore_owned()
+        _log.info("sessions_restored node_id=%s count=%d", config.node_id, restored)
+
+        health_servicer = _add_services(server, SessionService(manager, routing=routing))
+        await server.start()
+        for service_name in ("", SESSION_SERVICE_NAME):
+            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+
+        record = NodeRecord(
+            node_id=config.node_id,
+            address=address,
+            capacity=config.max_sessions,
+            zone=config.zone,
+            load=manager.hosted_count,
+            version=_version(),
+            metrics_address=config.metrics_listen,
+        )
+        registration = NodeRegistration(
+            etcd, keys, record, lease_ttl_seconds=config.lease_ttl_seconds
+        )
+        await registration.start()
+        cleanup.pop_all()  # started: from here NodeServer.stop closes everything
+    return NodeServer(
+        config=config,
+        address=address,
+        server=server,
+        health_servicer=health_servicer,
+        manager=manager,
+        routing=routing,
+        etcd=etcd,
+        watcher=watcher,
+        registration=registration,
+        accounts=accounts,
+    )

@@ -1,0 +1,432 @@
+"""One hosted session: its state machine, driven by driver events, and its durable outbox.
+
+::
+
+    STARTING → QR_PENDING → AUTHENTICATED → READY
+                  ↑ (QR rotates)               ↓ ↑
+                                          DISCONNECTED(reason)
+    any → FAILED(error)       any → STOPPED (stop or delete)
+
+Driver events are handled one at a time, in order, by one task: credentials from ``PAIRED``
+are on disk before the session says AUTHENTICATED. Outgoing messages are written to the
+outbox before ``send`` returns, and one delivery task hands them to the driver in seq order
+whenever the session is READY (again after every reconnect: the network dedupes by id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from opentelemetry import trace
+
+from node.drivers.base import Driver, DriverEvent, DriverEventKind
+from node.events import Broadcaster, EventKind, SessionEvent, Subscription
+from node.outbox import FAILED, QUEUED, Outbox
+from node.storage import OutboxEntry, SessionMeta, SessionStorage
+from registry.errors import Unavailable
+
+_log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+DRIVER_STOP_TIMEOUT_SECONDS = 5.0
+
+
+class SessionState(enum.Enum):
+    """The lifecycle of a session (values are what meta.json and the accounts DB store)."""
+
+    STARTING = "starting"
+    QR_PENDING = "qr_pending"
+    AUTHENTICATED = "authenticated"
+    READY = "ready"
+    DISCONNECTED = "disconnected"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session as the API shows it: its meta plus the QR code while pending."""
+
+    meta: SessionMeta
+    qr_code: str = ""
+    qr_expire_at_unix: float = 0.0
+
+    @property
+    def state(self) -> SessionState:
+        """The state recorded in the meta."""
+        return SessionState(self.meta.state)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The answer to ``send``: the outbox entry, and whether it was a replay."""
+
+    entry: OutboxEntry
+    is_duplicate: bool
+
+
+class SessionObserver(Protocol):
+    """Who hears about a session's changes besides its watchers (the manager)."""
+
+    def state_changed(
+        self, session: HostedSession, previous: SessionState, current: SessionState
+    ) -> None:
+        """The session moved from ``previous`` to ``current``."""
+        ...
+
+    def disconnected(self, session: HostedSession, reason: str, details: str) -> None:
+        """The session lost its connection or was deleted."""
+        ...
+
+    def activity(self, session: HostedSession) -> None:
+        """The session sent or received something."""
+        ...
+
+
+class HostedSession:
+    """A session running on this node."""
+
+    def __init__(
+        self,
+        *,
+        meta: SessionMeta,
+        storage: SessionStorage,
+        driver: Driver,
+        outbox_entries: list[OutboxEntry],
+        credentials: dict[str, Any] | None,
+        observer: SessionObserver,
+    ) -> None:
+        self._meta = meta.changed(state=SessionState.STARTING.value)
+        self._storage = storage
+        self._driver = driver
+        self._outbox = Outbox(outbox_entries)
+        self._credentials = credentials
+        self._observer = observer
+        self._broadcaster = Broadcaster()
+        self._qr_code = ""
+        self._qr_expire_at_unix = 0.0
+        self._driver_events: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
+        self._meta_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+        self._handed_to_driver: set[str] = set()
+        self._delivery_wanted = asyncio.Event()
+        self._event_task: asyncio.Task[None] | None = None
+        self._delivery_task: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._is_stopping = False
+        self._accepts_driver_events = True
+
+    @property
+    def workspace_id(self) -> str:
+        """The workspace the session belongs to."""
+        return self._meta.workspace_id
+
+    @property
+    def session_id(self) -> str:
+        """The session's id."""
+        return self._meta.session_id
+
+    @property
+    def state(self) -> SessionState:
+        """The state now."""
+        return SessionState(self._meta.state)
+
+    @property
+    def meta(self) -> SessionMeta:
+        """The meta as it is now (persisted on every state change)."""
+        return self._meta
+
+    def view(self) -> SessionView:
+        """The session as the API shows it now."""
+        is_pending = self.state is SessionState.QR_PENDING
+        return SessionView(
+            meta=self._meta,
+            qr_code=self._qr_code if is_pending else "",
+            qr_expire_at_unix=self._qr_expire_at_unix if is_pending else 0.0,
+        )
+
+    def _span_attributes(self) -> dict[str, str]:
+        return {
+            "sessionmesh.workspace_id": self.workspace_id,
+            "sessionmesh.session_id": self.session_id,
+            "sessionmesh.node_id": self._meta.node_id,
+        }
+
+    def start(self) -> None:
+        """Start the driver and the tasks that handle its events (returns at once)."""
+        name = f"{self.workspace_id}/{self.session_id}"
+        self._event_task = asyncio.create_task(
+            self._handle_driver_events(), name=f"session-events-{name}"
+        )
+        self._delivery_task = asyncio.create_task(
+            self._deliver_outbox(), name=f"session-delivery-{name}"
+        )
+        self._start_task = asyncio.create_task(self._start_driver(), name=f"session-start-{name}")
+
+    async def wait_started(self) -> None:
+        """Return when ``driver.start`` has returned (or failed: the session is then FAILED)."""
+        if self._start_task is not None:
+            await asyncio.shield(self._start_task)
+
+    async def _start_driver(self) -> None:
+        with _tracer.start_as_current_span(
+            "driver.start",
+            attributes={
+                **self._span_attributes(),
+                "sessionmesh.restored": self._credentials is not None,
+            },
+        ):
+            try:
+                await self._driver.start(self._credentials, self._on_driver_event)
+            except Exception as error:
+                _log.warning(
+                    "driver_start_failed workspace_id=%s session_id=%s error=%r",
+                    self.workspace_id,
+                    self.session_id,
+                    error,
+                )
+                self._on_driver_event(
+                    DriverEvent(kind=DriverEventKind.FAILED, reason=f"driver start: {error}")
+                )
+
+    def _on_driver_event(self, event: DriverEvent) -> None:
+        # Called by the driver on the loop; handled in order by _handle_driver_events.
+        if self._accepts_driver_events:
+            self._driver_events.put_nowait(event)
+
+    def subscribe(self) -> Subscription:
+        """A subscription to this session's events from now on."""
+        subscription = self._broadcaster.subscribe()
+        if self.state is SessionState.STOPPED:
+            subscription.close()
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        """Drop a watcher's subscription."""
+        self._broadcaster.unsubscribe(subscription)
+
+    async def send(self, client_message_id: str, to: str, text: str, *, node_id: str) -> SendResult:
+        """Accept a message: on disk in the outbox before this returns, deduped by id.
+
+        A repeated ``client_message_id`` returns the first answer and sends nothing.
+        Raises ``Unavailable`` once the session is stopping.
+        """
+        async with self._send_lock:
+            existing = self._outbox.get(client_message_id)
+            if existing is not None:
+                return SendResult(entry=existing, is_duplicate=True)
+            if self._is_stopping:
+                raise Unavailable("the session is stopping", retry_after_ms=200)
+            entry = OutboxEntry(
+                client_message_id=client_message_id,
+                to=to,
+                text=text,
+                status=QUEUED,
+                accepted_at_unix=time.time(),
+                seq=self._outbox.next_seq(),
+                accepted_by_node_id=node_id,
+            )
+            await self._storage.save_outbox_entry(self.workspace_id, self.session_id, entry)
+            self._outbox.put(entry)
+        self._delivery_wanted.set()
+        self._observer.activity(self)
+        return SendResult(entry=entry, is_duplicate=False)
+
+    async def stop(self, *, logout: bool, reason: str = "", details: str = "") -> None:
+        """Stop the driver, finish handling its events, and persist the final meta.
+
+        With ``logout`` the session is being deleted: it is logged out on the network, marked
+        deleted with ``reason``/``details``, and its unsent messages are marked FAILED.
+        """
+        if self._is_stopping:
+            return
+        self._is_stopping = True
+        if self._delivery_task is not None:  # no new driver.send from here on
+            self._delivery_task.cancel()
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+        with (
+            _tracer.start_as_current_span(
+                "driver.stop", attributes={**self._span_attributes(), "sessionmesh.logout": logout}
+            ),
+            contextlib.suppress(Exception),
+        ):
+            await asyncio.wait_for(
+                self._driver.stop(logout=logout), timeout=DRIVER_STOP_TIMEOUT_SECONDS
+            )
+        # Let the event task finish what the driver reported before it stopped (credentials!).
+        self._accepts_driver_events = False
+        self._driver_events.put_nowait(None)
+        tasks = [self._event_task, self._delivery_task, self._start_task]
+        await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
+        changes: dict[str, Any] = {}
+        if logout:
+            changes = {
+                "deleted": True,
+                "disconnect_reason": reason,
+                "disconnect_details": details,
+                "disconnected_at_unix": time.time(),
+            }
+            async with self._send_lock:  # a send that passed its check lands first
+                await self._fail_unsent("session deleted")
+        await self._set_state(SessionState.STOPPED, reason=reason, **changes)
+        if logout:
+            self._observer.disconnected(self, reason, details)
+        self._broadcaster.close_all()
+
+    async def _fail_unsent(self, reason: str) -> None:
+        unsent = self._outbox.queued()
+        for entry in unsent:
+            failed = self._outbox.advanced(entry.client_message_id, FAILED)
+            if failed is not None:
+                await self._storage.save_outbox_entry(self.workspace_id, self.session_id, failed)
+                self._outbox.put(failed)
+        if unsent:
+            _log.info(
+                "outbox_unsent_failed workspace_id=%s session_id=%s count=%d reason=%s",
+                self.workspace_id,
+                self.session_id,
+                len(unsent),
+                reason,
+            )
+
+    async def _set_state(self, state: SessionState, *, reason: str = "", **changes: Any) -> None:
+        previous = self.state
+        async with self._meta_lock:
+            self._meta = self._meta.changed(
+                state=state.value, updated_at_unix=time.time(), **changes
+            )
+            await self._storage.save_meta(self._meta)
+        if previous is state:
+            return
+        self._broadcaster.publish(
+            SessionEvent(
+                kind=EventKind.STATE_CHANGED,
+                at_unix=time.time(),
+                state=state.value,
+                previous_state=previous.value,
+                reason=reason,
+            )
+        )
+        self._observer.state_changed(self, previous, state)
+
+    async def _handle_driver_events(self) -> None:
+        while True:
+            event = await self._driver_events.get()
+            if event is None:
+                return
+            try:
+                await self._handle(event)
+            except Exception:
+                # One bad event (e.g. a full disk for one ack) must not end the session.
+                _log.exception(
+                    "driver_event_failed workspace_id=%s session_id=%s kind=%s",
+                    self.workspace_id,
+                    self.session_id,
+                    event.kind.value,
+                )
+
+    async def _handle(self, event: DriverEvent) -> None:
+        kind = event.kind
+        if kind is DriverEventKind.QR:
+            self._qr_code, self._qr_expire_at_unix = event.qr_code, event.expire_at_unix
+            if self.state is not SessionState.QR_PENDING:
+                await self._set_state(SessionState.QR_PENDING)
+            self._broadcaster.publish(
+                SessionEvent(
+                    kind=EventKind.QR_ROTATED,
+                    at_unix=time.time(),
+                    qr_code=event.qr_code,
+                    qr_expire_at_unix=event.expire_at_unix,
+                )
+            )
+        elif kind is DriverEventKind.PAIRED:
+            # Persisted before anything else: a crash after this line restores without a QR.
+            await self._storage.save_credentials(
+                self.workspace_id, self.session_id, event.credentials
+            )
+            self._credentials = event.credentials
+            await self._set_state(SessionState.AUTHENTICATED)
+        elif kind is DriverEventKind.READY:
+            await self._set_state(SessionState.READY, error="")
+            self._handed_to_driver.clear()
+            self._delivery_wanted.set()
+        elif kind is DriverEventKind.DISCONNECTED:
+            await self._set_state(
+                SessionState.DISCONNECTED,
+                reason=event.reason,
+                disconnect_reason=event.reason,
+                disconnect_details=event.text,
+                disconnected_at_unix=time.time(),
+            )
+            self._observer.disconnected(self, event.reason, event.text)
+        elif kind is DriverEventKind.FAILED:
+            await self._set_state(SessionState.FAILED, reason=event.reason, error=event.reason)
+        elif kind is DriverEventKind.ACK:
+            await self._handle_ack(event)
+        elif kind is DriverEventKind.INBOUND:
+            self._broadcaster.publish(
+                SessionEvent(
+                    kind=EventKind.INBOUND_MESSAGE,
+                    at_unix=time.time(),
+                    message_id=event.message_id,
+                    sender=event.sender,
+                    text=event.text,
+                )
+            )
+            self._observer.activity(self)
+
+    async def _handle_ack(self, event: DriverEvent) -> None:
+        updated = self._outbox.advanced(event.message_id, event.status)
+        if updated is None:
+            return
+        await self._storage.save_outbox_entry(self.workspace_id, self.session_id, updated)
+        self._outbox.put(updated)
+        self._broadcaster.publish(
+            SessionEvent(
+                kind=EventKind.MESSAGE_ACK,
+                at_unix=time.time(),
+                message_id=updated.client_message_id,
+                status=updated.status,
+            )
+        )
+
+    def _next_to_deliver(self) -> OutboxEntry | None:
+        for entry in self._outbox.queued():
+            if entry.client_message_id not in self._handed_to_driver:
+                return entry
+        return None
+
+    async def _deliver_outbox(self) -> None:
+        while True:
+            await self._delivery_wanted.wait()
+            self._delivery_wanted.clear()
+            while self.state is SessionState.READY:
+                entry = self._next_to_deliver()
+                if entry is None:
+                    break
+                try:
+                    with _tracer.start_as_current_span(
+                        "driver.send",
+                        attributes={
+                            **self._span_attributes(),
+                            "sessionmesh.client_message_id": entry.client_message_id,
+                        },
+                    ):
+                        await self._driver.send(entry.client_message_id, entry.to, entry.text)
+                except Exception as error:
+                    # Not connected after all: the next READY tries again.
+                    _log.info(
+                        "driver_send_deferred workspace_id=%s session_id=%s error=%r",
+                        self.workspace_id,
+                        self.session_id,
+                        error,
+                    )
+                    break
+                self._handed_to_driver.add(entry.client_message_id)

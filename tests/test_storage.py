@@ -1,0 +1,186 @@
+"""Session storage: atomic writes, no id escapes its folder, and what is written reads back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node.storage import OutboxEntry, SessionMeta, SessionStorage
+from registry.errors import InvalidInput
+
+BAD_IDS = ["../x", "a/b", "..", ".", "x" * 65, "", "ünïcode", "a\x00b", "/abs", "a b"]
+
+
+def _all_files(root: Path) -> list[Path]:
+    return sorted(path for path in root.rglob("*") if path.is_file())
+
+
+def _meta(**changes: object) -> SessionMeta:
+    base = SessionMeta(
+        workspace_id="ws-1",
+        session_id="s-1",
+        phone_number="+14155550100",
+        labels={"team": "sales"},
+        node_id="node-1",
+        state="ready",
+        created_at_unix=1_700_000_000.5,
+        updated_at_unix=1_700_000_001.25,
+    )
+    return base.changed(**changes)
+
+
+def _entry(client_message_id: str, seq: int, status: str = "QUEUED") -> OutboxEntry:
+    return OutboxEntry(
+        client_message_id=client_message_id,
+        to="+14155550199",
+        text=f"hello {seq}",
+        status=status,
+        accepted_at_unix=1_700_000_002.0 + seq,
+        seq=seq,
+        accepted_by_node_id="node-1",
+    )
+
+
+class TestRoundTrips:
+    """Meta, credentials and outbox entries read back as written."""
+
+    async def test_meta_round_trip(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        meta = _meta(disconnect_reason="network", disconnected_at_unix=1_700_000_003.0)
+        await storage.save_meta(meta)
+        assert await storage.load_meta("ws-1", "s-1") == meta
+        assert (tmp_path / "workspace_ws-1" / "s-1" / "meta.json").is_file()
+
+    async def test_meta_overwrite_and_missing(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.save_meta(_meta())
+        await storage.save_meta(_meta(state="stopped", deleted=True))
+        loaded = await storage.load_meta("ws-1", "s-1")
+        assert loaded is not None and loaded.deleted and loaded.state == "stopped"
+        assert await storage.load_meta("ws-1", "nobody") is None
+
+    async def test_credentials_round_trip_and_delete(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        assert await storage.load_credentials("ws-1", "s-1") is None
+        credentials = {"token": "secret-token", "device": 3}
+        await storage.save_credentials("ws-1", "s-1", credentials)
+        assert await storage.load_credentials("ws-1", "s-1") == credentials
+        await storage.delete_credentials("ws-1", "s-1")
+        await storage.delete_credentials("ws-1", "s-1")  # twice: harmless
+        assert await storage.load_credentials("ws-1", "s-1") is None
+
+    async def test_outbox_in_seq_order_with_updates(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        for seq, client_message_id in enumerate(["m-c", "m-a", "m-b"], start=1):
+            await storage.save_outbox_entry("ws-1", "s-1", _entry(client_message_id, seq))
+        await storage.save_outbox_entry("ws-1", "s-1", _entry("m-a", 2, status="DELIVERED"))
+        entries = await storage.load_outbox("ws-1", "s-1")
+        assert [entry.client_message_id for entry in entries] == ["m-c", "m-a", "m-b"]
+        assert entries[1] == _entry("m-a", 2, status="DELIVERED")
+
+    async def test_scans_and_size(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.save_meta(_meta())
+        await storage.save_meta(_meta(session_id="s-2"))
+        await storage.save_meta(_meta(workspace_id="ws-2", session_id="s-9"))
+        await storage.save_outbox_entry("ws-1", "s-1", _entry("m-1", 1))
+        assert await storage.list_workspaces() == ["ws-1", "ws-2"]
+        assert await storage.list_sessions("ws-1") == ["s-1", "s-2"]
+        assert await storage.list_sessions("ws-3") == []
+        found = {(meta.workspace_id, meta.session_id) for meta in await storage.load_all_meta()}
+        assert found == {("ws-1", "s-1"), ("ws-1", "s-2"), ("ws-2", "s-9")}
+        expected = sum(path.stat().st_size for path in (tmp_path / "workspace_ws-1/s-1").rglob("*")
+                       if path.is_file())  # fmt: skip
+        assert await storage.size_bytes("ws-1", "s-1") == expected > 0
+
+    async def test_empty_root(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path / "not-yet")
+        assert await storage.list_workspaces() == []
+        assert await storage.load_all_meta() == []
+
+
+class TestAtomicWrites:
+    """A write replaces the file whole and leaves no temp file behind."""
+
+    async def test_no_temp_files_after_many_writes(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        for index in range(20):
+            await storage.save_meta(_meta(updated_at_unix=float(index)))
+            await storage.save_credentials("ws-1", "s-1", {"token": str(index)})
+            await storage.save_outbox_entry("ws-1", "s-1", _entry(f"m-{index % 3}", index))
+        names = [path.name for path in _all_files(tmp_path)]
+        assert sorted(names) == sorted(
+            ["meta.json", "credentials.json", "m-0.json", "m-1.json", "m-2.json"]
+        )
+
+    async def test_failed_write_keeps_the_old_file_and_no_temp(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.save_credentials("ws-1", "s-1", {"token": "old"})
+
+        def broken_replace(source: str, target: str) -> None:
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(os, "replace", broken_replace)
+        with pytest.raises(OSError, match="disk gone"):
+            await storage.save_credentials("ws-1", "s-1", {"token": "new"})
+        monkeypatch.undo()
+        assert await storage.load_credentials("ws-1", "s-1") == {"token": "old"}
+        assert [path.name for path in _all_files(tmp_path)] == ["credentials.json"]
+
+    async def test_scans_skip_leftover_temp_files(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.save_outbox_entry("ws-1", "s-1", _entry("m-1", 1))
+        leftover = tmp_path / "workspace_ws-1" / "s-1" / "outbox" / ".m-2.json.abc.tmp"
+        leftover.write_text("{half a fi")
+        entries = await storage.load_outbox("ws-1", "s-1")
+        assert [entry.client_message_id for entry in entries] == ["m-1"]
+
+
+class TestIdsCannotEscape:
+    """Ids that could name a path outside the tree are refused before any file is touched."""
+
+    @pytest.mark.parametrize("bad_id", BAD_IDS)
+    async def test_bad_workspace_id(self, tmp_path: Path, bad_id: str) -> None:
+        storage = SessionStorage(tmp_path / "root")
+        with pytest.raises(InvalidInput, match="workspace_id"):
+            await storage.save_meta(_meta(workspace_id=bad_id))
+        with pytest.raises(InvalidInput, match="workspace_id"):
+            await storage.save_credentials(bad_id, "s-1", {"token": "t"})
+        assert not (tmp_path / "root").exists()
+        assert _all_files(tmp_path) == []
+
+    @pytest.mark.parametrize("bad_id", BAD_IDS)
+    async def test_bad_session_id(self, tmp_path: Path, bad_id: str) -> None:
+        storage = SessionStorage(tmp_path / "root")
+        with pytest.raises(InvalidInput, match="session_id"):
+            await storage.save_meta(_meta(session_id=bad_id))
+        with pytest.raises(InvalidInput, match="session_id"):
+            await storage.load_outbox("ws-1", bad_id)
+        assert not (tmp_path / "root").exists()
+
+    @pytest.mark.parametrize("bad_id", BAD_IDS)
+    async def test_bad_client_message_id(self, tmp_path: Path, bad_id: str) -> None:
+        storage = SessionStorage(tmp_path / "root")
+        with pytest.raises(InvalidInput, match="client_message_id"):
+            await storage.save_outbox_entry("ws-1", "s-1", _entry(bad_id, 1))
+        assert not (tmp_path / "root").exists()
+
+    def test_paths_stay_under_root(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        path = storage.session_dir("ws-1", "s-1")
+        assert path.is_relative_to(tmp_path.resolve())
+        assert path == tmp_path.resolve() / "workspace_ws-1" / "s-1"
+
+    async def test_symlinked_session_folder_is_refused(self, tmp_path: Path) -> None:
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (tmp_path / "root" / "workspace_ws-1").mkdir(parents=True)
+        (tmp_path / "root" / "workspace_ws-1" / "s-1").symlink_to(outside)
+        storage = SessionStorage(tmp_path / "root")
+        with pytest.raises(InvalidInput, match="leaves the storage root"):
+            await storage.save_credentials("ws-1", "s-1", {"token": "t"})
+        assert list(outside.iterdir()) == []
