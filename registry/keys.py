@@ -7,6 +7,7 @@
     /sessionmesh/<cluster>/pins/<workspace>       node_id, no lease
     /sessionmesh/<cluster>/pinned-owners/<ws>     like owners/, for a pinned workspace
     /sessionmesh/<cluster>/catalog/<slot>/<ws>    no lease: the workspaces a slot holds
+    /sessionmesh/<cluster>/drain/<node_id>        no lease: an operator asked the node to drain
 """
 
 from __future__ import annotations
@@ -58,6 +59,29 @@ class ClusterKeys:
     def pin(self, workspace_id: str) -> bytes:
         """Key of one workspace's pin."""
         return self.pins_prefix + workspace_id.encode()
+
+    @property
+    def pinned_owners_prefix(self) -> bytes:
+        """Prefix of the ownership keys of pinned workspaces."""
+        return self.root + b"pinned-owners/"
+
+    def pinned_owner(self, workspace_id: str) -> bytes:
+        """Ownership key of one pinned workspace."""
+        return self.pinned_owners_prefix + workspace_id.encode()
+
+    @property
+    def catalog_root(self) -> bytes:
+        """Prefix of every catalog entry."""
+        return self.root + b"catalog/"
+
+    @property
+    def drain_prefix(self) -> bytes:
+        """Prefix of the operators' drain requests."""
+        return self.root + b"drain/"
+
+    def drain(self, node_id: str) -> bytes:
+        """Key asking one node to drain."""
+        return self.drain_prefix + node_id.encode()
 
     def catalog(self, slot: int, workspace_id: str) -> bytes:
         """Key recording that ``slot`` holds ``workspace_id``."""

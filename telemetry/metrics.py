@@ -1,13 +1,26 @@
-"""The Prometheus endpoint of a process.
-
-CONTRACT (filled in by the gateway/telemetry work; signatures are fixed, node uses them).
-"""
+"""The Prometheus endpoint of a process."""
 
 from __future__ import annotations
+
+import prometheus_client
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, separator, port_text = listen.rpartition(":")
+    if not separator or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"metrics listen address {listen!r} is not host:port")
+    return host.strip("[]") or "0.0.0.0", int(port_text)
 
 
 def start_metrics_server(listen: str) -> str:
     """Serve Prometheus text at ``http://<listen>/metrics`` (``host:port``, port 0 = any free
     port) in a background thread; return the bound ``host:port``. Empty ``listen`` = off,
     returns ``""``."""
-    raise NotImplementedError
+    if not listen:
+        return ""
+    host, port = _split_listen(listen)
+    # prometheus_client >= 0.20 returns (server, thread); the server knows the bound port.
+    server, _thread = prometheus_client.start_http_server(port, addr=host)
+    bound_port = int(server.server_port)
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{shown_host}:{bound_port}"

@@ -79,7 +79,8 @@ class TestLocalMesh:
                 "-plaintext", "-d", json.dumps(request), gateway, f"{SERVICE}/CreateSession"
             )
             assert code == 0, created
-            assert json.loads(created)["sessionId"] == "s-1"
+            # grpcurl prints the proto field names (session_id), not the lowerCamel JSON names.
+            assert json.loads(created)["session_id"] == "s-1", created
 
             async def ready() -> bool:
                 code, got = await _grpcurl(

@@ -381,7 +381,7 @@ class TestListAndDelete:
         # The watch ends cleanly, after the STOPPED state change.
         rest = []
         async with asyncio.timeout(10):
-            while (event := await stream.read()) is not grpc.aio.EOF:
+            while (event := await stream.read()) is not grpc.aio.EOF:  # type: ignore[attr-defined]
                 rest.append(event)
         assert await stream.code() == grpc.StatusCode.OK
         assert rest[-1].state_changed.state == pb.SESSION_STATE_STOPPED
@@ -504,7 +504,7 @@ class TestServing:
             mine = next(f"ws-{i}" for i in range(1000) if owner(f"ws-{i}") == "node-1")
             error = await _error(_create(node.stub, theirs, "s-1"))
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-            trailing = dict(error.trailing_metadata() or ())
+            trailing: dict[str, str] = dict(error.trailing_metadata() or ())  # type: ignore[arg-type]
             assert trailing[OWNER_METADATA_KEY] == "node-2@127.0.0.1:1"
             assert _files_under(node.storage) == []
             await _create(node.stub, mine, "s-1")  # its own workspaces it still serves

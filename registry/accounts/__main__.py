@@ -31,12 +31,19 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
         help="SQLAlchemy URL (default: $DATABASE_URL, else %(default)s)",
     )
+    # The flag is also accepted after the command (`sessionmesh-db upgrade --database-url …`).
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--database-url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("upgrade", help="migrate up (default: to the newest revision)")
+    up = commands.add_parser(
+        "upgrade", parents=[shared], help="migrate up (default: to the newest revision)"
+    )
     up.add_argument("revision", nargs="?", default="head")
-    down = commands.add_parser("downgrade", help="migrate down to REVISION ('base' = empty)")
+    down = commands.add_parser(
+        "downgrade", parents=[shared], help="migrate down to REVISION ('base' = empty)"
+    )
     down.add_argument("revision")
-    commands.add_parser("current", help="print the revision the database is at")
+    commands.add_parser("current", parents=[shared], help="print the revision the database is at")
     return parser
 
 

@@ -1,0 +1,53 @@
+"""``sessionmesh-gateway`` / ``python -m gateway``: run one gateway until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from gateway.config import GatewayConfig, load_config
+from gateway.server import start_gateway
+from registry.errors import MeshError
+from telemetry.logging import configure_logging
+from telemetry.metrics import start_metrics_server
+from telemetry.tracing import configure_tracing
+
+_log = logging.getLogger("gateway")
+
+
+async def _serve(config: GatewayConfig) -> None:
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop_requested.set)
+    gateway = await start_gateway(config)
+    _log.info("gateway listening on %s", gateway.address)
+    terminated = asyncio.create_task(gateway.wait_for_termination())
+    stop_wait = asyncio.create_task(stop_requested.wait())
+    await asyncio.wait({terminated, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    stop_wait.cancel()
+    await gateway.stop()
+    await terminated
+    _log.info("gateway stopped")
+
+
+def main() -> None:
+    """Entry point: configure logging, tracing and metrics, then serve until a signal."""
+    config = load_config()
+    configure_logging("sessionmesh-gateway", level=config.log_level)
+    configure_tracing("sessionmesh-gateway")
+    metrics_address = start_metrics_server(config.metrics_listen)
+    if metrics_address:
+        _log.info("metrics on http://%s/metrics", metrics_address)
+    try:
+        asyncio.run(_serve(config))
+    except MeshError as error:
+        # e.g. etcd unreachable or the port taken: one clear line, not a traceback.
+        _log.error("gateway cannot start: %s", error.message)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

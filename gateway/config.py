@@ -1,0 +1,110 @@
+"""The gateway's configuration: one frozen dataclass, built from flags and environment.
+
+Flags win over environment variables, which win over defaults. A bad value ends the process
+with a message naming it and exit code 2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from registry.errors import InvalidInput
+from registry.keys import DEFAULT_CLUSTER
+from registry.membership import parse_endpoints
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
+DEFAULT_ETCD_ENDPOINTS = "http://127.0.0.1:2379"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything a gateway process needs to start."""
+
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+    """host:port the gRPC server binds (port 0 = any free port)."""
+    etcd_endpoints: str = DEFAULT_ETCD_ENDPOINTS
+    """Comma-separated etcd URLs; the first reachable one is used."""
+    cluster: str = DEFAULT_CLUSTER
+    """Name of the cluster whose nodes the gateway routes to."""
+    metrics_listen: str = ""
+    """host:port of the Prometheus endpoint; empty = no endpoint."""
+    log_level: str = "INFO"
+    """Root log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
+
+
+def parse_host_port(value: str, *, field: str) -> tuple[str, int]:
+    """``"127.0.0.1:7000"`` → ``("127.0.0.1", 7000)``; raise ``InvalidInput`` naming ``field``."""
+    host, separator, port_text = value.rpartition(":")
+    if not separator or not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidInput(f"{field} {value!r} is not host:port (port 0 to 65535)")
+    return host, int(port_text)
+
+
+def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sessionmesh-gateway",
+        description="Forward sessionmesh calls to the node that owns each workspace.",
+    )
+    parser.add_argument(
+        "--listen",
+        default=environ.get("GATEWAY_LISTEN", DEFAULT_LISTEN_ADDRESS),
+        help="host:port to serve gRPC on (env GATEWAY_LISTEN; default %(default)s)",
+    )
+    parser.add_argument(
+        "--etcd",
+        default=environ.get("ETCD_ENDPOINTS", DEFAULT_ETCD_ENDPOINTS),
+        help="comma-separated etcd URLs (env ETCD_ENDPOINTS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--cluster",
+        default=environ.get("SESSIONMESH_CLUSTER", DEFAULT_CLUSTER),
+        help="cluster name (env SESSIONMESH_CLUSTER; default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        default=environ.get("METRICS_LISTEN", ""),
+        help="host:port for Prometheus metrics (env METRICS_LISTEN; default off)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=environ.get("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env LOG_LEVEL; default %(default)s)",
+    )
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> GatewayConfig:
+    parse_host_port(args.listen, field="--listen")
+    if args.metrics_listen:
+        parse_host_port(args.metrics_listen, field="--metrics-listen")
+    parse_endpoints(args.etcd)
+    if not args.cluster or "/" in args.cluster:
+        raise InvalidInput(f"--cluster {args.cluster!r} must be non-empty and contain no '/'")
+    log_level = args.log_level.upper()
+    if log_level not in _LOG_LEVELS or not isinstance(logging.getLevelName(log_level), int):
+        raise InvalidInput(f"--log-level {args.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    return GatewayConfig(
+        listen_address=args.listen,
+        etcd_endpoints=args.etcd,
+        cluster=args.cluster,
+        metrics_listen=args.metrics_listen,
+        log_level=log_level,
+    )
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """The configuration from ``argv`` (default ``sys.argv[1:]``) and ``environ`` (default
+    ``os.environ``). A bad value exits with a message naming it and code 2."""
+    parser = _build_parser(os.environ if environ is None else environ)
+    args = parser.parse_args(argv)
+    try:
+        return _config_from(args)
+    except InvalidInput as error:
+        parser.error(error.message)  # exits with code 2

@@ -1,0 +1,91 @@
+"""Which node serves a workspace, and one pooled channel per node.
+
+The router follows membership through a :class:`MembershipWatcher` subscription into a
+:class:`RoutingTable`: routing is an array lookup, never an etcd read. Channels are opened on
+first use and closed when their node leaves the membership (or the router stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from registry.errors import Unavailable
+from registry.membership import MembershipWatcher, NodeRecord
+from registry.routing import RoutingTable
+from telemetry.tracing import client_interceptors
+
+_log = logging.getLogger(__name__)
+
+
+class Router:
+    """Routes workspaces to live nodes and pools a ``grpc.aio`` channel per node address."""
+
+    def __init__(self, watcher: MembershipWatcher, *, cluster: str) -> None:
+        self._watcher = watcher
+        self._cluster = cluster
+        self._routing = RoutingTable()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._is_started = False
+
+    @property
+    def routing(self) -> RoutingTable:
+        """The watch-fed routing table."""
+        return self._routing
+
+    @property
+    def cluster(self) -> str:
+        """The cluster this router serves."""
+        return self._cluster
+
+    def start(self) -> None:
+        """Follow the watcher's live set (it is applied at once, then on every change)."""
+        self._watcher.subscribe(self._on_members)
+        self._is_started = True
+
+    async def stop(self) -> None:
+        """Stop following membership and close every channel."""
+        if self._is_started:
+            self._watcher.unsubscribe(self._on_members)
+            self._is_started = False
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(None)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def route(self, workspace_id: str) -> NodeRecord:
+        """The node that serves ``workspace_id``; ``Unavailable`` when no node is alive."""
+        node = self._routing.route(workspace_id)
+        if node is None:
+            raise Unavailable(f"no node is alive in cluster {self._cluster}")
+        return node
+
+    def channel_for(self, address: str) -> grpc.aio.Channel:
+        """The pooled channel to ``address`` (``host:port``), opened on first use."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, interceptors=client_interceptors())
+            self._channels[address] = channel
+        return channel
+
+    def _on_members(self, nodes: dict[str, NodeRecord]) -> None:
+        self._routing.update(nodes)
+        live_addresses = {node.address for node in nodes.values()}
+        for address in [address for address in self._channels if address not in live_addresses]:
+            channel = self._channels.pop(address)
+            _log.info("gateway_channel_closed address=%s reason=node_left", address)
+            # A callback cannot await: the close runs as a task that stop() waits for.
+            task = asyncio.get_running_loop().create_task(self._close(channel))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close(channel: grpc.aio.Channel) -> None:
+        # Calls still in flight on a departed node get a short grace to finish.
+        with contextlib.suppress(Exception):
+            await channel.close(grace=1.0)

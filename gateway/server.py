@@ -1,0 +1,162 @@
+"""Start and stop a gateway: etcd membership → router, forwarding handler, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from typing import Protocol
+
+import aetcd
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.config import GatewayConfig, parse_host_port
+from gateway.forwarder import ForwardingHandler
+from gateway.router import Router
+from protos import SESSION_SERVICE_NAME, session_pb2  # noqa: F401 - registers the descriptors
+from registry.errors import Unavailable
+from registry.keys import ClusterKeys
+from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
+from telemetry.tracing import server_interceptors
+
+_log = logging.getLogger(__name__)
+
+
+class _HealthServicer(Protocol):
+    """The part of grpc_health's asyncio servicer the gateway uses (grpc-stubs lacks it)."""
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        """Publish ``status`` for ``service``."""
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Answer NOT_SERVING for every service from now on."""
+
+
+def _new_health_servicer() -> _HealthServicer:
+    # grpc-stubs 1.53 has no grpc_health.v1.health.aio; the module itself is typed loosely.
+    servicer: _HealthServicer = importlib.import_module("grpc_health.v1._async").HealthServicer()
+    return servicer
+
+
+class GatewayServer:
+    """A running gateway. Stop it with ``stop()``; everything it opened is closed then."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        server: grpc.aio.Server,
+        health_servicer: _HealthServicer,
+        router: Router,
+        watcher: MembershipWatcher,
+        etcd: aetcd.Client,
+    ) -> None:
+        self._address = address
+        self._server = server
+        self._health = health_servicer
+        self._router = router
+        self._watcher = watcher
+        self._etcd = etcd
+        self._is_stopped = False
+
+    @property
+    def address(self) -> str:
+        """The bound ``host:port`` (port 0 resolved)."""
+        return self._address
+
+    @property
+    def router(self) -> Router:
+        """The router: routing table and channel pool."""
+        return self._router
+
+    async def stop(self, *, grace_seconds: float = 5.0) -> None:
+        """Stop taking calls, let calls in flight finish within ``grace_seconds``, close
+        channels, the watch and etcd. Safe to call twice."""
+        if self._is_stopped:
+            return
+        self._is_stopped = True
+        _log.info("gateway_stopping address=%s", self._address)
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_seconds)
+        await self._router.stop()
+        await self._watcher.stop()
+        await self._etcd.close()
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        await self._server.wait_for_termination()
+
+
+class _ServiceHealth:
+    """Health of ``sessionmesh.v1.SessionService`` on the gateway: SERVING while at least one
+    active node can take calls, NOT_SERVING otherwise (the process itself, service ``""``,
+    stays SERVING), so a load balancer can tell "gateway up, mesh empty" apart."""
+
+    def __init__(self, servicer: _HealthServicer) -> None:
+        self._servicer = servicer
+        self._is_serving: bool | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def nodes_changed(self, nodes: dict[str, NodeRecord]) -> None:
+        is_serving = any(record.is_active for record in nodes.values())
+        if is_serving == self._is_serving:
+            return
+        self._is_serving = is_serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if is_serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(
+            self._servicer.set(SESSION_SERVICE_NAME, status)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def start_gateway(config: GatewayConfig) -> GatewayServer:
+    """Start a gateway as ``config`` says; raises ``Unavailable`` if etcd or the port is not
+    there. Whatever was opened before a failure is closed again."""
+    host, _ = parse_host_port(config.listen_address, field="listen_address")
+    async with contextlib.AsyncExitStack() as cleanup:
+        etcd = await connect_etcd(config.etcd_endpoints)
+        cleanup.push_async_callback(etcd.close)
+        watcher = MembershipWatcher(etcd, ClusterKeys(config.cluster))
+        await watcher.start()
+        cleanup.push_async_callback(watcher.stop)
+        router = Router(watcher, cluster=config.cluster)
+        router.start()
+        cleanup.push_async_callback(router.stop)
+
+        server = grpc.aio.server(interceptors=server_interceptors())
+        cleanup.push_async_callback(server.stop, None)
+        try:
+            port = server.add_insecure_port(config.listen_address)
+        except RuntimeError as error:
+            raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
+        address = f"{host}:{port}"
+        server.add_generic_rpc_handlers((ForwardingHandler(router, label=address),))
+        health_servicer = _new_health_servicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SESSION_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        await server.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        follower = _ServiceHealth(health_servicer)
+        watcher.subscribe(follower.nodes_changed)
+        cleanup.callback(watcher.unsubscribe, follower.nodes_changed)
+        cleanup.pop_all()  # started: from here GatewayServer.stop closes everything
+    return GatewayServer(
+        address=address,
+        server=server,
+        health_servicer=health_servicer,
+        router=router,
+        watcher=watcher,
+        etcd=etcd,
+    )

@@ -1,0 +1,279 @@
+"""One trace spans client → gateway → node; the SDK is set up from OTEL_* variables only."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import aetcd
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind
+from opentelemetry.util._once import Once
+
+import telemetry.tracing
+from gateway import GatewayConfig, GatewayServer, start_gateway
+from protos import session_pb2
+from registry.membership import connect_etcd
+from telemetry import (
+    build_tracer_provider,
+    client_interceptors,
+    configure_logging,
+    configure_tracing,
+    start_metrics_server,
+)
+from tests.test_gateway import WATCH_EVENT_COUNT, RunningNode, start_echo_node, stub_of
+from tests.waiting import eventually
+
+GET_SESSION = "/sessionmesh.v1.SessionService/GetSession"
+WATCH_SESSION = "/sessionmesh.v1.SessionService/WatchSession"
+
+
+def _swap_global_provider(provider: trace.TracerProvider | None) -> tuple[Once, object]:
+    # OTel lets the global provider be set once per process; its own test utils reset it so.
+    saved = (trace._TRACER_PROVIDER_SET_ONCE, trace._TRACER_PROVIDER)
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+    if provider is not None:
+        trace.set_tracer_provider(provider)
+    return saved
+
+
+def _restore_global_provider(saved: tuple[Once, object]) -> None:
+    trace._TRACER_PROVIDER_SET_ONCE, trace._TRACER_PROVIDER = saved  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module")
+def span_exporter() -> Iterator[InMemorySpanExporter]:
+    """An in-memory exporter behind the global SDK provider, for this module only."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    saved = _swap_global_provider(provider)
+    yield exporter
+    provider.shutdown()
+    _restore_global_provider(saved)
+
+
+@pytest.fixture
+def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
+    """The exporter, emptied before and after the test."""
+    span_exporter.clear()
+    yield span_exporter
+    span_exporter.clear()
+
+
+@pytest.fixture
+async def traced_cluster(
+    etcd_url: str, cluster_name: str
+) -> AsyncIterator[tuple[GatewayServer, RunningNode]]:
+    """A gateway and one traced echo node in this test's cluster."""
+    etcd: aetcd.Client = await connect_etcd(etcd_url)
+    node = await start_echo_node(etcd, cluster_name, "n1")
+    gateway = await start_gateway(
+        GatewayConfig(listen_address="127.0.0.1:0", etcd_endpoints=etcd_url, cluster=cluster_name)
+    )
+    await eventually(lambda: gateway.router.routing.ring.node_ids == ["n1"])
+    yield gateway, node
+    await gateway.stop(grace_seconds=0.5)
+    await node.stop()
+    await etcd.close()
+
+
+def _parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def _child_of(spans: list[ReadableSpan], parent: ReadableSpan, kind: SpanKind) -> ReadableSpan:
+    children = [
+        span for span in spans if _parent_id(span) == parent.context.span_id and span.kind == kind
+    ]
+    assert len(children) == 1, f"expected one {kind} child of {parent.name}, got {children}"
+    return children[0]
+
+
+class TestTracePropagation:
+    """Client, gateway and node spans form one trace with the right parents."""
+
+    async def test_one_trace_across_the_gateway(
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+    ) -> None:
+        gateway, _ = traced_cluster
+        tracer = trace.get_tracer("test")
+        async with grpc.aio.insecure_channel(
+            gateway.address, interceptors=client_interceptors()
+        ) as channel:
+            with tracer.start_as_current_span("caller") as caller:
+                await stub_of(channel).GetSession(
+                    session_pb2.GetSessionRequest(workspace_id="ws-1", session_id="s1"), timeout=5
+                )
+        await eventually(
+            lambda: len([s for s in spans.get_finished_spans() if s.name == GET_SESSION]) == 4,
+            message="four GetSession spans finished",
+        )
+        finished = list(spans.get_finished_spans())
+        trace_id = caller.get_span_context().trace_id
+        assert {span.context.trace_id for span in finished} == {trace_id}
+        root = next(span for span in finished if span.name == "caller")
+        client = _child_of(finished, root, SpanKind.CLIENT)
+        gateway_server = _child_of(finished, client, SpanKind.SERVER)
+        gateway_client = _child_of(finished, gateway_server, SpanKind.CLIENT)
+        node_server = _child_of(finished, gateway_client, SpanKind.SERVER)
+        assert {client.name, gateway_server.name, gateway_client.name, node_server.name} == {
+            GET_SESSION
+        }
+
+    async def test_one_trace_across_the_gateway_for_a_stream(
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+    ) -> None:
+        gateway, _ = traced_cluster
+        async with grpc.aio.insecure_channel(
+            gateway.address, interceptors=client_interceptors()
+        ) as channel:
+            with trace.get_tracer("test").start_as_current_span("caller"):
+                events = [
+                    event
+                    async for event in stub_of(channel).WatchSession(
+                        session_pb2.WatchSessionRequest(workspace_id="ws-1", session_id="s1"),
+                        timeout=5,
+                    )
+                ]
+        assert len(events) == WATCH_EVENT_COUNT
+        await eventually(
+            lambda: len([s for s in spans.get_finished_spans() if s.name == WATCH_SESSION]) == 4,
+            message="four WatchSession spans finished",
+        )
+        finished = list(spans.get_finished_spans())
+        assert len({span.context.trace_id for span in finished}) == 1
+        root = next(span for span in finished if span.name == "caller")
+        client = _child_of(finished, root, SpanKind.CLIENT)
+        gateway_server = _child_of(finished, client, SpanKind.SERVER)
+        gateway_client = _child_of(finished, gateway_server, SpanKind.CLIENT)
+        _child_of(finished, gateway_client, SpanKind.SERVER)
+
+    async def test_health_checks_are_not_traced(
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+    ) -> None:
+        gateway, _ = traced_cluster
+        async with grpc.aio.insecure_channel(
+            gateway.address, interceptors=client_interceptors()
+        ) as channel:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        assert spans.get_finished_spans() == ()
+
+
+@pytest.fixture
+def clean_otel_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No OTEL_* variable from the outer environment leaks into the test."""
+    for variable in (
+        "OTEL_SDK_DISABLED",
+        "OTEL_SERVICE_NAME",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    return monkeypatch
+
+
+def _processors(provider: TracerProvider) -> tuple[object, ...]:
+    # The SDK keeps its processors in a multi-processor; there is no public accessor.
+    return tuple(provider._active_span_processor._span_processors)
+
+
+class TestConfigureTracing:
+    """The SDK provider follows the standard OTEL_* variables and exports nothing by default."""
+
+    def test_exports_nothing_by_default(self, clean_otel_environment: pytest.MonkeyPatch) -> None:
+        provider = build_tracer_provider("sessionmesh-gateway")
+        assert provider is not None
+        assert _processors(provider) == ()
+        assert provider.resource.attributes[SERVICE_NAME] == "sessionmesh-gateway"
+        provider.shutdown()
+
+    @pytest.mark.parametrize(
+        "variable", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    )
+    def test_exports_over_otlp_when_an_endpoint_is_set(
+        self, clean_otel_environment: pytest.MonkeyPatch, variable: str
+    ) -> None:
+        clean_otel_environment.setenv(variable, "http://127.0.0.1:4317")
+        provider = build_tracer_provider("sessionmesh-gateway")
+        assert provider is not None
+        (processor,) = _processors(provider)
+        assert isinstance(processor, BatchSpanProcessor)
+        assert isinstance(processor._batch_processor._exporter, OTLPSpanExporter)
+        provider.shutdown()
+
+    def test_service_name_and_sampler_come_from_the_environment(
+        self, clean_otel_environment: pytest.MonkeyPatch
+    ) -> None:
+        clean_otel_environment.setenv("OTEL_SERVICE_NAME", "edge-gateway")
+        clean_otel_environment.setenv("OTEL_TRACES_SAMPLER", "always_off")
+        provider = build_tracer_provider("sessionmesh-gateway")
+        assert provider is not None
+        assert provider.resource.attributes[SERVICE_NAME] == "edge-gateway"
+        assert provider.sampler is ALWAYS_OFF
+        provider.shutdown()
+
+    def test_sdk_disabled_builds_nothing(self, clean_otel_environment: pytest.MonkeyPatch) -> None:
+        clean_otel_environment.setenv("OTEL_SDK_DISABLED", "true")
+        assert build_tracer_provider("sessionmesh-gateway") is None
+
+    def test_configure_installs_the_provider_once(
+        self, clean_otel_environment: pytest.MonkeyPatch
+    ) -> None:
+        saved = _swap_global_provider(None)
+        clean_otel_environment.setattr(telemetry.tracing, "_is_configured", False)
+        try:
+            configure_tracing("first")
+            installed = trace.get_tracer_provider()
+            configure_tracing("second")
+            assert trace.get_tracer_provider() is installed
+            assert isinstance(installed, TracerProvider)
+            assert installed.resource.attributes[SERVICE_NAME] == "first"
+            installed.shutdown()
+        finally:
+            _restore_global_provider(saved)
+
+
+class TestLogsAndMetrics:
+    """Log lines carry the trace ids; the metrics endpoint can be turned off."""
+
+    def test_log_line_carries_trace_and_span_ids(
+        self, span_exporter: InMemorySpanExporter, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        root = logging.getLogger()
+        saved_handlers, saved_level = list(root.handlers), root.level
+        try:
+            configure_logging("sessionmesh-gateway", level="INFO")
+            configure_logging("sessionmesh-gateway", level="INFO")
+            with trace.get_tracer("test").start_as_current_span("work") as span:
+                logging.getLogger("gateway.test").info('routed "ws-1"')
+            context = span.get_span_context()
+        finally:
+            root.handlers[:] = saved_handlers
+            root.setLevel(saved_level)
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith("ts=")
+        assert (
+            ' level=info service=sessionmesh-gateway logger=gateway.test msg="routed \\"ws-1\\""'
+            f" trace_id={context.trace_id:032x} span_id={context.span_id:016x}"
+        ) in lines[0]
+
+    def test_empty_metrics_listen_is_off(self) -> None:
+        assert start_metrics_server("") == ""
