@@ -4,14 +4,16 @@ serves its workspace.
 Per call: read ``workspace_id`` from the wire bytes, route it, forward over the pooled
 channel with the caller's deadline and metadata, and hand back the node's answer, status,
 details and trailing metadata unchanged. Two recoveries happen here, invisible to callers: a
-``FAILED_PRECONDITION`` naming the real owner is re-sent to it once, and ``UNAVAILABLE``
-(a handoff in progress) is retried per :class:`RetryPolicy` within the caller's deadline.
+``FAILED_PRECONDITION`` naming the real owner is re-sent to it (at once the first time, after
+a backoff when nodes disagree while a slot moves), and ``UNAVAILABLE`` (a handoff in
+progress) is retried per :class:`RetryPolicy` within the caller's deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     _GenericRpcHandler = grpc.GenericRpcHandler[bytes, bytes]
 else:  # grpc's runtime class is not generic; only its stubs are
     _GenericRpcHandler = grpc.GenericRpcHandler
+
+_log = logging.getLogger(__name__)
 
 _TRANSPORT_KEYS = frozenset({"user-agent", "content-type", "te", "host"})
 _TRANSPORT_PREFIXES = (":", "grpc-")
@@ -96,19 +100,15 @@ class _Attempts:
         self._policy = policy
         self._label = label
         self._retry_count = 0
-        self._was_rerouted = False
+        self._redirect_count = 0
+        self._refused_addresses: set[str] = set()
 
     async def should_try_again(self, error: grpc.aio.AioRpcError, context: Context) -> bool:
         """Pick the next address (and wait) if ``error`` allows another attempt."""
         trailing = forwardable_metadata(error.trailing_metadata())
         code = error.code()
-        if code == grpc.StatusCode.FAILED_PRECONDITION and not self._was_rerouted:
-            owner_address = _owner_address(trailing)
-            if owner_address is not None and owner_address != self.address:
-                self._was_rerouted = True
-                self.address = owner_address
-                metrics.REROUTES.labels(self._label, self.method).inc()
-                return True
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return await self._redirect(trailing, context)
         self._retry_count += 1
         delay_seconds = next_delay_seconds(
             self._policy,
@@ -121,10 +121,48 @@ class _Attempts:
             return False
         await asyncio.sleep(delay_seconds)
         metrics.RETRIES.labels(self._label, self.method).inc()
-        if not self._was_rerouted:
-            # The node may have died or left meanwhile: follow the (watch-fed) table again.
-            with contextlib.suppress(MeshError):
-                self.address = self._router.route(self._workspace_id).address
+        # The slot may have moved or its node died meanwhile: follow the watch-fed table again,
+        # except back to a node that already said it is not the owner.
+        with contextlib.suppress(MeshError):
+            address = self._router.route(self._workspace_id).address
+            if address not in self._refused_addresses:
+                self.address = address
+        return True
+
+    async def _redirect(self, trailing: MetadataPairs, context: Context) -> bool:
+        """After ``FAILED_PRECONDITION`` (the node did nothing): go to the owner it named.
+
+        The first redirect to a named owner that has not refused yet is immediate. Otherwise
+        (no owner named, or nodes naming each other while a slot moves) wait a backoff and
+        follow the watch-fed table again: views of a moving slot converge within milliseconds.
+        It gives up only when the caller's deadline would pass (or, without a deadline, after
+        the policy's attempts).
+        """
+        self._refused_addresses.add(self.address)
+        owner_address = _owner_address(trailing)
+        self._redirect_count += 1
+        if owner_address is not None and owner_address not in self._refused_addresses:
+            metrics.REROUTES.labels(self._label, self.method).inc()
+            self.address = owner_address
+            return True
+        self._retry_count += 1
+        delay_seconds = self._policy.backoff_ms(self._retry_count) / 1000
+        time_remaining_seconds = context.time_remaining()
+        if (time_remaining_seconds is None and self._retry_count >= self._policy.max_attempts) or (
+            time_remaining_seconds is not None and delay_seconds >= time_remaining_seconds
+        ):
+            _log.warning(
+                "gateway_redirect_gave_up workspace_id=%s refused_by=%s named=%s",
+                self._workspace_id,
+                sorted(self._refused_addresses),
+                owner_address,
+            )
+            return False
+        await asyncio.sleep(delay_seconds)
+        metrics.REROUTES.labels(self._label, self.method).inc()
+        self._refused_addresses.clear()  # after the wait, every view may have moved on
+        with contextlib.suppress(MeshError):
+            self.address = self._router.route(self._workspace_id).address
         return True
 
 

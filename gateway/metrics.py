@@ -29,3 +29,8 @@ REROUTES = Counter(
     "Calls re-sent to the owner a node named in FAILED_PRECONDITION.",
     ("gateway", "method"),
 )
+ADMIN_CALLS = Counter(
+    "sessionmesh_gateway_admin_calls_total",
+    "AdminService calls the gateway answered, by method and status code.",
+    ("gateway", "method", "code"),
+)

@@ -20,9 +20,11 @@ class RetryPolicy:
     """When and how long to wait before retrying a failed call."""
 
     retryable_codes: frozenset[grpc.StatusCode] = field(
-        default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE})
+        default_factory=lambda: frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
     )
-    """Status codes that may succeed when the same call is sent again."""
+    """Status codes that may succeed when the same call is sent again. Every SessionService RPC
+    is idempotent (by session id, by client message id), so a CANCELLED that the caller did not
+    cause — a node stopping, or its channel closing as it leaves — is safe to send again."""
     initial_backoff_ms: int = 20
     """Delay before the first retry, before jitter."""
     max_backoff_ms: int = 500
@@ -72,11 +74,15 @@ def next_delay_seconds(
 ) -> float | None:
     """Seconds to wait before retry number ``attempt``, or None when the call must not retry.
 
-    None when ``code`` is not retryable, the attempts are used up, or the wait would reach past
-    the caller's deadline (``time_remaining_seconds``; None = no deadline). The server's hint
+    None when ``code`` is not retryable, the wait would reach past the caller's deadline
+    (``time_remaining_seconds``), or — only for a caller without a deadline — the attempts are
+    used up: a caller who gave a deadline sees latency, not errors, until it passes (a dead
+    node's lease takes a few seconds to expire). The server's hint
     wins over the computed backoff.
     """
-    if not policy.is_retryable(code) or attempt >= policy.max_attempts:
+    if not policy.is_retryable(code):
+        return None
+    if time_remaining_seconds is None and attempt >= policy.max_attempts:
         return None
     hint_ms = retry_after_hint_ms(trailing_metadata)
     delay_seconds = (hint_ms if hint_ms is not None else policy.backoff_ms(attempt)) / 1000

@@ -1,8 +1,10 @@
 """Which node serves a workspace, and one pooled channel per node.
 
 The router follows membership through a :class:`MembershipWatcher` subscription into a
-:class:`RoutingTable`: routing is an array lookup, never an etcd read. Channels are opened on
-first use and closed when their node leaves the membership (or the router stops).
+:class:`RoutingTable`, and the owners map through an :class:`OwnershipView`: routing is a few
+dict lookups on watch-fed copies, never an etcd read. A pin wins, then the slot's owner, and
+placement (ring + bounded loads) only for a slot nobody owns. Channels are opened on first use
+and closed when their node leaves the membership (or the router stops).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import grpc
 
 from registry.errors import Unavailable
 from registry.membership import MembershipWatcher, NodeRecord
+from registry.ownership import OwnershipView
+from registry.placement import place_slot
 from registry.routing import RoutingTable
+from registry.slots import slot_of
 from telemetry.tracing import client_interceptors
 
 _log = logging.getLogger(__name__)
@@ -24,10 +29,18 @@ _log = logging.getLogger(__name__)
 class Router:
     """Routes workspaces to live nodes and pools a ``grpc.aio`` channel per node address."""
 
-    def __init__(self, watcher: MembershipWatcher, *, cluster: str) -> None:
+    def __init__(
+        self,
+        watcher: MembershipWatcher,
+        *,
+        cluster: str,
+        ownership: OwnershipView | None = None,
+    ) -> None:
         self._watcher = watcher
         self._cluster = cluster
+        self._ownership = ownership
         self._routing = RoutingTable()
+        self._nodes: dict[str, NodeRecord] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._is_started = False
@@ -36,6 +49,16 @@ class Router:
     def routing(self) -> RoutingTable:
         """The watch-fed routing table."""
         return self._routing
+
+    @property
+    def ownership(self) -> OwnershipView | None:
+        """The watch-fed owners map (None: route by placement alone)."""
+        return self._ownership
+
+    @property
+    def nodes(self) -> dict[str, NodeRecord]:
+        """The live nodes by id, as last seen (do not mutate)."""
+        return self._nodes
 
     @property
     def cluster(self) -> str:
@@ -59,11 +82,41 @@ class Router:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
     def route(self, workspace_id: str) -> NodeRecord:
-        """The node that serves ``workspace_id``; ``Unavailable`` when no node is alive."""
-        node = self._routing.route(workspace_id)
-        if node is None:
+        """The node that serves ``workspace_id``: its pin (the pinned owner if held), else its
+        slot's owner, else placement; ``Unavailable`` when no node can take it."""
+        slot = slot_of(workspace_id, self._routing.slot_count)
+        ownership = self._ownership
+        if ownership is not None:
+            pinned_node_id = ownership.pin_of(workspace_id)
+            if pinned_node_id is not None:
+                pinned_owner = ownership.pinned_owner_of(workspace_id)
+                node_id = pinned_node_id if pinned_owner is None else pinned_owner.node_id
+                # A pin to a node that is gone falls back to the slot: the pin is only intent.
+                record = self._nodes.get(node_id)
+                if record is not None:
+                    return record
+            owner = ownership.owner_of_slot(slot)
+            if owner is not None:
+                record = self._nodes.get(owner.node_id)
+                if record is not None:
+                    return record
+            return self._placed(slot)
+        record = self._routing.node_for_slot(slot)
+        if record is None:
             raise Unavailable(f"no node is alive in cluster {self._cluster}")
-        return node
+        return record
+
+    def _placed(self, slot: int) -> NodeRecord:
+        node_id = place_slot(self._routing, self._nodes, slot)
+        record = None if node_id is None else self._nodes.get(node_id)
+        if record is None:
+            if any(node.is_active for node in self._nodes.values()):
+                raise Unavailable(
+                    f"every active node of cluster {self._cluster} is at capacity",
+                    retry_after_ms=500,
+                )
+            raise Unavailable(f"no node is alive in cluster {self._cluster}")
+        return record
 
     def channel_for(self, address: str) -> grpc.aio.Channel:
         """The pooled channel to ``address`` (``host:port``), opened on first use."""
@@ -75,6 +128,7 @@ class Router:
 
     def _on_members(self, nodes: dict[str, NodeRecord]) -> None:
         self._routing.update(nodes)
+        self._nodes = nodes
         live_addresses = {node.address for node in nodes.values()}
         for address in [address for address in self._channels if address not in live_addresses]:
             channel = self._channels.pop(address)

@@ -1,4 +1,5 @@
-"""Start and stop a gateway: etcd membership → router, forwarding handler, health, reflection."""
+"""Start and stop a gateway: etcd membership and ownership → router, forwarding handler, admin
+service, health, reflection."""
 
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.admin import ADMIN_SERVICE_NAME, AdminServicer
 from gateway.config import GatewayConfig, parse_host_port
 from gateway.forwarder import ForwardingHandler
 from gateway.router import Router
 from protos import SESSION_SERVICE_NAME, session_pb2  # noqa: F401 - registers the descriptors
+from protos.sessionmesh.v1 import admin_pb2_grpc
 from registry.errors import Unavailable
 from registry.keys import ClusterKeys
 from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
+from registry.ownership import OwnershipView
 from telemetry.tracing import server_interceptors
 
 _log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class GatewayServer:
         health_servicer: _HealthServicer,
         router: Router,
         watcher: MembershipWatcher,
+        ownership: OwnershipView,
         etcd: aetcd.Client,
     ) -> None:
         self._address = address
@@ -61,6 +66,7 @@ class GatewayServer:
         self._health = health_servicer
         self._router = router
         self._watcher = watcher
+        self._ownership = ownership
         self._etcd = etcd
         self._is_stopped = False
 
@@ -76,7 +82,7 @@ class GatewayServer:
 
     async def stop(self, *, grace_seconds: float = 5.0) -> None:
         """Stop taking calls, let calls in flight finish within ``grace_seconds``, close
-        channels, the watch and etcd. Safe to call twice."""
+        channels, the watches and etcd. Safe to call twice."""
         if self._is_stopped:
             return
         self._is_stopped = True
@@ -84,6 +90,7 @@ class GatewayServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_seconds)
         await self._router.stop()
+        await self._ownership.stop()
         await self._watcher.stop()
         await self._etcd.close()
 
@@ -126,10 +133,14 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
     async with contextlib.AsyncExitStack() as cleanup:
         etcd = await connect_etcd(config.etcd_endpoints)
         cleanup.push_async_callback(etcd.close)
-        watcher = MembershipWatcher(etcd, ClusterKeys(config.cluster))
+        keys = ClusterKeys(config.cluster)
+        watcher = MembershipWatcher(etcd, keys)
         await watcher.start()
         cleanup.push_async_callback(watcher.stop)
-        router = Router(watcher, cluster=config.cluster)
+        ownership = OwnershipView(etcd, keys)
+        await ownership.start()
+        cleanup.push_async_callback(ownership.stop)
+        router = Router(watcher, cluster=config.cluster, ownership=ownership)
         router.start()
         cleanup.push_async_callback(router.stop)
 
@@ -141,10 +152,20 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
             raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
         address = f"{host}:{port}"
         server.add_generic_rpc_handlers((ForwardingHandler(router, label=address),))
+        admin = AdminServicer(
+            router=router, ownership=ownership, etcd=etcd, keys=keys, label=address
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
         health_servicer = _new_health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (SESSION_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                SESSION_SERVICE_NAME,
+                ADMIN_SERVICE_NAME,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -158,5 +179,6 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         health_servicer=health_servicer,
         router=router,
         watcher=watcher,
+        ownership=ownership,
         etcd=etcd,
     )

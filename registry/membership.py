@@ -121,11 +121,16 @@ def _call_safely(callback: Callable[..., None], *arguments: object) -> None:
         _log.exception("membership_callback_failed callback=%r", callback)
 
 
+_REFRESH_RETRY_SECONDS = 0.2
+"""Pause between keepalive retries while etcd does not answer."""
+
+
 class NodeRegistration:
     """A node's own membership: lease, record and keepalive.
 
-    The keepalive refreshes the lease every ``lease_ttl_seconds / 3``. When a refresh fails or
-    the lease is gone, ``on_lease_lost`` runs (the node must fence itself: its owner keys were
+    The keepalive refreshes the lease every ``lease_ttl_seconds / 3``; a refresh that errors is
+    retried on the same lease. When etcd says the lease is gone, or no refresh succeeded for a
+    whole TTL, ``on_lease_lost`` runs (the node must fence itself: its owner keys were
     bound to that lease), then a new lease is granted and the record re-published until it
     works, and ``on_lease_regained(new_lease_id)`` runs.
     """
@@ -150,6 +155,7 @@ class NodeRegistration:
         self._on_lease_regained = on_lease_regained
         self._lease_id = 0
         self._has_lease = False
+        self._last_refreshed_at = 0.0
         self._publish_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -167,6 +173,11 @@ class NodeRegistration:
     def has_lease(self) -> bool:
         """Whether the lease is believed alive (False between a loss and its re-grant)."""
         return self._has_lease
+
+    @property
+    def last_refreshed_at(self) -> float:
+        """Event-loop time (``loop.time()``) the lease was last granted or refreshed; 0 before."""
+        return self._last_refreshed_at
 
     @property
     def _refresh_interval_seconds(self) -> float:
@@ -231,26 +242,42 @@ class NodeRegistration:
             )
             self._lease_id = int(lease.id)
             self._has_lease = True
+            self._last_refreshed_at = asyncio.get_running_loop().time()
 
     async def _refresh(self) -> bool:
         """Whether the lease is still alive after one keepalive round trip."""
         reply = await self._client.refresh_lease(self._lease_id)
         # etcd answers a keepalive for an unknown (expired) lease with TTL 0, not an error.
-        return reply is not None and int(reply.TTL) > 0
+        is_alive = reply is not None and int(reply.TTL) > 0
+        if is_alive:
+            self._last_refreshed_at = asyncio.get_running_loop().time()
+        return is_alive
 
     async def _keep_alive(self) -> None:
         interval = self._refresh_interval_seconds
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
-            try:
-                is_alive = await asyncio.wait_for(self._refresh(), interval)
-            except (aetcd.ClientError, TimeoutError) as error:
-                _log.warning(
-                    "lease_refresh_failed node_id=%s error=%r", self._record.node_id, error
-                )
-                is_alive = False
-            if not is_alive:
-                await self._recover()
+            # A refresh that errors (etcd restarting, a network blip) says nothing about the
+            # lease: etcd may still hold it. Retry the same lease quickly; give it up only when
+            # etcd answers that it is gone (TTL 0) or a whole TTL passed unconfirmed.
+            while True:
+                try:
+                    if not await asyncio.wait_for(self._refresh(), interval):
+                        await self._recover()
+                    break
+                except (aetcd.ClientError, TimeoutError) as error:
+                    unconfirmed_seconds = loop.time() - self._last_refreshed_at
+                    _log.warning(
+                        "lease_refresh_failed node_id=%s unconfirmed_seconds=%.2f error=%r",
+                        self._record.node_id,
+                        unconfirmed_seconds,
+                        error,
+                    )
+                    if unconfirmed_seconds >= self._lease_ttl_seconds:
+                        await self._recover()
+                        break
+                    await asyncio.sleep(min(_REFRESH_RETRY_SECONDS, interval))
 
     async def _recover(self) -> None:
         lost_lease_id = self._lease_id
