@@ -15,6 +15,8 @@
     --lease-ttl-seconds    LEASE_TTL_SECONDS              5
     --zone                 NODE_ZONE                      ''
     --restore-concurrency  RESTORE_CONCURRENCY            32
+    --reconcile-interval-seconds RECONCILE_INTERVAL_SECONDS 1
+    --max-moves-in-flight  MAX_MOVES_IN_FLIGHT            64
     --log-level            LOG_LEVEL                      INFO
 
 A bad value ends the process with a message naming it and exit code 2.
@@ -43,6 +45,8 @@ DEFAULT_DATABASE_URL = "sqlite:///.mesh/accounts.db"
 DEFAULT_SIMNET = "127.0.0.1:7100"
 DEFAULT_LEASE_TTL_SECONDS = 5
 DEFAULT_RESTORE_CONCURRENCY = 32
+DEFAULT_RECONCILE_INTERVAL_SECONDS = 1.0
+DEFAULT_MAX_MOVES_IN_FLIGHT = 64
 MIN_LEASE_TTL_SECONDS = 2
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -76,7 +80,11 @@ class NodeConfig:
     zone: str = ""
     """Failure zone (e.g. an availability zone), published in the node record."""
     restore_concurrency: int = DEFAULT_RESTORE_CONCURRENCY
-    """Sessions restored at once at start, so a boot does not spike the CPU."""
+    """Sessions restored at once (start, failover, handoff), so a boot does not spike the CPU."""
+    reconcile_interval_seconds: float = DEFAULT_RECONCILE_INTERVAL_SECONDS
+    """Seconds between two reconciler passes when nothing changes (a change wakes it at once)."""
+    max_moves_in_flight: int = DEFAULT_MAX_MOVES_IN_FLIGHT
+    """Slot acquires and handoffs this node runs at once: paces failovers and joins."""
     log_level: str = "INFO"
     """Root log level."""
 
@@ -130,6 +138,14 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--restore-concurrency",
         default=env("RESTORE_CONCURRENCY", default=str(DEFAULT_RESTORE_CONCURRENCY)),
     )
+    add(
+        "--reconcile-interval-seconds",
+        default=env("RECONCILE_INTERVAL_SECONDS", default=str(DEFAULT_RECONCILE_INTERVAL_SECONDS)),
+    )
+    add(
+        "--max-moves-in-flight",
+        default=env("MAX_MOVES_IN_FLIGHT", default=str(DEFAULT_MAX_MOVES_IN_FLIGHT)),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     return parser
 
@@ -142,6 +158,16 @@ def _positive_int(value: str, *, field: str, minimum: int) -> int:
     if number < minimum:
         raise InvalidInput(f"{field} must be at least {minimum} (got {number})")
     return number
+
+
+def _positive_seconds(value: str, *, field: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise InvalidInput(f"{field} {value!r} is not a number of seconds") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise InvalidInput(f"{field} must be a positive number of seconds (got {value})")
+    return seconds
 
 
 def _config_from(args: argparse.Namespace) -> NodeConfig:
@@ -174,6 +200,12 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         zone=args.zone,
         restore_concurrency=_positive_int(
             args.restore_concurrency, field="--restore-concurrency", minimum=1
+        ),
+        reconcile_interval_seconds=_positive_seconds(
+            args.reconcile_interval_seconds, field="--reconcile-interval-seconds"
+        ),
+        max_moves_in_flight=_positive_int(
+            args.max_moves_in_flight, field="--max-moves-in-flight", minimum=1
         ),
         log_level=log_level,
     )

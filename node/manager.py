@@ -24,11 +24,12 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from node.drivers.base import DriverFactory
 from node.events import Subscription
+from node.fencing import EpochFence, Fenced
 from node.metrics import NodeMetrics
 from node.reporting import SessionReporter
 from node.session import HostedSession, SendResult, SessionState, SessionView
@@ -45,6 +46,12 @@ RESTORE_START_TIMEOUT_SECONDS = 10.0
 """How long one restore may hold a restore slot while its driver connects."""
 STOPPING_RETRY_AFTER_MS = 200
 """The retry hint while this node shuts down: the gateway re-routes meanwhile."""
+LET_GO_TIMEOUT_SECONDS = 1.0
+"""How long a restore waits for a session's previous node to record it stopped. A node that
+hands off or fences itself stops first; one that crashed never records it, so this bounds
+what a crash adds to the failover time."""
+LET_GO_POLL_SECONDS = 0.02
+_LET_GO_STATES = frozenset({"stopped", "failed"})
 
 _SessionKey = tuple[str, str]
 
@@ -100,6 +107,11 @@ class SessionManager:
         # Creates in flight: counted against max_sessions before they are hosted.
         self._reserved = 0
         self._is_stopping = False
+        # Shared by every restore at once (all slots being acquired), so a failover or a
+        # cold start restores at most restore_concurrency sessions in parallel.
+        self._restore_slots = asyncio.Semaphore(restore_concurrency)
+        self._admits: Callable[[str], bool] = lambda workspace_id: True
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def node_id(self) -> str:
@@ -115,6 +127,19 @@ class SessionManager:
     def is_stopping(self) -> bool:
         """Whether ``stop_all`` has begun: calls get ``Unavailable`` with a retry hint."""
         return self._is_stopping
+
+    def set_admission(self, admits: Callable[[str], bool]) -> None:
+        """Only adopt a new session of a workspace while ``admits(workspace_id)`` holds (the
+        node still serves it): checked right before the session joins, after every await."""
+        self._admits = admits
+
+    def session_count(self, workspace_id: str) -> int:
+        """Sessions of ``workspace_id`` hosted now."""
+        return sum(1 for ws, _ in self._sessions if ws == workspace_id)
+
+    def hosted_workspaces(self) -> set[str]:
+        """Every workspace with a session hosted here."""
+        return {ws for ws, _ in self._sessions}
 
     @property
     def metrics(self) -> NodeMetrics:
@@ -156,8 +181,11 @@ class SessionManager:
         *,
         phone_number: str = "",
         labels: dict[str, str] | None = None,
+        epoch: int = 0,
     ) -> SessionView:
-        """Create and start a session, or return the existing one (see the module docstring)."""
+        """Create and start a session, or return the existing one (see the module docstring).
+
+        ``epoch`` is the owner epoch of the workspace's slot (or pin) on this node."""
         self._refuse_if_stopping()
         key = (workspace_id, session_id)
         async with self._locked(key):
@@ -169,9 +197,14 @@ class SessionManager:
             self._reserved += 1  # held while we read and write, so racing creates count it
             try:
                 session = await self._open_for_create(
-                    workspace_id, session_id, phone_number, labels
+                    workspace_id, session_id, phone_number, labels, epoch
                 )
                 self._refuse_if_stopping()  # stop_all may have begun while we wrote
+                if not self._admits(workspace_id):  # a handoff began while we wrote
+                    raise Unavailable(
+                        f"workspace {workspace_id} is moving",
+                        retry_after_ms=STOPPING_RETRY_AFTER_MS,
+                    )
                 self._adopt(session)
             finally:
                 self._reserved -= 1
@@ -183,12 +216,13 @@ class SessionManager:
         session_id: str,
         phone_number: str,
         labels: dict[str, str] | None,
+        epoch: int,
     ) -> HostedSession:
         """Adopt the stored session if there is a live one, else make a fresh one."""
         stored = await self._storage.load_meta(workspace_id, session_id)
         if stored is not None and not stored.deleted:
             self._check_same_phone(stored, phone_number)
-            session = await self._open(stored, restore_credentials=True)
+            session = await self._open(stored, restore_credentials=True, epoch=epoch)
             self._reporter.assigned(session)
             return session
         now = time.time()
@@ -200,7 +234,7 @@ class SessionManager:
             created_at_unix=now,
             updated_at_unix=now,
         )
-        session = await self._open(meta, restore_credentials=False)
+        session = await self._open(meta, restore_credentials=False, epoch=epoch)
         storage_path = str(self._storage.session_dir(workspace_id, session_id))
         self._reporter.created(session, storage_path=storage_path)
         return session
@@ -217,22 +251,36 @@ class SessionManager:
                 f"node {self._node_id} hosts {len(self._sessions)} sessions, its limit"
             )
 
-    async def _open(self, meta: SessionMeta, *, restore_credentials: bool) -> HostedSession:
+    async def _open(
+        self, meta: SessionMeta, *, restore_credentials: bool, epoch: int, is_takeover: bool = False
+    ) -> HostedSession:
         """A new HostedSession for ``meta`` on this node, with its outbox (and credentials),
-        its meta written to storage as STARTING on this node; not started yet."""
+        its meta written to storage as STARTING on this node under ``epoch``; not started yet.
+
+        Raises ``Fenced`` if the stored meta already names a newer owner epoch."""
         workspace_id, session_id = meta.workspace_id, meta.session_id
+        fence = EpochFence(self._storage, workspace_id, session_id, epoch=epoch)
+        if not is_takeover:
+            await fence.check()
         credentials = (
             await self._storage.load_credentials(workspace_id, session_id)
             if restore_credentials
             else None
         )
         session = HostedSession(
-            meta=meta.changed(node_id=self._node_id, deleted=False, updated_at_unix=time.time()),
+            meta=meta.changed(
+                node_id=self._node_id,
+                deleted=False,
+                updated_at_unix=time.time(),
+                owner_epoch=epoch,
+            ),
             storage=self._storage,
             driver=self._driver_factory(workspace_id, session_id),
             outbox_entries=await self._storage.load_outbox(workspace_id, session_id),
             credentials=credentials,
             observer=self._reporter,
+            fence=fence,
+            on_fenced=self._on_fenced,
         )
         await self._storage.save_meta(session.meta)
         return session
@@ -336,38 +384,29 @@ class SessionManager:
         session = self._hosted(workspace_id, session_id)
         return session, session.subscribe()
 
-    async def restore_owned(self) -> int:
-        """Start again every stored session this node ran and nobody deleted; return how many.
+    async def restore_workspaces(
+        self, workspace_ids: Iterable[str], *, epoch: int, is_takeover: bool = False
+    ) -> int:
+        """Start every stored, not deleted session of these workspaces that is not hosted yet,
+        from stored credentials (no QR), under ``epoch``; return how many started.
 
-        Restores run ``restore_concurrency`` at a time, from stored credentials (no QR).
-        """
-        metas = await self._storage.load_all_meta()
-        owned = [meta for meta in metas if meta.node_id == self._node_id and not meta.deleted]
-        semaphore = asyncio.Semaphore(self._restore_concurrency)
+        At most ``restore_concurrency`` restores run at once across the whole node. A session
+        whose meta says another node still runs it gets up to ``LET_GO_TIMEOUT_SECONDS`` to
+        stop there first (a pin move or a fenced owner), so it never runs twice.
 
-        async def restore(meta: SessionMeta) -> bool:
-            async with semaphore:
-                key = (meta.workspace_id, meta.session_id)
-                async with self._locked(key):
-                    if key in self._sessions:
-                        return False
-                    session = await self._open(meta, restore_credentials=True)
-                    self._adopt(session)
-                    self._reporter.assigned(session)
-                self._metrics.session_restored()
-                try:
-                    # Bounds the restores in flight, not the start itself: a slow one goes on.
-                    await asyncio.wait_for(session.wait_started(), RESTORE_START_TIMEOUT_SECONDS)
-                except TimeoutError:
-                    _log.warning(
-                        "session_restore_slow workspace_id=%s session_id=%s",
-                        meta.workspace_id,
-                        meta.session_id,
-                    )
-                return True
-
-        results = await asyncio.gather(*(restore(meta) for meta in owned), return_exceptions=True)
-        for meta, result in zip(owned, results, strict=True):
+        ``is_takeover``: the workspace comes back from a pinned owner that released it, whose
+        epoch (another key's) may be newer than this slot's: the stored epoch is overwritten."""
+        metas: list[SessionMeta] = []
+        for workspace_id in workspace_ids:
+            for session_id in await self._storage.list_sessions(workspace_id):
+                meta = await self._storage.load_meta(workspace_id, session_id)
+                if meta is not None and not meta.deleted:
+                    metas.append(meta)
+        results = await asyncio.gather(
+            *(self._restore(meta, epoch, is_takeover) for meta in metas),
+            return_exceptions=True,
+        )
+        for meta, result in zip(metas, results, strict=True):
             if isinstance(result, BaseException):
                 _log.error(
                     "session_restore_failed workspace_id=%s session_id=%s error=%r",
@@ -375,15 +414,75 @@ class SessionManager:
                     meta.session_id,
                     result,
                 )
-        restored = sum(1 for result in results if result is True)
-        if len(self._sessions) > self._max_sessions:
-            _log.warning(
-                "node_over_capacity node_id=%s sessions=%d max_sessions=%d",
-                self._node_id,
-                len(self._sessions),
-                self._max_sessions,
-            )
-        return restored
+        return sum(1 for result in results if result is True)
+
+    async def _wait_let_go(self, meta: SessionMeta) -> None:
+        deadline = time.monotonic() + LET_GO_TIMEOUT_SECONDS
+        stored: SessionMeta | None = meta
+        while (
+            stored is not None
+            and stored.node_id not in ("", self._node_id)
+            and stored.state not in _LET_GO_STATES
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(LET_GO_POLL_SECONDS)
+            stored = await self._storage.load_meta(meta.workspace_id, meta.session_id)
+
+    async def _restore(self, meta: SessionMeta, epoch: int, is_takeover: bool) -> bool:
+        key = (meta.workspace_id, meta.session_id)
+        if key in self._sessions:
+            return False
+        await self._wait_let_go(meta)
+        async with self._restore_slots:
+            async with self._locked(key):
+                if key in self._sessions:
+                    return False
+                # Re-read: the previous runner wrote its last state while we waited.
+                meta = await self._storage.load_meta(*key) or meta
+                if meta.deleted:
+                    return False
+                try:
+                    session = await self._open(
+                        meta, restore_credentials=True, epoch=epoch, is_takeover=is_takeover
+                    )
+                except Fenced:
+                    return False  # a newer owner restored it already: we are the stale one
+                self._adopt(session)
+                self._reporter.assigned(session)
+            self._metrics.session_restored()
+            try:
+                # Bounds the restores in flight, not the start itself: a slow one goes on.
+                await asyncio.wait_for(session.wait_started(), RESTORE_START_TIMEOUT_SECONDS)
+            except TimeoutError:
+                _log.warning(
+                    "session_restore_slow workspace_id=%s session_id=%s",
+                    meta.workspace_id,
+                    meta.session_id,
+                )
+            return True
+
+    async def stop_workspaces(self, workspace_ids: set[str]) -> None:
+        """Stop the sessions of these workspaces gracefully (state and outbox flushed, no
+        logout), as a handoff or a fence needs; they are restored elsewhere."""
+        sessions = [s for (ws, _), s in self._sessions.items() if ws in workspace_ids]
+        for session in sessions:
+            self._sessions.pop((session.workspace_id, session.session_id), None)
+        self._metrics.hosted(len(self._sessions))
+        await asyncio.gather(*(self._stop_one(session) for session in sessions))
+
+    async def fence_all(self) -> None:
+        """Stop every session now (the lease is going): the node keeps running, empty."""
+        await self.stop_workspaces(self.hosted_workspaces())
+
+    def _on_fenced(self, session: HostedSession) -> None:
+        # A newer owner took this session: drop it and stop it, writing nothing.
+        key = (session.workspace_id, session.session_id)
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+            self._metrics.hosted(len(self._sessions))
+            task = asyncio.create_task(self._stop_one(session), name=f"fenced-{key}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _stop_one(self, session: HostedSession) -> None:
         await session.stop(logout=False)
@@ -394,6 +493,7 @@ class SessionManager:
     async def stop_all(self) -> None:
         """Stop every session gracefully (not logged out: they restore later), flushing state."""
         self._is_stopping = True
+        await asyncio.gather(*self._background, return_exceptions=True)
         sessions = list(self._sessions.values())
         await asyncio.gather(*(self._stop_one(session) for session in sessions))
         self._sessions.clear()

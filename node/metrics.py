@@ -40,6 +40,32 @@ SESSIONS_RESTORED = Counter(
     ["node_id"],
 )
 
+HANDOFFS = Counter(
+    "sessionmesh_node_handoffs",
+    "Slots or pinned workspaces this node handed off (stopped, flushed, released).",
+    ["node_id"],
+)
+ACQUISITIONS = Counter(
+    "sessionmesh_node_acquisitions",
+    "Slots or pinned workspaces this node acquired.",
+    ["node_id"],
+)
+FAILOVERS = Counter(
+    "sessionmesh_node_failovers",
+    "Acquired slots whose previous owner was another node that is no longer alive.",
+    ["node_id"],
+)
+FENCES = Counter(
+    "sessionmesh_node_fencing_events",
+    "Times this node stopped sessions because it lost a key, its lease or an epoch check.",
+    ["node_id"],
+)
+OWNED_SLOTS = Gauge(
+    "sessionmesh_node_owned_slots",
+    "Slots this node owns now.",
+    ["node_id"],
+)
+
 
 class NodeMetrics:
     """The metrics of one node, bound to its id."""
@@ -72,3 +98,21 @@ class NodeMetrics:
     def session_restored(self) -> None:
         """One session was restored from storage."""
         SESSIONS_RESTORED.labels(self._node_id).inc()
+
+    def acquired(self, *, is_failover: bool) -> None:
+        """One slot or pinned workspace acquired (``is_failover``: from a dead node)."""
+        ACQUISITIONS.labels(self._node_id).inc()
+        if is_failover:
+            FAILOVERS.labels(self._node_id).inc()
+
+    def handed_off(self) -> None:
+        """One slot or pinned workspace handed off."""
+        HANDOFFS.labels(self._node_id).inc()
+
+    def fenced(self) -> None:
+        """The node stopped sessions to fence itself."""
+        FENCES.labels(self._node_id).inc()
+
+    def owned_slots(self, count: int) -> None:
+        """The node owns ``count`` slots now."""
+        OWNED_SLOTS.labels(self._node_id).set(count)

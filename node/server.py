@@ -1,10 +1,12 @@
 """Start and stop a node: gRPC server, accounts DB, etcd membership, sessions.
 
 Start: bind the port (port 0: any free one), open the accounts DB (migrating it first),
-connect etcd and follow membership into a routing table, restore the sessions this node
-owned, start serving, then register in etcd. Stop (the SIGTERM path): mark the node
-``draining``, stop taking calls, stop the sessions gracefully (their state flushed to
-storage), flush the accounts DB, revoke the lease, close etcd.
+connect etcd and follow membership into a routing table and ownership into a view, start
+serving, register in etcd, then run the reconciler's first pass to completion (it acquires
+the slots placement gives this node and restores their sessions) and keep it running. Stop
+(the SIGTERM path): mark the node ``draining``, hand every slot off, stop taking calls, stop
+what is left gracefully (state flushed to storage), flush the accounts DB, revoke the lease,
+close etcd.
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from grpc_reflection.v1alpha import reflection
 
 from node.config import NodeConfig, parse_host_port
 from node.drivers.base import DriverFactory
+from node.fencing import LeaseWatchdog
 from node.manager import SessionManager
 from node.metrics import NodeMetrics
+from node.ownership import NodeOwnership
+from node.reconciler import Reconciler
 from node.service import SessionService
 from node.storage import SessionStorage
 from protos import SESSION_SERVICE_NAME, session_pb2_grpc
@@ -36,12 +41,14 @@ from registry.accounts import AccountStore, upgrade
 from registry.errors import Unavailable
 from registry.keys import ClusterKeys
 from registry.membership import (
+    ACTIVE,
     DRAINING,
     MembershipWatcher,
     NodeRecord,
     NodeRegistration,
     connect_etcd,
 )
+from registry.ownership import OwnershipView
 from registry.routing import RoutingTable
 from telemetry.tracing import server_interceptors
 
@@ -49,6 +56,8 @@ _log = logging.getLogger(__name__)
 
 LOAD_PUBLISH_INTERVAL_SECONDS = 1.0
 """The node record's ``load`` is republished at most this often, and only when it changed."""
+START_TIMEOUT_SECONDS = 10.0
+"""How long a starting node waits to see its own record in etcd."""
 _MIGRATION_RETRY_MAX_DELAY_SECONDS = 0.5
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -121,6 +130,9 @@ class NodeServer:
         watcher: MembershipWatcher,
         registration: NodeRegistration,
         accounts: AccountStore | None,
+        ownership: NodeOwnership,
+        reconciler: Reconciler,
+        watchdog: LeaseWatchdog,
     ) -> None:
         self._config = config
         self._address = address
@@ -132,6 +144,9 @@ class NodeServer:
         self._watcher = watcher
         self._registration = registration
         self._accounts = accounts
+        self._ownership = ownership
+        self._reconciler = reconciler
+        self._watchdog = watchdog
         self._load_task = asyncio.create_task(self._publish_load(), name="node-load")
         self._stop_lock = asyncio.Lock()
         self._is_stopped = False
@@ -161,6 +176,21 @@ class NodeServer:
         """This node's etcd membership."""
         return self._registration
 
+    @property
+    def ownership(self) -> NodeOwnership:
+        """The slots and pinned workspaces this node holds."""
+        return self._ownership
+
+    @property
+    def reconciler(self) -> Reconciler:
+        """This node's reconciler."""
+        return self._reconciler
+
+    async def flush_accounts(self) -> None:
+        """Write what this node queued for the accounts DB now (tests, operators)."""
+        if self._accounts is not None:
+            await self._accounts.flush()
+
     async def _publish_load(self) -> None:
         published = self._registration.record.load
         while True:
@@ -176,7 +206,8 @@ class NodeServer:
             published = load
 
     async def stop(self, *, grace_seconds: float = 5.0) -> None:
-        """Drain and stop: mark draining, stop taking calls, stop sessions (state flushed),
+        """Drain and stop: mark draining, hand every slot off to the nodes placement picks
+        (bounded by ``grace_seconds``), stop taking calls, stop what is left (state flushed),
         flush the accounts DB, revoke the lease, close etcd. Safe to call twice."""
         async with self._stop_lock:
             if self._is_stopped:
@@ -186,22 +217,19 @@ class NodeServer:
             self._load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
-            try:
-                record = replace(
-                    self._registration.record, state=DRAINING, load=self._manager.hosted_count
-                )
-                await self._registration.update(record)
-            except Unavailable as error:
-                _log.warning("node_drain_mark_failed node_id=%s error=%r", self.node_id, error)
+            await self._reconciler.drain_for_shutdown(timeout_seconds=grace_seconds)
+            await self._reconciler.stop()
             await self._health.enter_graceful_shutdown()
             # New calls are refused from here; calls in flight get grace_seconds to finish,
             # while the sessions stop (which also ends every WatchSession stream).
             server_stopped = asyncio.create_task(self._server.stop(grace_seconds))
             await self._manager.stop_all()
             await server_stopped
+            await self._watchdog.stop()
             if self._accounts is not None:
                 await self._accounts.stop()
             await self._registration.stop()
+            await self._ownership.view.stop()
             await self._watcher.stop()
             await self._etcd.close()
             _log.info("node_stopped node_id=%s", self.node_id)
@@ -209,6 +237,16 @@ class NodeServer:
     async def wait_for_termination(self) -> None:
         """Return when the gRPC server has stopped."""
         await self._server.wait_for_termination()
+
+
+async def _publish_state(
+    registration: NodeRegistration, manager: SessionManager, state: str
+) -> None:
+    try:
+        record = replace(registration.record, state=state, load=manager.hosted_count)
+        await registration.update(record)
+    except Unavailable as error:
+        _log.warning("node_state_publish_failed state=%s error=%r", state, error)
 
 
 def _add_services(server: grpc.aio.Server, service: SessionService) -> _HealthServicer:
@@ -267,27 +305,60 @@ async def start_node(
             metrics=metrics,
         )
         cleanup.push_async_callback(manager.stop_all)
-        restored = await manager.restore_owned()
-        _log.info("sessions_restored node_id=%s count=%d", config.node_id, restored)
 
-        health_servicer = _add_services(server, SessionService(manager, routing=routing))
+        view = OwnershipView(etcd, keys, slot_count=routing.slot_count)
+        await view.start()
+        cleanup.push_async_callback(view.stop)
+        fencing = _Fencing()
+        registration = _new_registration(config, etcd, keys, address, fencing)
+        ownership = NodeOwnership(
+            node_id=config.node_id,
+            etcd=etcd,
+            keys=keys,
+            view=view,
+            watcher=watcher,
+            routing=routing,
+            manager=manager,
+            metrics=metrics,
+            lease_id=lambda: registration.lease_id,
+            accounts=accounts,
+        )
+
+        async def publish_draining(is_draining: bool) -> None:
+            await _publish_state(registration, manager, DRAINING if is_draining else ACTIVE)
+
+        reconciler = Reconciler(
+            ownership,
+            routing,
+            interval_seconds=config.reconcile_interval_seconds,
+            max_moves_in_flight=config.max_moves_in_flight,
+            publish_draining=publish_draining,
+        )
+        cleanup.push_async_callback(reconciler.stop)
+        fencing.bind(ownership, reconciler)
+        watchdog = LeaseWatchdog(
+            registration,
+            lease_ttl_seconds=config.lease_ttl_seconds,
+            on_expiring=fencing.lease_lost,
+            on_recovered=fencing.lease_back,
+        )
+
+        health_servicer = _add_services(server, SessionService(manager, ownership=ownership))
         await server.start()
         for service_name in ("", SESSION_SERVICE_NAME):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
 
-        record = NodeRecord(
-            node_id=config.node_id,
-            address=address,
-            capacity=config.max_sessions,
-            zone=config.zone,
-            load=manager.hosted_count,
-            version=_version(),
-            metrics_address=config.metrics_listen,
-        )
-        registration = NodeRegistration(
-            etcd, keys, record, lease_ttl_seconds=config.lease_ttl_seconds
-        )
         await registration.start()
+        cleanup.push_async_callback(registration.stop)
+        watchdog.start()
+        cleanup.push_async_callback(watchdog.stop)
+        await _first_pass(config.node_id, watcher, view, reconciler)
+        _log.info(
+            "node_started node_id=%s slots=%d sessions=%d",
+            config.node_id,
+            len(ownership.owned),
+            manager.hosted_count,
+        )
         cleanup.pop_all()  # started: from here NodeServer.stop closes everything
     return NodeServer(
         config=config,
@@ -300,4 +371,80 @@ async def start_node(
         watcher=watcher,
         registration=registration,
         accounts=accounts,
+        ownership=ownership,
+        reconciler=reconciler,
+        watchdog=watchdog,
     )
+
+
+def _new_registration(
+    config: NodeConfig, etcd: aetcd.Client, keys: ClusterKeys, address: str, fencing: _Fencing
+) -> NodeRegistration:
+    record = NodeRecord(
+        node_id=config.node_id,
+        address=address,
+        capacity=config.max_sessions,
+        zone=config.zone,
+        load=0,
+        version=_version(),
+        metrics_address=config.metrics_listen,
+    )
+    return NodeRegistration(
+        etcd,
+        keys,
+        record,
+        lease_ttl_seconds=config.lease_ttl_seconds,
+        on_lease_lost=fencing.lease_lost,
+        on_lease_regained=fencing.lease_regained,
+    )
+
+
+async def _first_pass(
+    node_id: str, watcher: MembershipWatcher, view: OwnershipView, reconciler: Reconciler
+) -> None:
+    """Run the reconciler's first pass to completion, then keep it running."""
+    # Placement must see this node before the first pass, or it gives it nothing.
+    try:
+        await watcher.wait_until(
+            lambda nodes: node_id in nodes, timeout_seconds=START_TIMEOUT_SECONDS
+        )
+    except TimeoutError as error:
+        raise Unavailable(f"node {node_id} never saw itself in etcd") from error
+    watcher.subscribe(reconciler.poke)
+    view.subscribe(reconciler.poke)
+    # A started node already serves (and has restored) what placement gives it.
+    await reconciler.run_once()
+    await reconciler.settle()
+    reconciler.start()
+
+
+class _Fencing:
+    """Turns lease events into fencing: a lost (or stale) lease stops every session at once;
+    a lease back lets the reconciler acquire again."""
+
+    def __init__(self) -> None:
+        self._ownership: NodeOwnership | None = None
+        self._reconciler: Reconciler | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def bind(self, ownership: NodeOwnership, reconciler: Reconciler) -> None:
+        """Attach what to fence (the registration is built before them)."""
+        self._ownership, self._reconciler = ownership, reconciler
+
+    def lease_lost(self) -> None:
+        """Stop everything now: the keys are bound to the lease that is going."""
+        if self._ownership is None or not self._ownership.has_lease:
+            return
+        task = asyncio.create_task(self._ownership.fence_all(), name="fence-all")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def lease_regained(self, lease_id: int) -> None:
+        """A new lease: acquire again through the reconciler."""
+        self.lease_back()
+
+    def lease_back(self) -> None:
+        """The lease is healthy again."""
+        if self._ownership is not None and self._reconciler is not None:
+            self._ownership.has_lease = True
+            self._reconciler.poke()

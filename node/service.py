@@ -1,4 +1,4 @@
-"""``sessionmesh.v1.SessionService`` on a node: validate, check ownership, call the manager.
+"""``sessionmesh.v1.SessionService`` on a node: validate, authorize by ownership, call the manager.
 
 Every method runs through one of two decorators, the single place where a ``MeshError``
 becomes a gRPC status (``registry.errors.abort_with``) and anything unexpected becomes
@@ -17,8 +17,9 @@ import grpc
 
 from node import messages
 from node.manager import SessionManager
+from node.ownership import NodeOwnership
 from protos import session_pb2, session_pb2_grpc
-from registry.errors import InvalidInput, MeshError, NotFound, NotOwner, abort_with
+from registry.errors import InvalidInput, MeshError, NotFound, abort_with
 from registry.ids import (
     validate_id,
     validate_labels,
@@ -26,7 +27,6 @@ from registry.ids import (
     validate_recipient,
     validate_text,
 )
-from registry.routing import RoutingTable
 
 _log = logging.getLogger(__name__)
 
@@ -116,27 +116,26 @@ def _validate_reason(reason: str, details: str) -> tuple[str, str]:
 class SessionService(session_pb2_grpc.SessionServiceServicer):
     """The session API of one node."""
 
-    def __init__(self, manager: SessionManager, *, routing: RoutingTable | None = None) -> None:
+    def __init__(self, manager: SessionManager, *, ownership: NodeOwnership | None = None) -> None:
         self._manager = manager
-        self._routing = routing
+        self._ownership = ownership
 
     def metrics_rpc(self, method: str, code: grpc.StatusCode, duration_seconds: float) -> None:
         """Record one answered call."""
         self._manager.metrics.rpc_finished(method, code.name, duration_seconds)
 
-    def _check_owner(self, workspace_id: str) -> None:
-        """``NotOwner`` when the routing table sends ``workspace_id`` to another node.
+    async def _authorize(self, workspace_id: str) -> int:
+        """The owner epoch this node serves ``workspace_id`` under (see
+        ``NodeOwnership.authorize``: ``NotOwner`` or ``Unavailable`` otherwise).
 
-        An empty table (etcd not read yet, or this node alone and unregistered) serves.
-        """
-        if self._routing is None:
-            return
-        record = self._routing.route(workspace_id)
-        if record is not None and record.node_id != self._manager.node_id:
-            raise NotOwner(
-                f"workspace {workspace_id} belongs to node {record.node_id}",
-                owner=f"{record.node_id}@{record.address}",
-            )
+        Without ownership (a bare manager) every workspace is served under epoch 0."""
+        if self._ownership is None:
+            return 0
+        return await self._ownership.authorize(workspace_id)
+
+    async def _note_sessions(self, workspace_id: str) -> None:
+        if self._ownership is not None:
+            await self._ownership.note_sessions(workspace_id)
 
     @unary_errors
     async def CreateSession(
@@ -146,10 +145,11 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         workspace_id, session_id = _session_key(request)
         phone_number = validate_phone_number(request.phone_number)
         labels = validate_labels(dict(request.labels))
-        self._check_owner(workspace_id)
+        epoch = await self._authorize(workspace_id)
         view = await self._manager.create(
-            workspace_id, session_id, phone_number=phone_number, labels=labels
+            workspace_id, session_id, phone_number=phone_number, labels=labels, epoch=epoch
         )
+        await self._note_sessions(workspace_id)
         return messages.session_message(view)
 
     @unary_errors
@@ -158,7 +158,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Session:
         """Return one session."""
         workspace_id, session_id = _session_key(request)
-        self._check_owner(workspace_id)
+        await self._authorize(workspace_id)
         return messages.session_message(await self._manager.get(workspace_id, session_id))
 
     @unary_errors
@@ -167,7 +167,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.ListSessionsResponse:
         """One page of a workspace's sessions."""
         workspace_id = validate_id(request.workspace_id, field="workspace_id")
-        self._check_owner(workspace_id)
+        await self._authorize(workspace_id)
         views, next_token = self._manager.list_sessions(
             workspace_id, page_size=request.page_size, page_token=request.page_token
         )
@@ -183,8 +183,9 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         """Stop, log out and record why (idempotent)."""
         workspace_id, session_id = _session_key(request)
         reason, details = _validate_reason(request.reason, request.details)
-        self._check_owner(workspace_id)
+        await self._authorize(workspace_id)
         view = await self._manager.delete(workspace_id, session_id, reason=reason, details=details)
+        await self._note_sessions(workspace_id)
         return messages.session_message(view)
 
     @unary_errors
@@ -193,7 +194,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.QrCode:
         """The QR code of a session waiting to be paired."""
         workspace_id, session_id = _session_key(request)
-        self._check_owner(workspace_id)
+        await self._authorize(workspace_id)
         view = self._manager.qr_code(workspace_id, session_id)
         if not view.qr_code:
             raise NotFound(
@@ -215,7 +216,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         client_message_id = validate_id(request.client_message_id, field="client_message_id")
         to = validate_recipient(request.to)
         text = validate_text(request.text)
-        self._check_owner(workspace_id)
+        await self._authorize(workspace_id)
         result = await self._manager.send(workspace_id, session_id, client_message_id, to, text)
         entry = result.entry
         return session_pb2.SendMessageResponse(
@@ -235,7 +236,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> AsyncIterator[session_pb2.SessionEvent]:
         """A snapshot, then live events until the client cancels or the session stops."""
         workspace_id, session_id = _session_key(request)
-        self._check_owner(workspace_id)
+        await self._authorize(workspace_id)
         session, subscription = self._manager.watch(workspace_id, session_id)
         try:
             # Subscribed before the snapshot, so no event falls between the two.

@@ -20,6 +20,7 @@ import contextlib
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from opentelemetry import trace
 
 from node.drivers.base import Driver, DriverEvent, DriverEventKind
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
+from node.fencing import EpochFence, Fenced
 from node.outbox import FAILED, QUEUED, Outbox
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
 from registry.errors import Unavailable
@@ -35,6 +37,8 @@ _log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 DRIVER_STOP_TIMEOUT_SECONDS = 5.0
+ACK_FENCE_MAX_AGE_SECONDS = 1.0
+"""An ack's outbox update trusts an epoch check this recent (a send always re-checks)."""
 
 
 class SessionState(enum.Enum):
@@ -101,8 +105,13 @@ class HostedSession:
         outbox_entries: list[OutboxEntry],
         credentials: dict[str, Any] | None,
         observer: SessionObserver,
+        fence: EpochFence | None = None,
+        on_fenced: Callable[[HostedSession], None] | None = None,
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
+        self._fence = fence
+        self._on_fenced = on_fenced
+        self._fence_reported = False
         self._storage = storage
         self._driver = driver
         self._outbox = Outbox(outbox_entries)
@@ -150,6 +159,24 @@ class HostedSession:
             qr_code=self._qr_code if is_pending else "",
             qr_expire_at_unix=self._qr_expire_at_unix if is_pending else 0.0,
         )
+
+    @property
+    def epoch(self) -> int:
+        """The owner epoch this session runs under (0 without a fence)."""
+        return 0 if self._fence is None else self._fence.epoch
+
+    async def _guard(self, *, max_age_seconds: float = 0.0) -> None:
+        """Raise ``Fenced`` (and tell the manager once) if a newer owner took the session."""
+        if self._fence is None:
+            return
+        try:
+            await self._fence.check(max_age_seconds=max_age_seconds)
+        except Fenced:
+            if not self._fence_reported:
+                self._fence_reported = True
+                if self._on_fenced is not None:
+                    self._on_fenced(self)
+            raise
 
     def _span_attributes(self) -> dict[str, str]:
         return {
@@ -232,6 +259,7 @@ class HostedSession:
                 seq=self._outbox.next_seq(),
                 accepted_by_node_id=node_id,
             )
+            await self._guard()  # a stale owner must not accept: the new one would not see it
             await self._storage.save_outbox_entry(self.workspace_id, self.session_id, entry)
             self._outbox.put(entry)
         self._delivery_wanted.set()
@@ -285,6 +313,7 @@ class HostedSession:
         for entry in unsent:
             failed = self._outbox.advanced(entry.client_message_id, FAILED)
             if failed is not None:
+                await self._guard()
                 await self._storage.save_outbox_entry(self.workspace_id, self.session_id, failed)
                 self._outbox.put(failed)
         if unsent:
@@ -302,7 +331,11 @@ class HostedSession:
             self._meta = self._meta.changed(
                 state=state.value, updated_at_unix=time.time(), **changes
             )
-            await self._storage.save_meta(self._meta)
+            try:
+                await self._guard()
+                await self._storage.save_meta(self._meta)
+            except Fenced:
+                pass  # the newer owner's meta stays; this state lives in memory only
         if previous is state:
             return
         self._broadcaster.publish(
@@ -348,6 +381,7 @@ class HostedSession:
             )
         elif kind is DriverEventKind.PAIRED:
             # Persisted before anything else: a crash after this line restores without a QR.
+            await self._guard()
             await self._storage.save_credentials(
                 self.workspace_id, self.session_id, event.credentials
             )
@@ -386,6 +420,8 @@ class HostedSession:
         updated = self._outbox.advanced(event.message_id, event.status)
         if updated is None:
             return
+        # Acks are frequent: a check a second old is fresh enough for a status update.
+        await self._guard(max_age_seconds=ACK_FENCE_MAX_AGE_SECONDS)
         await self._storage.save_outbox_entry(self.workspace_id, self.session_id, updated)
         self._outbox.put(updated)
         self._broadcaster.publish(

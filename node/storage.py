@@ -59,6 +59,9 @@ class SessionMeta:
     """Why it FAILED, if it did."""
     deleted: bool = False
     """DeleteSession ran: never restored; the folder stays as a record."""
+    owner_epoch: int = 0
+    """Epoch (ownership key create revision) of the owner that last restored or created it: a
+    node whose epoch is older must not write any more (see ``node.fencing``)."""
 
     def changed(self, **changes: Any) -> SessionMeta:
         """A copy with ``changes`` applied."""

@@ -13,7 +13,10 @@ import gateway
 import node
 from protos import session_pb2_grpc
 from registry.accounts import upgrade
+from registry.keys import ClusterKeys
+from registry.placement import place_slot
 from registry.routing import RoutingTable
+from registry.slots import slot_of
 from simnet import SimNet
 from tests.waiting import eventually
 
@@ -85,6 +88,36 @@ class Mesh:
             return all(routed_nodes(table) == expected for table in tables)
 
         await eventually(converged, timeout_seconds=15, message=f"ring of {sorted(expected)}")
+
+    @property
+    def gateway_keys(self) -> ClusterKeys:
+        """The etcd key layout of this mesh's cluster."""
+        return ClusterKeys(self.cluster)
+
+    def owners(self) -> dict[int, str]:
+        """Slot → node, from what every running node says it owns (a slot twice: assert)."""
+        found: dict[int, str] = {}
+        for server in self.nodes.values():
+            for slot in server.ownership.owned:
+                assert slot not in found, f"slot {slot} owned by {found[slot]} and {server.node_id}"
+                found[slot] = server.node_id
+        return found
+
+    def placement(self, slot: int) -> str | None:
+        """Where placement puts ``slot``, as the gateway's membership sees it."""
+        return place_slot(self.gateway.router.routing, self.gateway.router.nodes, slot)
+
+    async def wait_placed(self, workspaces: list[str], *, timeout_seconds: float = 20) -> None:
+        """Wait until every slot of ``workspaces`` is owned by its placement, nothing moving."""
+
+        def placed() -> bool:
+            owners = self.owners()
+            settled = all(s.reconciler.moves_in_flight == 0 for s in self.nodes.values())
+            return settled and all(
+                owners.get(slot_of(ws)) == self.placement(slot_of(ws)) for ws in workspaces
+            )
+
+        await eventually(placed, timeout_seconds=timeout_seconds, message="slots placed")
 
     @asynccontextmanager
     async def stub(self) -> AsyncIterator[session_pb2_grpc.SessionServiceStub]:

