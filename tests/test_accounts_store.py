@@ -92,6 +92,34 @@ class TestRecording:
         assert row.previous_node_id is None
         assert row.created_at >= before.replace(microsecond=0)
 
+    async def test_same_session_id_in_two_workspaces_keeps_two_rows(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        for workspace_id, node_id in (("ws-1", "node-a"), ("ws-2", "node-b")):
+            store.record_created(
+                workspace_id=workspace_id,
+                session_id="s-1",
+                phone_number="",
+                node_id=node_id,
+                node_url=f"{node_id}:50051",
+                storage_path=f"/data/workspace_{workspace_id}/s-1",
+            )
+        await store.flush()
+        store.record_assignment(
+            workspace_id="ws-2", session_id="s-1", node_id="node-c", node_url="node-c:50051"
+        )
+        await store.flush()
+        engine = make_engine(database_url)
+        try:
+            with Session(engine) as session:
+                rows = {
+                    row.workspace_id: (row.assigned_node_id, row.instance_migration_count)
+                    for row in session.exec(select(WhatsappAccount))
+                }
+        finally:
+            engine.dispose()
+        assert rows == {"ws-1": ("node-a", 0), "ws-2": ("node-c", 1)}
+
     async def test_moves_are_counted_exactly(self, store: AccountStore, database_url: str) -> None:
         create(store)
         await store.flush()

@@ -14,8 +14,10 @@ from typing import Any
 
 import aetcd
 import pytest
+from sqlmodel import Session, select
 
 from protos import session_pb2
+from registry.accounts import WhatsappAccount, make_engine
 from registry.keys import ClusterKeys
 from registry.membership import connect_etcd
 from registry.ownership import OwnershipView
@@ -58,6 +60,18 @@ async def meshctl(mesh: Mesh, *args: str) -> Result:
         stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return Result(process.returncode, stdout.decode(), stderr.decode())
+
+
+def _rows(mesh: Mesh) -> dict[str, WhatsappAccount]:
+    engine = make_engine(mesh.database_url)
+    try:
+        with Session(engine) as session:
+            return {
+                f"{row.workspace_id}/{row.session_id}": row
+                for row in session.exec(select(WhatsappAccount))
+            }
+    finally:
+        engine.dispose()
 
 
 def owner_id(view: OwnershipView, workspace_id: str) -> str | None:
@@ -163,6 +177,8 @@ class TestWriteCommands:
             ),
             message="node-1 owns a workspace",
         )
+        first_owner = {f"ws-{i}": owner_id(view, f"ws-{i}") for i in range(6)}
+        assert set(first_owner.values()) <= {"node-1", "node-2"}
         moved = await meshctl(
             mesh, "migrate", on_node_1, "--to", "node-2", "--wait", "--timeout-seconds", "20"
         )
@@ -177,6 +193,29 @@ class TestWriteCommands:
         assert drained.json()["node_id"] == "node-1"
         nodes = (await meshctl(mesh, "nodes", "--json")).json()["nodes"]
         assert {node["node_id"]: node["owned_slot_count"] for node in nodes}["node-1"] == 0
+
+        # The accounts DB saw each move exactly once: the migrated workspace and every
+        # workspace the drain moved went node-1 → node-2 once; the others never moved.
+        async def rows_settled() -> dict[str, WhatsappAccount] | None:
+            for server in mesh.nodes.values():
+                await server.flush_accounts()
+            rows = await asyncio.to_thread(_rows, mesh)
+            print(
+                sorted(rows),
+                {k: (v.assigned_node_id, v.instance_migration_count) for k, v in rows.items()},
+            )
+            if all(rows[f"ws-{i}/s1"].assigned_node_id == "node-2" for i in range(6)):
+                return rows
+            return None
+
+        rows = await eventually(rows_settled, message="every account assigned to node-2")
+        for workspace_id, owner in first_owner.items():
+            row = rows[f"{workspace_id}/s1"]
+            if owner == "node-1":
+                assert (row.previous_node_id, row.instance_migration_count) == ("node-1", 1)
+                assert row.last_instance_migration_at is not None
+            else:
+                assert row.instance_migration_count == 0, workspace_id
 
     async def test_mistakes_exit_with_a_clear_message(self, mesh: Mesh) -> None:
         unknown = await meshctl(mesh, "drain", "node-9", "--json")

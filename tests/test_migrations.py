@@ -121,16 +121,38 @@ def schema_differences(url: str) -> list[object]:
         engine.dispose()
 
 
+def session_unique_keys(database_url: str) -> list[list[str]]:
+    """The columns of each unique key (constraint or unique index) on whatsapp_accounts."""
+    engine = make_engine(database_url)
+    try:
+        inspector = sa.inspect(engine)
+        keys = [
+            list(c["column_names"]) for c in inspector.get_unique_constraints("whatsapp_accounts")
+        ]
+        for index in inspector.get_indexes("whatsapp_accounts"):
+            columns = [str(name) for name in index["column_names"]]
+            if index.get("unique") and columns not in keys:
+                keys.append(columns)
+        return sorted(keys)
+    finally:
+        engine.dispose()
+
+
 class TestMigrations:
     """Each revision adds and removes exactly its columns, and the model matches head."""
 
     def test_upgrade_downgrade_upgrade(self, database_url: str) -> None:
         assert current(database_url) is None
         upgrade(database_url)
-        assert current(database_url) == head_revision() == "0002"
+        assert current(database_url) == head_revision() == "0003"
         columns, indexes = inspect_table(database_url)
         assert columns == FIRST_COLUMNS | SECOND_COLUMNS
         assert indexes >= INDEXES
+        assert session_unique_keys(database_url) == [["workspace_id", "session_id"]]
+
+        downgrade(database_url, "0002")
+        assert current(database_url) == "0002"
+        assert session_unique_keys(database_url) == [["session_id"]]
 
         downgrade(database_url, "0001")
         assert current(database_url) == "0001"
@@ -144,6 +166,32 @@ class TestMigrations:
 
         upgrade(database_url)
         assert inspect_table(database_url)[0] == FIRST_COLUMNS | SECOND_COLUMNS
+
+    def test_two_workspaces_may_share_a_session_id(self, database_url: str) -> None:
+        upgrade(database_url)
+        engine = make_engine(database_url)
+        try:
+            with engine.begin() as connection:
+                for workspace_id in ("ws-1", "ws-2"):
+                    connection.execute(
+                        sa.text(
+                            "INSERT INTO whatsapp_accounts (workspace_id, session_id, status,"
+                            " instance_migration_count, created_at, updated_at)"
+                            " VALUES (:ws, 's-1', 'ready', 0, :now, :now)"
+                        ),
+                        {"ws": workspace_id, "now": datetime(2024, 1, 1)},
+                    )
+            with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO whatsapp_accounts (workspace_id, session_id, status,"
+                        " instance_migration_count, created_at, updated_at)"
+                        " VALUES ('ws-1', 's-1', 'ready', 0, :now, :now)"
+                    ),
+                    {"now": datetime(2024, 1, 1)},
+                )
+        finally:
+            engine.dispose()
 
     def test_model_matches_the_migrated_schema(self, database_url: str) -> None:
         upgrade(database_url)
@@ -197,7 +245,7 @@ class TestCommandLine:
         assert main(["--database-url", sqlite_url, "current"]) == 0
         assert capsys.readouterr().out.strip() == "none"
         assert main(["--database-url", sqlite_url, "upgrade"]) == 0
-        assert capsys.readouterr().out.strip() == "0002"
+        assert capsys.readouterr().out.strip() == "0003"
         assert main(["--database-url", sqlite_url, "downgrade", "0001"]) == 0
         assert capsys.readouterr().out.strip() == "0001"
         assert inspect_table(sqlite_url)[0] == FIRST_COLUMNS

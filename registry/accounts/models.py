@@ -31,7 +31,11 @@ class WhatsappAccount(SQLModel, table=True):
 
     __tablename__ = "whatsapp_accounts"
     __table_args__ = (
-        UniqueConstraint("session_id", name="uq_whatsapp_accounts_session_id"),
+        # Session ids are scoped by workspace in the API and on storage (workspace_<id>/<sid>/).
+        UniqueConstraint(
+            "workspace_id", "session_id", name="uq_whatsapp_accounts_workspace_session"
+        ),
+        Index("ix_whatsapp_accounts_session_id", "session_id"),
         Index("ix_whatsapp_accounts_workspace_id", "workspace_id"),
         Index("ix_whatsapp_accounts_assigned_node_id", "assigned_node_id"),
         Index("ix_whatsapp_accounts_disconnect", "disconnect_reason", "disconnected_at"),

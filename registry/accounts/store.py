@@ -115,7 +115,8 @@ class AccountStore:
         self._database_url = database_url
         self._flush_interval_seconds = flush_interval_seconds
         self._engine: Engine | None = None
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[tuple[str, str], _Pending] = {}
+        """Queued changes by (workspace_id, session_id): session ids are scoped by workspace."""
         self._write_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -176,11 +177,11 @@ class AccountStore:
             except Exception as error:
                 # Not only SQLAlchemyError: whatever fails, the changes must not be lost.
                 _log.warning("accounts_flush_failed sessions=%d error=%r", len(batch), error)
-                for session_id, newer in self._pending.items():
-                    if session_id in batch:
-                        batch[session_id].absorb(newer)
+                for key, newer in self._pending.items():
+                    if key in batch:
+                        batch[key].absorb(newer)
                     else:
-                        batch[session_id] = newer
+                        batch[key] = newer
                 self._pending = batch
 
     def record_created(
@@ -234,9 +235,10 @@ class AccountStore:
         self._queue(workspace_id, session_id).storage = (size_bytes, utc_now())
 
     def _queue(self, workspace_id: str, session_id: str) -> _Pending:
-        pending = self._pending.get(session_id)
+        key = (workspace_id, session_id)
+        pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[session_id] = _Pending(workspace_id=workspace_id)
+            pending = self._pending[key] = _Pending(workspace_id=workspace_id)
         pending.workspace_id = workspace_id
         return pending
 
@@ -251,13 +253,13 @@ class AccountStore:
         with self._engine.connect() as connection:
             return current_revision(connection)
 
-    def _write(self, batch: dict[str, _Pending]) -> None:
+    def _write(self, batch: dict[tuple[str, str], _Pending]) -> None:
         """Apply ``batch`` in one transaction (runs in a worker thread)."""
         assert self._engine is not None
         now = utc_now()
-        session_ids = list(batch)
+        session_ids = sorted({session_id for _, session_id in batch})
         with Session(self._engine) as session, session.begin():
-            rows: dict[str, WhatsappAccount] = {}
+            rows: dict[tuple[str, str], WhatsappAccount] = {}
             for start in range(0, len(session_ids), _SELECT_CHUNK):
                 chunk = session_ids[start : start + _SELECT_CHUNK]
                 # FOR UPDATE: a handoff's old and new node may write one row at the same time.
@@ -266,12 +268,14 @@ class AccountStore:
                     .where(col(WhatsappAccount.session_id).in_(chunk))
                     .with_for_update()
                 )
-                rows.update((row.session_id, row) for row in session.exec(query))
-            for session_id, pending in batch.items():
-                row = rows.get(session_id)
+                rows.update(
+                    ((row.workspace_id, row.session_id), row) for row in session.exec(query)
+                )
+            for (workspace_id, session_id), pending in batch.items():
+                row = rows.get((workspace_id, session_id))
                 if row is None:
                     row = WhatsappAccount(
-                        workspace_id=pending.workspace_id,
+                        workspace_id=workspace_id,
                         session_id=session_id,
                         created_at=now,
                     )
