@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-from typing import Protocol
 
 import aetcd
 import grpc
@@ -24,27 +22,10 @@ from registry.errors import Unavailable
 from registry.keys import ClusterKeys
 from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
 from registry.ownership import OwnershipView
+from telemetry.health import HealthServicer, new_health_servicer
 from telemetry.tracing import server_interceptors
 
 _log = logging.getLogger(__name__)
-
-
-class _HealthServicer(Protocol):
-    """The part of grpc_health's asyncio servicer the gateway uses (grpc-stubs lacks it)."""
-
-    async def set(
-        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
-    ) -> None:
-        """Publish ``status`` for ``service``."""
-
-    async def enter_graceful_shutdown(self) -> None:
-        """Answer NOT_SERVING for every service from now on."""
-
-
-def _new_health_servicer() -> _HealthServicer:
-    # grpc-stubs 1.53 has no grpc_health.v1.health.aio; the module itself is typed loosely.
-    servicer: _HealthServicer = importlib.import_module("grpc_health.v1._async").HealthServicer()
-    return servicer
 
 
 class GatewayServer:
@@ -55,7 +36,7 @@ class GatewayServer:
         *,
         address: str,
         server: grpc.aio.Server,
-        health_servicer: _HealthServicer,
+        health_servicer: HealthServicer,
         router: Router,
         watcher: MembershipWatcher,
         ownership: OwnershipView,
@@ -104,7 +85,7 @@ class _ServiceHealth:
     active node can take calls, NOT_SERVING otherwise (the process itself, service ``""``,
     stays SERVING), so a load balancer can tell "gateway up, mesh empty" apart."""
 
-    def __init__(self, servicer: _HealthServicer) -> None:
+    def __init__(self, servicer: HealthServicer) -> None:
         self._servicer = servicer
         self._is_serving: bool | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,7 +137,7 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
             router=router, ownership=ownership, etcd=etcd, keys=keys, label=address
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
-        health_servicer = _new_health_servicer()
+        health_servicer = new_health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (

@@ -20,7 +20,6 @@ import random
 import socket
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import aetcd
 import grpc
@@ -50,6 +49,7 @@ from registry.membership import (
 )
 from registry.ownership import OwnershipView
 from registry.routing import RoutingTable
+from telemetry.health import HealthServicer, new_health_servicer
 from telemetry.tracing import server_interceptors
 
 _log = logging.getLogger(__name__)
@@ -96,24 +96,6 @@ def _default_driver_factory(config: NodeConfig) -> DriverFactory:
     return factory
 
 
-class _HealthServicer(Protocol):
-    """The part of grpc_health's asyncio servicer the node uses (grpc-stubs lacks it)."""
-
-    async def set(
-        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
-    ) -> None:
-        """Publish ``status`` for ``service``."""
-
-    async def enter_graceful_shutdown(self) -> None:
-        """Answer NOT_SERVING for every service from now on."""
-
-
-def _new_health_servicer() -> _HealthServicer:
-    # grpc-stubs 1.53 has no grpc_health.v1.health.aio; the module itself is typed loosely.
-    servicer: _HealthServicer = importlib.import_module("grpc_health.v1._async").HealthServicer()
-    return servicer
-
-
 class NodeServer:
     """A running node. Stop it with ``stop()``; everything it opened is closed then."""
 
@@ -123,7 +105,7 @@ class NodeServer:
         config: NodeConfig,
         address: str,
         server: grpc.aio.Server,
-        health_servicer: _HealthServicer,
+        health_servicer: HealthServicer,
         manager: SessionManager,
         routing: RoutingTable,
         etcd: aetcd.Client,
@@ -249,10 +231,10 @@ async def _publish_state(
         _log.warning("node_state_publish_failed state=%s error=%r", state, error)
 
 
-def _add_services(server: grpc.aio.Server, service: SessionService) -> _HealthServicer:
+def _add_services(server: grpc.aio.Server, service: SessionService) -> HealthServicer:
     # The generated grpc module has no type annotations.
     session_pb2_grpc.add_SessionServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    health_servicer = _new_health_servicer()
+    health_servicer = new_health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SESSION_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
