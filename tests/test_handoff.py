@@ -55,6 +55,44 @@ async def _ready_on(mesh: Mesh) -> dict[str, str]:
     return placed
 
 
+class _ViewMonitor:
+    """Samples every node's own view of what it serves, every few milliseconds, and records
+    any moment when two nodes would both serve one slot."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        self.mesh = mesh
+        self.samples = 0
+        self.violations: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+        self._seen = dict(mesh.nodes)  # a stopping node leaves mesh.nodes before it hands off
+
+    def _sample(self) -> None:
+        self._seen.update(self.mesh.nodes)
+        serving: dict[int, str] = {}
+        for node_id, server in list(self._seen.items()):
+            ownership = server.ownership
+            if not ownership.has_lease:
+                continue
+            for slot in set(ownership.owned) - ownership.handing_off:
+                other = serving.setdefault(slot, node_id)
+                if other != node_id:
+                    self.violations.append(f"slot {slot} served by {other} and {node_id}")
+        self.samples += 1
+
+    async def _run(self) -> None:
+        while True:
+            self._sample()
+            await asyncio.sleep(0.005)
+
+    def __enter__(self) -> _ViewMonitor:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
 class _Load:
     """A client that keeps sending and reading through the gateway, recording every failure."""
 
@@ -129,11 +167,12 @@ class TestJoinAndStop:
             before = mesh.owners()
             qr_before = {acc: mesh.simnet.qr_issued(acc) for acc in before_nodes}
 
-            with _Load(mesh) as load:
+            with _ViewMonitor(mesh) as monitor, _Load(mesh) as load:
                 await mesh.start_node("node-3")
                 await mesh.wait_placed(WORKSPACES)
                 after_nodes = await _ready_on(mesh)
                 await load.stop()
+            assert monitor.samples > 10 and monitor.violations == []
             after = mesh.owners()
             assert load.failures == []
             assert len(load.acked) > 0
@@ -147,11 +186,12 @@ class TestJoinAndStop:
             await _all_delivered_once(mesh, load.acked)
             assert mesh.simnet.replaced_events == []
 
-            with _Load(mesh) as load:
+            with _ViewMonitor(mesh) as monitor, _Load(mesh) as load:
                 await mesh.stop_node("node-3")
                 await mesh.wait_placed(WORKSPACES)
                 final_nodes = await _ready_on(mesh)
                 await load.stop()
+            assert monitor.samples > 10 and monitor.violations == []
             assert load.failures == []
             assert "node-3" not in set(final_nodes.values())
             await _all_delivered_once(mesh, load.acked)
