@@ -37,6 +37,7 @@ class SessionReporter:
                 node_id=self._node_id,
                 node_url=self._node_address,
                 storage_path=storage_path,
+                epoch=session.epoch,
             )
 
     def assigned(self, session: HostedSession) -> None:
@@ -47,6 +48,7 @@ class SessionReporter:
                 session_id=session.session_id,
                 node_id=self._node_id,
                 node_url=self._node_address,
+                epoch=session.epoch,
             )
 
     def deleted_offline(
@@ -54,9 +56,14 @@ class SessionReporter:
     ) -> None:
         """A stored session that was not running here was marked deleted."""
         if self._accounts is not None:
-            key = {"workspace_id": workspace_id, "session_id": session_id}
-            self._accounts.record_status(**key, status=SessionState.STOPPED.value)
-            self._accounts.record_disconnect(**key, reason=reason, details=details)
+            self._accounts.record_status(
+                workspace_id=workspace_id,
+                session_id=session_id,
+                status=SessionState.STOPPED.value,
+            )
+            self._accounts.record_disconnect(
+                workspace_id=workspace_id, session_id=session_id, reason=reason, details=details
+            )
 
     def stored_size(self, session: HostedSession, *, size_bytes: int) -> None:
         """The session's files were measured at ``size_bytes``."""
@@ -65,6 +72,7 @@ class SessionReporter:
                 workspace_id=session.workspace_id,
                 session_id=session.session_id,
                 size_bytes=size_bytes,
+                epoch=session.epoch,
             )
 
     # SessionObserver
@@ -79,6 +87,7 @@ class SessionReporter:
                 workspace_id=session.workspace_id,
                 session_id=session.session_id,
                 status=current.value,
+                epoch=session.epoch,
             )
 
     def disconnected(self, session: HostedSession, reason: str, details: str) -> None:
@@ -89,11 +98,14 @@ class SessionReporter:
                 session_id=session.session_id,
                 reason=reason,
                 details=details,
+                epoch=session.epoch,
             )
 
     def activity(self, session: HostedSession) -> None:
         """Queue the activity time (coalesced by the store)."""
         if self._accounts is not None:
             self._accounts.record_activity(
-                workspace_id=session.workspace_id, session_id=session.session_id
+                workspace_id=session.workspace_id,
+                session_id=session.session_id,
+                epoch=session.epoch,
             )

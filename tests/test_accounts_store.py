@@ -120,6 +120,30 @@ class TestRecording:
             engine.dispose()
         assert rows == {"ws-1": ("node-a", 0), "ws-2": ("node-c", 1)}
 
+    async def test_a_stale_owners_late_write_is_refused(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        create(store)
+        await store.flush()
+        # node-b took over under a newer epoch; node-a's late writes (older epoch) arrive after.
+        store.record_assignment(
+            workspace_id="ws-1", session_id="s-1", node_id="node-b", node_url="b:1", epoch=20
+        )
+        store.record_status(workspace_id="ws-1", session_id="s-1", status="ready", epoch=20)
+        await store.flush()
+        store.record_assignment(
+            workspace_id="ws-1", session_id="s-1", node_id="node-a", node_url="a:1", epoch=10
+        )
+        store.record_status(workspace_id="ws-1", session_id="s-1", status="stopped", epoch=10)
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert (row.assigned_node_id, row.status, row.owner_epoch) == ("node-b", "ready", 20)
+        assert row.instance_migration_count == 1
+        # The same or a newer epoch is applied.
+        store.record_status(workspace_id="ws-1", session_id="s-1", status="disconnected", epoch=20)
+        await store.flush()
+        assert read_rows(database_url)["s-1"].status == "disconnected"
+
     async def test_moves_are_counted_exactly(self, store: AccountStore, database_url: str) -> None:
         create(store)
         await store.flush()

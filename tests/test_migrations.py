@@ -144,11 +144,14 @@ class TestMigrations:
     def test_upgrade_downgrade_upgrade(self, database_url: str) -> None:
         assert current(database_url) is None
         upgrade(database_url)
-        assert current(database_url) == head_revision() == "0003"
+        assert current(database_url) == head_revision() == "0004"
         columns, indexes = inspect_table(database_url)
-        assert columns == FIRST_COLUMNS | SECOND_COLUMNS
+        assert columns == FIRST_COLUMNS | SECOND_COLUMNS | {"owner_epoch"}
         assert indexes >= INDEXES
         assert session_unique_keys(database_url) == [["workspace_id", "session_id"]]
+
+        downgrade(database_url, "0003")
+        assert inspect_table(database_url)[0] == FIRST_COLUMNS | SECOND_COLUMNS
 
         downgrade(database_url, "0002")
         assert current(database_url) == "0002"
@@ -165,7 +168,7 @@ class TestMigrations:
         assert inspect_table(database_url) == (set(), set())
 
         upgrade(database_url)
-        assert inspect_table(database_url)[0] == FIRST_COLUMNS | SECOND_COLUMNS
+        assert inspect_table(database_url)[0] == FIRST_COLUMNS | SECOND_COLUMNS | {"owner_epoch"}
 
     def test_two_workspaces_may_share_a_session_id(self, database_url: str) -> None:
         upgrade(database_url)
@@ -245,7 +248,7 @@ class TestCommandLine:
         assert main(["--database-url", sqlite_url, "current"]) == 0
         assert capsys.readouterr().out.strip() == "none"
         assert main(["--database-url", sqlite_url, "upgrade"]) == 0
-        assert capsys.readouterr().out.strip() == "0003"
+        assert capsys.readouterr().out.strip() == "0004"
         assert main(["--database-url", sqlite_url, "downgrade", "0001"]) == 0
         assert capsys.readouterr().out.strip() == "0001"
         assert inspect_table(sqlite_url)[0] == FIRST_COLUMNS

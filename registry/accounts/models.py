@@ -57,6 +57,10 @@ class WhatsappAccount(SQLModel, table=True):
     session_file_size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     session_storage_verified_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     instance_migration_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    owner_epoch: int = Field(
+        default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+    """The newest owner epoch (etcd create revision) that wrote this row; older ones are refused."""
     """How many times the session moved to another node."""
     last_instance_migration_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     last_activity_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)

@@ -1,8 +1,10 @@
 """The accounts database, written beside the call path.
 
-Every ``record_*`` method only enqueues and returns at once: no call waits on
-the DB. A background task writes what is queued in batches (one transaction per
-batch, activity coalesced per session), off the event loop.
+Every ``record_*`` method only enqueues and returns at once: no call waits on the DB.
+Each takes the owner ``epoch`` the change was made under; a row keeps the newest epoch that
+wrote it (``owner_epoch``) and refuses changes made under an older one, so a stale owner's late
+write cannot overwrite its successor's. A background task writes what is queued in batches
+(one transaction per batch, activity coalesced per session), off the event loop.
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ class _Pending:
     disconnect: tuple[str, str, datetime] | None = None
     activity_at: datetime | None = None
     storage: tuple[int, datetime] | None = None
+    epoch: int = 0
+    """The newest owner epoch these changes were made under (0: no fence, always applied)."""
 
     def absorb(self, newer: _Pending) -> None:
         """Fold changes queued after this batch into it (used when a write is retried)."""
         self.workspace_id = newer.workspace_id
+        self.epoch = max(self.epoch, newer.epoch)
         self.placements.extend(newer.placements)
         self.status = newer.status or self.status
         self.disconnect = newer.disconnect or self.disconnect
@@ -193,9 +198,10 @@ class AccountStore:
         node_id: str,
         node_url: str,
         storage_path: str,
+        epoch: int = 0,
     ) -> None:
         """A session was created on ``node_id`` (insert, or update if the row exists)."""
-        self._queue(workspace_id, session_id).placements.append(
+        self._queue(workspace_id, session_id, epoch).placements.append(
             _Placement(
                 node_id=node_id,
                 node_url=node_url,
@@ -207,39 +213,44 @@ class AccountStore:
         )
 
     def record_assignment(
-        self, *, workspace_id: str, session_id: str, node_id: str, node_url: str
+        self, *, workspace_id: str, session_id: str, node_id: str, node_url: str, epoch: int = 0
     ) -> None:
         """The session now runs on ``node_id``. If it ran elsewhere before, that node becomes
         ``previous_node_id``, ``instance_migration_count`` grows by one and
         ``last_instance_migration_at`` is set; the same node again changes nothing."""
-        self._queue(workspace_id, session_id).placements.append(
+        self._queue(workspace_id, session_id, epoch).placements.append(
             _Placement(node_id=node_id, node_url=node_url, at=utc_now())
         )
 
-    def record_status(self, *, workspace_id: str, session_id: str, status: str) -> None:
+    def record_status(
+        self, *, workspace_id: str, session_id: str, status: str, epoch: int = 0
+    ) -> None:
         """The session's state changed (``status``: the state name, lower case, e.g. ``ready``)."""
-        self._queue(workspace_id, session_id).status = status
+        self._queue(workspace_id, session_id, epoch).status = status
 
     def record_disconnect(
-        self, *, workspace_id: str, session_id: str, reason: str, details: str
+        self, *, workspace_id: str, session_id: str, reason: str, details: str, epoch: int = 0
     ) -> None:
         """The session disconnected or was deleted: sets ``disconnected_at``, reason, details."""
-        self._queue(workspace_id, session_id).disconnect = (reason, details, utc_now())
+        self._queue(workspace_id, session_id, epoch).disconnect = (reason, details, utc_now())
 
-    def record_activity(self, *, workspace_id: str, session_id: str) -> None:
+    def record_activity(self, *, workspace_id: str, session_id: str, epoch: int = 0) -> None:
         """The session did something now; coalesced, written at the next flush."""
-        self._queue(workspace_id, session_id).activity_at = utc_now()
+        self._queue(workspace_id, session_id, epoch).activity_at = utc_now()
 
-    def record_storage(self, *, workspace_id: str, session_id: str, size_bytes: int) -> None:
+    def record_storage(
+        self, *, workspace_id: str, session_id: str, size_bytes: int, epoch: int = 0
+    ) -> None:
         """The session's stored files were verified at ``size_bytes`` now."""
-        self._queue(workspace_id, session_id).storage = (size_bytes, utc_now())
+        self._queue(workspace_id, session_id, epoch).storage = (size_bytes, utc_now())
 
-    def _queue(self, workspace_id: str, session_id: str) -> _Pending:
+    def _queue(self, workspace_id: str, session_id: str, epoch: int) -> _Pending:
         key = (workspace_id, session_id)
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = _Pending(workspace_id=workspace_id)
         pending.workspace_id = workspace_id
+        pending.epoch = max(pending.epoch, epoch)
         return pending
 
     async def _flush_periodically(self) -> None:
@@ -280,5 +291,17 @@ class AccountStore:
                         created_at=now,
                     )
                     session.add(row)
+                if pending.epoch and pending.epoch < row.owner_epoch:
+                    # A stale owner's late write: a newer owner already wrote this row.
+                    _log.warning(
+                        "accounts_stale_write_refused workspace_id=%s session_id=%s"
+                        " epoch=%d row_epoch=%d",
+                        workspace_id,
+                        session_id,
+                        pending.epoch,
+                        row.owner_epoch,
+                    )
+                    continue
+                row.owner_epoch = max(row.owner_epoch, pending.epoch)
                 row.workspace_id = pending.workspace_id
                 _apply(row, pending, now)
