@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from sqlmodel import Session, select
 
 import gateway
 import node
-from protos import session_pb2_grpc
-from registry.accounts import upgrade
+from protos import session_pb2, session_pb2_grpc
+from registry.accounts import WhatsappAccount, make_engine, upgrade
 from registry.keys import ClusterKeys
 from registry.placement import place_slot
 from registry.routing import RoutingTable
@@ -93,6 +94,39 @@ class Mesh:
     def gateway_keys(self) -> ClusterKeys:
         """The etcd key layout of this mesh's cluster."""
         return ClusterKeys(self.cluster)
+
+    async def wait_ready(
+        self, sessions: list[tuple[str, str]], *, timeout_seconds: float = 20
+    ) -> dict[str, str]:
+        """Wait until every session is READY through the gateway; return where each one runs
+        (``"ws/sid"`` → node id)."""
+        placed: dict[str, str] = {}
+        async with self.stub() as stub:
+
+            async def ready() -> bool:
+                for ws, sid in sessions:
+                    got = await stub.GetSession(
+                        session_pb2.GetSessionRequest(workspace_id=ws, session_id=sid), timeout=5
+                    )
+                    if got.state != session_pb2.SESSION_STATE_READY:
+                        return False
+                    placed[f"{ws}/{sid}"] = got.node_id
+                return True
+
+            await eventually(ready, timeout_seconds=timeout_seconds, message="sessions READY")
+        return placed
+
+    def account_rows(self) -> dict[str, WhatsappAccount]:
+        """The accounts DB now, by ``"ws/sid"`` (blocking: call it through a thread)."""
+        engine = make_engine(self.database_url)
+        try:
+            with Session(engine) as session:
+                return {
+                    f"{row.workspace_id}/{row.session_id}": row
+                    for row in session.exec(select(WhatsappAccount))
+                }
+        finally:
+            engine.dispose()
 
     def owners(self) -> dict[int, str]:
         """Slot → node, from what every running node says it owns (a slot twice: assert)."""

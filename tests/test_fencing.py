@@ -7,30 +7,11 @@ from pathlib import Path
 
 from protos import session_pb2
 from registry.membership import connect_etcd
-from tests.mesh import Mesh, running_mesh
+from tests.mesh import running_mesh
 from tests.waiting import eventually
 
 pb = session_pb2
 SESSIONS = [(f"ws-{i}", f"s-{i}") for i in range(10)]
-
-
-async def _placement(mesh: Mesh) -> dict[str, str]:
-    """Wait until every session is READY; return where each runs."""
-    placed: dict[str, str] = {}
-    async with mesh.stub() as stub:
-
-        async def ready() -> bool:
-            for ws, sid in SESSIONS:
-                got = await stub.GetSession(
-                    pb.GetSessionRequest(workspace_id=ws, session_id=sid), timeout=5
-                )
-                if got.state != pb.SESSION_STATE_READY:
-                    return False
-                placed[f"{ws}/{sid}"] = got.node_id
-            return True
-
-        await eventually(ready, timeout_seconds=20, message="every session READY")
-    return placed
 
 
 class TestRevokedLease:
@@ -45,7 +26,7 @@ class TestRevokedLease:
                     await stub.CreateSession(
                         pb.CreateSessionRequest(workspace_id=ws, session_id=sid), timeout=10
                     )
-            before = await _placement(mesh)
+            before = await mesh.wait_ready(SESSIONS)
             victim = mesh.nodes["node-1"]
             on_victim = {acc for acc, node_id in before.items() if node_id == "node-1"}
             assert on_victim and victim.manager.hosted_count == len(on_victim)
@@ -61,7 +42,7 @@ class TestRevokedLease:
                 timeout_seconds=5,
                 message="node-1 fenced itself",
             )
-            after = await _placement(mesh)
+            after = await mesh.wait_ready(SESSIONS)
             assert set(after) == set(before)
             # Never two live connections for one account: the fence came before the restore.
             assert mesh.simnet.replaced_events == []
@@ -69,5 +50,5 @@ class TestRevokedLease:
                 assert mesh.simnet.max_concurrent_live.get(account, 0) <= 1, account
             # Once its lease is back, node-1 takes its placement share again, still cleanly.
             await mesh.wait_placed([ws for ws, _ in SESSIONS])
-            await _placement(mesh)
+            await mesh.wait_ready(SESSIONS)
             assert mesh.simnet.replaced_events == []

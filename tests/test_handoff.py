@@ -8,10 +8,7 @@ import asyncio
 import itertools
 from pathlib import Path
 
-from sqlmodel import Session, select
-
 from protos import session_pb2
-from registry.accounts import WhatsappAccount, make_engine
 from registry.membership import connect_etcd
 from registry.ownership import cancel_drain, clear_pin, request_drain, set_pin
 from registry.slots import slot_of
@@ -22,37 +19,6 @@ pb = session_pb2
 WORKSPACES = [f"ws-{i}" for i in range(16)]
 SESSIONS = [(ws, f"s-{index}") for index, ws in enumerate(WORKSPACES)]
 """Session ids are unique across workspaces: the accounts DB keys rows by session_id."""
-
-
-def _rows(mesh: Mesh) -> dict[str, WhatsappAccount]:
-    engine = make_engine(mesh.database_url)
-    try:
-        with Session(engine) as session:
-            return {
-                f"{row.workspace_id}/{row.session_id}": row
-                for row in session.exec(select(WhatsappAccount))
-            }
-    finally:
-        engine.dispose()
-
-
-async def _ready_on(mesh: Mesh) -> dict[str, str]:
-    """Wait until every session is READY; return where each runs ("ws/sid" → node)."""
-    placed: dict[str, str] = {}
-    async with mesh.stub() as stub:
-
-        async def ready() -> bool:
-            for ws, sid in SESSIONS:
-                got = await stub.GetSession(
-                    pb.GetSessionRequest(workspace_id=ws, session_id=sid), timeout=5
-                )
-                if got.state != pb.SESSION_STATE_READY:
-                    return False
-                placed[f"{ws}/{sid}"] = got.node_id
-            return True
-
-        await eventually(ready, timeout_seconds=20, message="every session READY")
-    return placed
 
 
 class _ViewMonitor:
@@ -162,7 +128,7 @@ class TestJoinAndStop:
                     await stub.CreateSession(
                         pb.CreateSessionRequest(workspace_id=ws, session_id=sid), timeout=10
                     )
-            before_nodes = await _ready_on(mesh)
+            before_nodes = await mesh.wait_ready(SESSIONS)
             await mesh.wait_placed(WORKSPACES)
             before = mesh.owners()
             qr_before = {acc: mesh.simnet.qr_issued(acc) for acc in before_nodes}
@@ -170,7 +136,7 @@ class TestJoinAndStop:
             with _ViewMonitor(mesh) as monitor, _Load(mesh) as load:
                 await mesh.start_node("node-3")
                 await mesh.wait_placed(WORKSPACES)
-                after_nodes = await _ready_on(mesh)
+                after_nodes = await mesh.wait_ready(SESSIONS)
                 await load.stop()
             assert monitor.samples > 10 and monitor.violations == []
             after = mesh.owners()
@@ -189,7 +155,7 @@ class TestJoinAndStop:
             with _ViewMonitor(mesh) as monitor, _Load(mesh) as load:
                 await mesh.stop_node("node-3")
                 await mesh.wait_placed(WORKSPACES)
-                final_nodes = await _ready_on(mesh)
+                final_nodes = await mesh.wait_ready(SESSIONS)
                 await load.stop()
             assert monitor.samples > 10 and monitor.violations == []
             assert load.failures == []
@@ -199,7 +165,7 @@ class TestJoinAndStop:
             for server in mesh.nodes.values():
                 await server.flush_accounts()
             # Read before the mesh stops: stopping node-1 would hand its slots off again.
-            rows = await asyncio.to_thread(_rows, mesh)
+            rows = await asyncio.to_thread(mesh.account_rows)
             for acc in moved:
                 row = rows[acc]
                 # Onto node-3 and off it again: exactly two moves, each counted once.
@@ -220,15 +186,15 @@ class TestDrainAndPin:
                     await stub.CreateSession(
                         pb.CreateSessionRequest(workspace_id=ws, session_id=sid), timeout=10
                     )
-            await _ready_on(mesh)
+            await mesh.wait_ready(SESSIONS)
             client = await connect_etcd(etcd_url)
             keys = mesh.gateway_keys
             try:
                 await request_drain(client, keys, "node-1")
-                drained = await _ready_on(mesh)
+                drained = await mesh.wait_ready(SESSIONS)
 
                 async def all_on_node_2() -> bool:
-                    return set((await _ready_on(mesh)).values()) == {"node-2"}
+                    return set((await mesh.wait_ready(SESSIONS)).values()) == {"node-2"}
 
                 await eventually(all_on_node_2, timeout_seconds=20, message="node-1 drained")
                 assert mesh.nodes["node-1"].ownership.owned == {}
@@ -236,7 +202,7 @@ class TestDrainAndPin:
                 router = mesh.gateway.router
                 await eventually(lambda: router.nodes["node-1"].is_active, message="active")
                 await mesh.wait_placed(WORKSPACES)
-                back = await _ready_on(mesh)
+                back = await mesh.wait_ready(SESSIONS)
                 assert set(back.values()) == {"node-1", "node-2"}
 
                 account = next(acc for acc, node_id in back.items() if node_id == "node-2")
@@ -244,7 +210,7 @@ class TestDrainAndPin:
                 await set_pin(client, keys, ws, "node-1")
 
                 async def on(node_id: str) -> bool:
-                    return (await _ready_on(mesh))[account] == node_id
+                    return (await mesh.wait_ready(SESSIONS))[account] == node_id
 
                 await eventually(lambda: on("node-1"), timeout_seconds=15, message="pinned")
                 await clear_pin(client, keys, ws)

@@ -14,10 +14,9 @@ from typing import Any
 
 import aetcd
 import pytest
-from sqlmodel import Session, select
 
 from protos import session_pb2
-from registry.accounts import WhatsappAccount, make_engine
+from registry.accounts import WhatsappAccount
 from registry.keys import ClusterKeys
 from registry.membership import connect_etcd
 from registry.ownership import OwnershipView
@@ -60,18 +59,6 @@ async def meshctl(mesh: Mesh, *args: str) -> Result:
         stdout, stderr = await process.communicate()
     assert process.returncode is not None
     return Result(process.returncode, stdout.decode(), stderr.decode())
-
-
-def _rows(mesh: Mesh) -> dict[str, WhatsappAccount]:
-    engine = make_engine(mesh.database_url)
-    try:
-        with Session(engine) as session:
-            return {
-                f"{row.workspace_id}/{row.session_id}": row
-                for row in session.exec(select(WhatsappAccount))
-            }
-    finally:
-        engine.dispose()
 
 
 def owner_id(view: OwnershipView, workspace_id: str) -> str | None:
@@ -199,7 +186,7 @@ class TestWriteCommands:
         async def rows_settled() -> dict[str, WhatsappAccount] | None:
             for server in mesh.nodes.values():
                 await server.flush_accounts()
-            rows = await asyncio.to_thread(_rows, mesh)
+            rows = await asyncio.to_thread(mesh.account_rows)
             print(
                 sorted(rows),
                 {k: (v.assigned_node_id, v.instance_migration_count) for k, v in rows.items()},
