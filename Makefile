@@ -30,5 +30,11 @@ test: lint unit ## lint, then the whole suite (slow tests run in reduced form)
 up: $(STAMP) ## start a local mesh: etcd, simnet, two nodes, a gateway
 	$(BIN)/python -m deploy.local_mesh
 
+bench: $(STAMP) ## full benchmark (at most 5 min): prints a table, writes bench/results.json
+	$(BIN)/python -m bench.run --out bench/results.json
+
+bench-smoke: $(STAMP) ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test
+	$(BIN)/python -m bench.run --smoke --out .mesh/bench-smoke.json
+
 clean:
 	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""The benchmark harness in smoke mode: it runs to the end and writes every contract key."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run import SUMMARY_KEYS
+
+CONTRACT_KEYS = {
+    "gateway_vs_direct_throughput",
+    "client_vs_direct_throughput",
+    "gateway_added_p50_ms",
+    "create_qr_p95_ms",
+    "send_p95_ms",
+    "mixed_median_ms",
+    "movement_worst_ratio_to_ideal",
+    "balance_max_over_mean_8_nodes",
+    "memory_per_session_kb",
+    "failover_seconds_1000_sessions",
+}
+"""Spelled out again here so that renaming a key in the harness fails this test."""
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict[str, object]]:
+    """One ``python -m bench.run --smoke`` run: exit code, output, and the parsed JSON."""
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = completed.stdout + completed.stderr
+    results = json.loads(out.read_text()) if out.exists() else {}
+    return completed.returncode, output, results
+
+
+class TestBenchSmoke:
+    """``python -m bench.run --smoke`` exits 0 and writes the results document."""
+
+    def test_exits_zero(self, smoke_results: tuple[int, str, dict[str, object]]) -> None:
+        code, output, _ = smoke_results
+        assert code == 0, output
+
+    def test_summary_holds_exactly_the_contract_keys(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        summary = results.get("summary")
+        assert isinstance(summary, dict), output
+        assert set(summary) == CONTRACT_KEYS
+        assert set(SUMMARY_KEYS) == CONTRACT_KEYS
+
+    def test_ring_figures_are_positive_numbers(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        summary = results["summary"]
+        assert isinstance(summary, dict), output
+        movement = summary["movement_worst_ratio_to_ideal"]
+        balance = summary["balance_max_over_mean_8_nodes"]
+        assert isinstance(movement, float) and movement > 0
+        assert isinstance(balance, float) and balance >= 1.0
+
+    def test_unary_figures_are_ratios_from_the_asyncio_generator(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        summary = results["summary"]
+        assert isinstance(summary, dict), output
+        assert isinstance(summary["gateway_vs_direct_throughput"], float)
+        assert summary["gateway_vs_direct_throughput"] > 0
+        assert isinstance(summary["gateway_added_p50_ms"], float)
+        assert "asyncio" in str(results["load_generator"])
+
+    def test_pending_keys_are_null_with_a_note(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        summary = results["summary"]
+        scenarios = results["scenarios"]
+        assert isinstance(summary, dict) and isinstance(scenarios, dict), output
+        pending = [s for s in scenarios.values() if s.get("status") == "pending"]
+        pending_keys = {key for scenario in pending for key in scenario["summary_keys"]}
+        assert all("pending" in scenario["note"] for scenario in pending)
+        assert all(summary[key] is None for key in pending_keys)
+        measured = CONTRACT_KEYS - pending_keys
+        assert all(summary[key] is not None for key in measured)
+
+    def test_records_mode_machine_and_date(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        assert results.get("mode") == "smoke", output
+        machine = results["machine"]
+        assert isinstance(machine, dict)
+        assert set(machine) == {"cpu_count", "python", "platform"}
+        assert isinstance(results["date"], str) and results["date"].startswith("20")
