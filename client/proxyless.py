@@ -25,13 +25,12 @@ from google.protobuf.message import Message
 
 from gateway.retry import DEFAULT_RETRY_POLICY, RetryPolicy, next_delay_seconds
 from protos import SESSION_SERVICE_NAME, session_pb2
-from registry.errors import OWNER_METADATA_KEY, MeshError, Unavailable
+from registry.errors import OWNER_METADATA_KEY, MeshError
 from registry.keys import ClusterKeys
 from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
 from registry.ownership import OwnershipView
-from registry.placement import place_slot
+from registry.placement import resolve_node
 from registry.routing import RoutingTable
-from registry.slots import slot_of
 from telemetry.tracing import client_interceptors
 
 _log = logging.getLogger(__name__)
@@ -46,42 +45,6 @@ class _WorkspaceRequest(Protocol):
     workspace_id: str
 
     def SerializeToString(self) -> bytes: ...
-
-
-def resolve_node(
-    workspace_id: str,
-    *,
-    routing: RoutingTable,
-    nodes: dict[str, NodeRecord],
-    ownership: OwnershipView,
-    cluster: str,
-) -> NodeRecord:
-    """The node serving ``workspace_id``: its pin (the pinned owner if held), else its slot's
-    owner, else placement; ``Unavailable`` when no node can take it.
-
-    Duplicates ``gateway.router.Router.route``; both should call one function in ``registry/``.
-    """
-    pinned_node_id = ownership.pin_of(workspace_id)
-    if pinned_node_id is not None:
-        pinned_owner = ownership.pinned_owner_of(workspace_id)
-        node_id = pinned_node_id if pinned_owner is None else pinned_owner.node_id
-        # A pin to a node that is gone falls back to the slot: the pin is only intent.
-        record = nodes.get(node_id)
-        if record is not None:
-            return record
-    slot = slot_of(workspace_id, routing.slot_count)
-    owner = ownership.owner_of_slot(slot)
-    if owner is not None and (record := nodes.get(owner.node_id)) is not None:
-        return record
-    placed = place_slot(routing, nodes, slot)
-    record = None if placed is None else nodes.get(placed)
-    if record is not None:
-        return record
-    if any(node.is_active for node in nodes.values()):
-        raise Unavailable(
-            f"every active node of cluster {cluster} is at capacity", retry_after_ms=500
-        )
-    raise Unavailable(f"no node is alive in cluster {cluster}")
 
 
 def _owner_address(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:

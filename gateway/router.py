@@ -18,7 +18,7 @@ import grpc
 from registry.errors import Unavailable
 from registry.membership import MembershipWatcher, NodeRecord
 from registry.ownership import OwnershipView
-from registry.placement import place_slot
+from registry.placement import resolve_node
 from registry.routing import RoutingTable
 from registry.slots import slot_of
 from telemetry.tracing import client_interceptors
@@ -84,37 +84,16 @@ class Router:
     def route(self, workspace_id: str) -> NodeRecord:
         """The node that serves ``workspace_id``: its pin (the pinned owner if held), else its
         slot's owner, else placement; ``Unavailable`` when no node can take it."""
-        slot = slot_of(workspace_id, self._routing.slot_count)
-        ownership = self._ownership
-        if ownership is not None:
-            pinned_node_id = ownership.pin_of(workspace_id)
-            if pinned_node_id is not None:
-                pinned_owner = ownership.pinned_owner_of(workspace_id)
-                node_id = pinned_node_id if pinned_owner is None else pinned_owner.node_id
-                # A pin to a node that is gone falls back to the slot: the pin is only intent.
-                record = self._nodes.get(node_id)
-                if record is not None:
-                    return record
-            owner = ownership.owner_of_slot(slot)
-            if owner is not None:
-                record = self._nodes.get(owner.node_id)
-                if record is not None:
-                    return record
-            return self._placed(slot)
-        record = self._routing.node_for_slot(slot)
+        if self._ownership is not None:
+            return resolve_node(
+                workspace_id,
+                routing=self._routing,
+                nodes=self._nodes,
+                ownership=self._ownership,
+                cluster=self._cluster,
+            )
+        record = self._routing.node_for_slot(slot_of(workspace_id, self._routing.slot_count))
         if record is None:
-            raise Unavailable(f"no node is alive in cluster {self._cluster}")
-        return record
-
-    def _placed(self, slot: int) -> NodeRecord:
-        node_id = place_slot(self._routing, self._nodes, slot)
-        record = None if node_id is None else self._nodes.get(node_id)
-        if record is None:
-            if any(node.is_active for node in self._nodes.values()):
-                raise Unavailable(
-                    f"every active node of cluster {self._cluster} is at capacity",
-                    retry_after_ms=500,
-                )
             raise Unavailable(f"no node is alive in cluster {self._cluster}")
         return record
 

@@ -48,7 +48,7 @@ from registry.ownership import (
     set_pin,
     update_catalog,
 )
-from registry.placement import can_take_work, place_slot
+from registry.placement import can_take_work, place_slot, resolve_node
 from registry.routing import Ring, RoutingTable
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
 
@@ -88,6 +88,7 @@ __all__ = [
     "release_slot",
     "remove_from_catalog",
     "request_drain",
+    "resolve_node",
     "set_pin",
     "slot_of",
     "update_catalog",
