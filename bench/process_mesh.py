@@ -68,6 +68,8 @@ class MeshSettings:
     """More flags for every node (e.g. ``--reconcile-interval-seconds 1``)."""
     cluster: str = "procmesh"
     """Cluster name (the etcd is private, so any name will do)."""
+    environment: tuple[tuple[str, str], ...] = ()
+    """Extra environment variables for every process (e.g. ``OTEL_TRACES_SAMPLER``)."""
 
 
 @dataclass
@@ -132,7 +134,7 @@ class ProcessMesh:
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **dict(self.settings.environment), "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # a Ctrl-C of the test run reaches only the harness
         )
         process = _Process(name, popen, log)

@@ -54,10 +54,6 @@ TARGETS = {
 """Issue 4's target per summary key, shown next to the measured figure."""
 
 PENDING_SCENARIOS = {
-    "proxyless_client": (
-        ("client_vs_direct_throughput",),
-        "pending: the proxyless client (client/) is not built yet",
-    ),
     "load_checklist": (
         ("create_qr_p95_ms", "send_p95_ms", "mixed_median_ms"),
         "pending: 1,000 concurrent creates/sends and the mixed run are not built yet",
@@ -102,6 +98,7 @@ async def run_benchmark(*, is_smoke: bool) -> dict[str, Any]:
     scenarios["unary_get_session"] = unary
     summary["gateway_vs_direct_throughput"] = unary["gateway_vs_direct_throughput"]
     summary["gateway_added_p50_ms"] = unary["gateway_added_p50_ms"]
+    summary["client_vs_direct_throughput"] = unary["client_vs_direct_throughput"]
 
     for name, (keys, note) in PENDING_SCENARIOS.items():
         scenarios[name] = {"status": "pending", "note": note, "summary_keys": list(keys)}
@@ -145,10 +142,21 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     unary = results["scenarios"]["unary_get_session"]
     direct, gateway = unary["direct"], unary["gateway"]
     console.print(
-        f"GetSession baseline (direct to owner): {direct['throughput_per_second']:.0f}/s, "
-        f"p50 {direct['p50_ms']:.3f} ms; gateway: {gateway['throughput_per_second']:.0f}/s, "
-        f"p50 {gateway['p50_ms']:.3f} ms"
+        f"GetSession via {unary['load_generator']}: direct to owner (baseline) "
+        f"{direct['throughput_per_second']:.0f}/s, p50 {direct['p50_ms']:.3f} ms; gateway: "
+        f"{gateway['throughput_per_second']:.0f}/s, p50 {gateway['p50_ms']:.3f} ms"
     )
+    client_direct, client = unary["client_direct"], unary["client"]
+    console.print(
+        f"GetSession via {unary['client_load_generator']}: direct stub (baseline) "
+        f"{client_direct['throughput_per_second']:.0f}/s; proxyless client: "
+        f"{client['throughput_per_second']:.0f}/s"
+    )
+    if "gateway_traced_vs_untraced_throughput" in unary:
+        console.print(
+            f"Tracing cost: gateway throughput traced/untraced "
+            f"{unary['gateway_traced_vs_untraced_throughput']:.3f}"
+        )
     ring = results["scenarios"]["ring_movement"]
     console.print(
         f"Ring movement over {ring['workspace_count']} workspaces: worst ring/ideal "

@@ -1,8 +1,19 @@
-"""Scenario 1: unary ``GetSession`` straight to the owner node (the baseline) and through the
-gateway, against a real process mesh (etcd, simnet, node and gateway processes).
+"""Scenario 1: unary ``GetSession`` straight to the owner node (the baseline), through the
+gateway, and through the proxyless client, against a real process mesh (etcd, simnet, node and
+gateway processes).
 
-The load generator is asyncio grpc.aio in this process. Throughput is measured with many
-calls in flight; latency with one call at a time, so p50 is the path's cost and not queueing.
+Two load generators, each compared only with a baseline it measured itself in the same run:
+
+- **h2load** (compiled, from Debian's ``nghttp2-client``) for direct vs gateway: throughput
+  with many streams in flight, and latency one call at a time (p50/p99 from its request log).
+  It uses a small share of the CPU, so the servers, not the generator, set the figures. When
+  h2load is missing the asyncio generator stands in, and the results say so.
+- **asyncio** (grpc.aio in the harness process) for direct vs the proxyless client, which is
+  a Python library and so can only be driven from Python: the generated stub to the owner is
+  the baseline.
+
+The mesh runs with tracing on (a parent-based ratio sampler, as a deployment would); a
+second, shorter mesh with the OpenTelemetry SDK disabled gives the cost of tracing.
 """
 
 from __future__ import annotations
@@ -18,12 +29,25 @@ from typing import Any
 
 import grpc
 
-from bench.process_mesh import MeshSettings, process_mesh
+from bench.h2load import H2loadRun, h2load_binary, percentile_ms, run_h2load
+from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
 from bench.workload import SessionKey, create_sessions, plan_sessions, session_states
-from protos import session_pb2, session_pb2_grpc
+from client.proxyless import ProxylessClient
+from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
 
-LOAD_GENERATOR = "asyncio (grpc.aio, in the harness process)"
+ASYNCIO_GENERATOR = "asyncio (grpc.aio, in the harness process)"
+H2LOAD_GENERATOR = "h2load (nghttp2-client)"
 CALL_DEADLINE_SECONDS = 5.0
+GET_SESSION_PATH = f"/{SESSION_SERVICE_NAME}/GetSession"
+MIN_SESSION_BYTES = 20
+"""A GetSession answer is at least this long on the wire; an error carries no message."""
+
+TRACED_ENVIRONMENT = (
+    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+    ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+)
+"""Tracing on: every root sampled at 10 %, children follow their parent."""
+UNTRACED_ENVIRONMENT = (("OTEL_SDK_DISABLED", "true"),)
 
 
 @dataclass(frozen=True)
@@ -33,36 +57,44 @@ class UnarySizes:
     node_count: int
     """Node processes in the mesh."""
     session_count: int
-    """Sessions created, then read round-robin."""
-    concurrency: int
-    """Calls in flight during the throughput phase."""
+    """Sessions created (the asyncio phases read them round-robin)."""
+    clients: int
+    """h2load connections; the asyncio phases run ``clients * streams`` calls in flight."""
+    streams: int
+    """Streams in flight per h2load connection."""
     warmup_seconds: float
-    """Calls made and discarded before each phase (channel setup, JIT-free but cache-warm)."""
+    """Calls made and discarded before each phase (channel setup, caches warm)."""
     throughput_seconds: float
     """Length of each path's throughput phase."""
     latency_seconds: float
     """Length of each path's one-call-at-a-time latency phase."""
+    measures_tracing_cost: bool
+    """Also run a mesh with tracing off, to report what tracing costs."""
 
 
 FULL_UNARY_SIZES = UnarySizes(
     node_count=2,
     session_count=64,
-    concurrency=32,
+    clients=4,
+    streams=16,
     warmup_seconds=1.0,
-    throughput_seconds=10.0,
-    latency_seconds=5.0,
+    throughput_seconds=6.0,
+    latency_seconds=4.0,
+    measures_tracing_cost=True,
 )
 SMOKE_UNARY_SIZES = UnarySizes(
     node_count=1,
     session_count=8,
-    concurrency=16,
+    clients=2,
+    streams=8,
     warmup_seconds=0.2,
     throughput_seconds=1.0,
     latency_seconds=0.5,
+    measures_tracing_cost=False,
 )
 
-Stubs = Callable[[SessionKey], session_pb2_grpc.SessionServiceStub]
-"""Picks the stub a path uses for one session."""
+Caller = Callable[[session_pb2.GetSessionRequest, SessionKey], Any]
+"""Starts one GetSession for a session on a path (returns an awaitable)."""
 
 
 @dataclass
@@ -73,23 +105,25 @@ class _Phase:
 
 
 async def _drive(
-    stub_for: Stubs, sessions: Sequence[SessionKey], *, concurrency: int, seconds: float
+    call: Caller, sessions: Sequence[SessionKey], *, concurrency: int, seconds: float
 ) -> _Phase:
-    """``concurrency`` workers calling GetSession back to back for ``seconds``."""
+    """``concurrency`` asyncio workers calling GetSession back to back for ``seconds``."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + seconds
+    requests = [
+        session_pb2.GetSessionRequest(workspace_id=key[0], session_id=key[1]) for key in sessions
+    ]
 
     async def worker(offset: int) -> None:
         nonlocal errors
         position = offset
         while time.perf_counter() < deadline:
-            key = sessions[position % len(sessions)]
+            index = position % len(sessions)
             position += 1
-            request = session_pb2.GetSessionRequest(workspace_id=key[0], session_id=key[1])
             started = time.perf_counter()
             try:
-                await stub_for(key).GetSession(request, timeout=CALL_DEADLINE_SECONDS)
+                await call(requests[index], sessions[index])
             except grpc.aio.AioRpcError:
                 errors += 1
                 continue
@@ -108,14 +142,13 @@ def _percentile_ms(latencies_seconds: list[float], fraction: float) -> float | N
     return ordered[index] * 1000
 
 
-async def _measure_path(
-    stub_for: Stubs, sessions: Sequence[SessionKey], sizes: UnarySizes
+async def _asyncio_path(
+    call: Caller, sessions: Sequence[SessionKey], sizes: UnarySizes
 ) -> dict[str, Any]:
-    await _drive(stub_for, sessions, concurrency=sizes.concurrency, seconds=sizes.warmup_seconds)
-    load = await _drive(
-        stub_for, sessions, concurrency=sizes.concurrency, seconds=sizes.throughput_seconds
-    )
-    sequential = await _drive(stub_for, sessions, concurrency=1, seconds=sizes.latency_seconds)
+    concurrency = sizes.clients * sizes.streams
+    await _drive(call, sessions, concurrency=concurrency, seconds=sizes.warmup_seconds)
+    load = await _drive(call, sessions, concurrency=concurrency, seconds=sizes.throughput_seconds)
+    sequential = await _drive(call, sessions, concurrency=1, seconds=sizes.latency_seconds)
     return {
         "calls": len(load.latencies_seconds),
         "errors": load.errors + sequential.errors,
@@ -130,56 +163,189 @@ async def _measure_path(
     }
 
 
+async def _h2load_path(address: str, message: bytes, sizes: UnarySizes) -> dict[str, Any]:
+    load: H2loadRun = await asyncio.to_thread(
+        run_h2load,
+        address,
+        GET_SESSION_PATH,
+        message,
+        clients=sizes.clients,
+        streams_per_client=sizes.streams,
+        duration_seconds=sizes.throughput_seconds,
+        warmup_seconds=sizes.warmup_seconds,
+        min_response_bytes=MIN_SESSION_BYTES,
+    )
+    sequential: H2loadRun = await asyncio.to_thread(
+        run_h2load,
+        address,
+        GET_SESSION_PATH,
+        message,
+        clients=1,
+        streams_per_client=1,
+        duration_seconds=sizes.latency_seconds,
+        warmup_seconds=sizes.warmup_seconds,
+        min_response_bytes=MIN_SESSION_BYTES,
+        with_latencies=True,
+    )
+    return {
+        "calls": load.requests,
+        "errors": 0,  # run_h2load raises unless every answered call carried a session
+        "throughput_per_second": load.throughput_per_second,
+        "p50_ms": percentile_ms(sequential, 0.50),
+        "p99_ms": percentile_ms(sequential, 0.99),
+        "sequential_calls": len(sequential.latencies_ms),
+    }
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
 
 
-async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
-    """Direct-to-owner (baseline) vs gateway GetSession: throughput, p50/p99, and ratios."""
-    sessions = plan_sessions(workspace_count=sizes.session_count, session_count=sizes.session_count)
-    settings = MeshSettings(node_count=sizes.node_count, cluster="bench")
+def _difference(minuend: float | None, subtrahend: float | None) -> float | None:
+    if minuend is None or subtrahend is None:
+        return None
+    return minuend - subtrahend
+
+
+async def _prepared_mesh_sessions(
+    mesh: ProcessMesh, sessions: Sequence[SessionKey]
+) -> dict[SessionKey, str]:
+    """Create the sessions; each one's owner node address."""
+    await create_sessions(mesh.gateway_address, sessions)
+    states = await session_states(mesh.gateway_address, sessions)
+    failed = {key: value for key, value in states.items() if value[0] < 0}
+    if failed:
+        raise RuntimeError(f"GetSession failed before the run: {failed}")
+    return {key: mesh.node_addresses[states[key][1]] for key in sessions}
+
+
+async def _direct_and_gateway(
+    mesh: ProcessMesh,
+    owners: dict[SessionKey, str],
+    sessions: Sequence[SessionKey],
+    sizes: UnarySizes,
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(generator, direct, gateway) figures, with h2load when it is installed."""
+    if h2load_binary() is not None:
+        key = sessions[0]
+        message = session_pb2.GetSessionRequest(
+            workspace_id=key[0], session_id=key[1]
+        ).SerializeToString()
+        direct = await _h2load_path(owners[key], message, sizes)
+        gateway = await _h2load_path(mesh.gateway_address, message, sizes)
+        return H2LOAD_GENERATOR, direct, gateway
+    channels = {address: grpc.aio.insecure_channel(address) for address in set(owners.values())}
+    gateway_channel = grpc.aio.insecure_channel(mesh.gateway_address)
+    try:
+        stubs = {
+            address: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+            for address, channel in channels.items()
+        }
+        gateway_stub = session_pb2_grpc.SessionServiceStub(gateway_channel)  # type: ignore[no-untyped-call]
+        direct = await _asyncio_path(
+            lambda request, key: stubs[owners[key]].GetSession(
+                request, timeout=CALL_DEADLINE_SECONDS
+            ),
+            sessions,
+            sizes,
+        )
+        gateway = await _asyncio_path(
+            lambda request, _key: gateway_stub.GetSession(request, timeout=CALL_DEADLINE_SECONDS),
+            sessions,
+            sizes,
+        )
+    finally:
+        await gateway_channel.close(None)
+        for channel in channels.values():
+            await channel.close(None)
+    return ASYNCIO_GENERATOR + " (h2load not installed)", direct, gateway
+
+
+async def _direct_and_client(
+    mesh: ProcessMesh,
+    owners: dict[SessionKey, str],
+    sessions: Sequence[SessionKey],
+    sizes: UnarySizes,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(direct stub, proxyless client) figures from the asyncio generator."""
+    channels = {address: grpc.aio.insecure_channel(address) for address in set(owners.values())}
+    try:
+        stubs = {
+            address: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+            for address, channel in channels.items()
+        }
+        direct = await _asyncio_path(
+            lambda request, key: stubs[owners[key]].GetSession(
+                request, timeout=CALL_DEADLINE_SECONDS
+            ),
+            sessions,
+            sizes,
+        )
+    finally:
+        for channel in channels.values():
+            await channel.close(None)
+    async with await ProxylessClient.connect(
+        etcd_endpoints=mesh.etcd_url, cluster=mesh.settings.cluster
+    ) as client:
+        proxyless = await _asyncio_path(
+            lambda request, _key: client.GetSession(request, timeout=CALL_DEADLINE_SECONDS),
+            sessions,
+            sizes,
+        )
+    return direct, proxyless
+
+
+async def _tracing_cost(sizes: UnarySizes, sessions: Sequence[SessionKey]) -> dict[str, Any]:
+    """Gateway throughput of a mesh with the SDK disabled (compared with the traced one)."""
+    settings = MeshSettings(
+        node_count=sizes.node_count, cluster="bench", environment=UNTRACED_ENVIRONMENT
+    )
     with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
         async with process_mesh(Path(state_dir), settings) as mesh:
-            await create_sessions(mesh.gateway_address, sessions)
-            states = await session_states(mesh.gateway_address, sessions)
-            failed = {key: value for key, value in states.items() if value[0] < 0}
-            if failed:
-                raise RuntimeError(f"GetSession failed before the run: {failed}")
-            channels = {
-                node_id: grpc.aio.insecure_channel(address)
-                for node_id, address in mesh.node_addresses.items()
-            }
-            gateway_channel = grpc.aio.insecure_channel(mesh.gateway_address)
-            try:
-                node_stubs = {
-                    node_id: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
-                    for node_id, channel in channels.items()
-                }
-                owner_stub = {key: node_stubs[states[key][1]] for key in sessions}
-                gateway_stub = session_pb2_grpc.SessionServiceStub(gateway_channel)  # type: ignore[no-untyped-call]
-                direct = await _measure_path(owner_stub.__getitem__, sessions, sizes)
-                gateway = await _measure_path(lambda _key: gateway_stub, sessions, sizes)
-            finally:
-                await gateway_channel.close(None)
-                for channel in channels.values():
-                    await channel.close(None)
-    added_p50 = (
-        None
-        if gateway["p50_ms"] is None or direct["p50_ms"] is None
-        else gateway["p50_ms"] - direct["p50_ms"]
+            owners = await _prepared_mesh_sessions(mesh, sessions)
+            generator, direct, gateway = await _direct_and_gateway(mesh, owners, sessions, sizes)
+    return {"load_generator": generator, "direct": direct, "gateway": gateway}
+
+
+async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
+    """Direct-to-owner (baseline) vs gateway vs proxyless client GetSession: throughput,
+    p50/p99, and the ratios."""
+    sessions = plan_sessions(workspace_count=sizes.session_count, session_count=sizes.session_count)
+    settings = MeshSettings(
+        node_count=sizes.node_count, cluster="bench", environment=TRACED_ENVIRONMENT
     )
-    return {
-        "load_generator": LOAD_GENERATOR,
+    with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
+        async with process_mesh(Path(state_dir), settings) as mesh:
+            owners = await _prepared_mesh_sessions(mesh, sessions)
+            generator, direct, gateway = await _direct_and_gateway(mesh, owners, sessions, sizes)
+            client_direct, client = await _direct_and_client(mesh, owners, sessions, sizes)
+    result: dict[str, Any] = {
+        "load_generator": generator,
+        "client_load_generator": ASYNCIO_GENERATOR,
+        "tracing": dict(TRACED_ENVIRONMENT),
         "node_count": sizes.node_count,
         "session_count": sizes.session_count,
-        "concurrency": sizes.concurrency,
+        "concurrency": sizes.clients * sizes.streams,
         "throughput_seconds": sizes.throughput_seconds,
         "direct": direct,
         "gateway": gateway,
+        "client_direct": client_direct,
+        "client": client,
         "gateway_vs_direct_throughput": _ratio(
             gateway["throughput_per_second"], direct["throughput_per_second"]
         ),
-        "gateway_added_p50_ms": added_p50,
+        "gateway_added_p50_ms": _difference(gateway["p50_ms"], direct["p50_ms"]),
+        "client_vs_direct_throughput": _ratio(
+            client["throughput_per_second"], client_direct["throughput_per_second"]
+        ),
+        "client_added_p50_ms": _difference(client["p50_ms"], client_direct["p50_ms"]),
     }
+    if sizes.measures_tracing_cost:
+        untraced = await _tracing_cost(sizes, sessions)
+        result["untraced"] = untraced
+        result["gateway_traced_vs_untraced_throughput"] = _ratio(
+            gateway["throughput_per_second"], untraced["gateway"]["throughput_per_second"]
+        )
+    return result

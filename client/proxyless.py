@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -23,20 +23,24 @@ import aetcd
 import grpc
 from google.protobuf.message import Message
 
-from gateway.retry import DEFAULT_RETRY_POLICY, RetryPolicy, next_delay_seconds
+from gateway.retry import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy
 from protos import SESSION_SERVICE_NAME, session_pb2
-from registry.errors import OWNER_METADATA_KEY, MeshError
+from registry.errors import MeshError
 from registry.keys import ClusterKeys
 from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
 from registry.ownership import OwnershipView
 from registry.placement import resolve_node
 from registry.routing import RoutingTable
-from telemetry.tracing import client_interceptors
+from telemetry.hop import with_trace_context
 
 _log = logging.getLogger(__name__)
 
 MetadataPairs = tuple[tuple[str, str | bytes], ...]
 _Response = TypeVar("_Response", bound=Message)
+
+
+def _trailing(error: grpc.aio.AioRpcError) -> MetadataPairs:
+    return cast("MetadataPairs", tuple(error.trailing_metadata() or ()))
 
 
 class _WorkspaceRequest(Protocol):
@@ -45,109 +49,6 @@ class _WorkspaceRequest(Protocol):
     workspace_id: str
 
     def SerializeToString(self) -> bytes: ...
-
-
-def _owner_address(trailing_metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
-    """The ``host:port`` of ``sessionmesh-owner: <node_id>@<host:port>``, if present."""
-    for key, value in trailing_metadata or ():
-        if key == OWNER_METADATA_KEY:
-            text = value if isinstance(value, str) else value.decode(errors="replace")
-            _, separator, address = text.partition("@")
-            return address if separator and address else None
-    return None
-
-
-class _Attempts:
-    """Where one call goes next after each failure: the named owner once, then retries.
-
-    Mirrors ``gateway.forwarder._Attempts`` with the client's own deadline instead of a server
-    context's.
-    """
-
-    def __init__(
-        self, client: ProxylessClient, workspace_id: str, timeout_seconds: float | None
-    ) -> None:
-        self._client = client
-        self._workspace_id = workspace_id
-        loop = asyncio.get_running_loop()
-        self._deadline = None if timeout_seconds is None else loop.time() + timeout_seconds
-        self._retry_count = 0
-        self._refused_addresses: set[str] = set()
-        self.address: str | None = None
-
-    def time_remaining(self) -> float | None:
-        """Seconds left before the caller's deadline (None: no deadline)."""
-        if self._deadline is None:
-            return None
-        return max(self._deadline - asyncio.get_running_loop().time(), 0.0)
-
-    async def first_address(self) -> str:
-        """Resolve the owner from the views; while none can serve, wait within the deadline."""
-        while True:
-            try:
-                self.address = self._client.route(self._workspace_id).address
-                return self.address
-            except MeshError as error:
-                if not await self._wait_for_retry(grpc.StatusCode.UNAVAILABLE, None):
-                    raise error
-
-    async def should_try_again(self, error: grpc.aio.AioRpcError) -> bool:
-        """Pick the next address (after a wait if needed) if ``error`` allows another try."""
-        trailing = cast("MetadataPairs", tuple(error.trailing_metadata() or ()))
-        if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-            return await self._redirect(trailing)
-        if not await self._wait_for_retry(error.code(), trailing):
-            return False
-        # The slot may have moved or its node left meanwhile: follow the views again, except
-        # back to a node that already said it is not the owner.
-        with contextlib.suppress(MeshError):
-            address = self._client.route(self._workspace_id).address
-            if address not in self._refused_addresses:
-                self.address = address
-        return True
-
-    async def _wait_for_retry(self, code: grpc.StatusCode, trailing: MetadataPairs | None) -> bool:
-        self._retry_count += 1
-        delay_seconds = next_delay_seconds(
-            self._client.retry_policy,
-            attempt=self._retry_count,
-            code=code,
-            trailing_metadata=trailing,
-            time_remaining_seconds=self.time_remaining(),
-        )
-        if delay_seconds is None:
-            return False
-        await asyncio.sleep(delay_seconds)
-        return True
-
-    async def _redirect(self, trailing: MetadataPairs) -> bool:
-        """After ``FAILED_PRECONDITION`` (the node did nothing): go to the owner it named, at
-        once the first time; otherwise wait a backoff and follow the views again."""
-        if self.address is not None:
-            self._refused_addresses.add(self.address)
-        owner_address = _owner_address(trailing)
-        if owner_address is not None and owner_address not in self._refused_addresses:
-            self.address = owner_address
-            return True
-        policy = self._client.retry_policy
-        self._retry_count += 1
-        delay_seconds = policy.backoff_ms(self._retry_count) / 1000
-        time_remaining_seconds = self.time_remaining()
-        if (time_remaining_seconds is None and self._retry_count >= policy.max_attempts) or (
-            time_remaining_seconds is not None and delay_seconds >= time_remaining_seconds
-        ):
-            _log.warning(
-                "proxyless_redirect_gave_up workspace_id=%s refused_by=%s named=%s",
-                self._workspace_id,
-                sorted(self._refused_addresses),
-                owner_address,
-            )
-            return False
-        await asyncio.sleep(delay_seconds)
-        self._refused_addresses.clear()  # after the wait, every view may have moved on
-        with contextlib.suppress(MeshError):
-            self.address = self._client.route(self._workspace_id).address
-        return True
 
 
 class ProxylessClient:
@@ -174,6 +75,7 @@ class ProxylessClient:
         self._routing = RoutingTable()
         self._nodes: dict[str, NodeRecord] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unary_callers: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._is_subscribed = False
 
@@ -208,6 +110,7 @@ class ProxylessClient:
             self._watcher.unsubscribe(self._on_members)
             self._is_subscribed = False
         channels, self._channels = self._channels, {}
+        self._unary_callers.clear()
         for channel in channels.values():
             await channel.close(None)
         if self._closing:
@@ -245,7 +148,7 @@ class ProxylessClient:
     def _channel_for(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, interceptors=client_interceptors())
+            channel = grpc.aio.insecure_channel(address)
             self._channels[address] = channel
         return channel
 
@@ -255,6 +158,8 @@ class ProxylessClient:
         live_addresses = {node.address for node in nodes.values()}
         for address in [address for address in self._channels if address not in live_addresses]:
             channel = self._channels.pop(address)
+            for key in [key for key in self._unary_callers if key[0] == address]:
+                del self._unary_callers[key]
             # A callback cannot await: the close runs as a task that close() waits for.
             task = asyncio.get_running_loop().create_task(self._close_channel(channel))
             self._closing.add(task)
@@ -266,6 +171,42 @@ class ProxylessClient:
         with contextlib.suppress(Exception):
             await channel.close(grace=1.0)
 
+    def _route_address(self, workspace_id: str) -> str:
+        return self.route(workspace_id).address
+
+    def _attempts(self, workspace_id: str, address: str | None, deadline: float | None) -> Attempts:
+        loop = asyncio.get_running_loop()
+
+        def time_remaining() -> float | None:
+            return None if deadline is None else max(deadline - loop.time(), 0.0)
+
+        return Attempts(
+            workspace_id=workspace_id,
+            address=address,
+            route=self._route_address,
+            time_remaining=time_remaining,
+            policy=self.retry_policy,
+        )
+
+    def _first_address(self, workspace_id: str) -> str | None:
+        try:
+            return self.route(workspace_id).address
+        except MeshError:
+            return None  # no node can serve it now: Attempts waits within the deadline
+
+    def _unary_caller(
+        self, address: str, method: str, request_type: type[Message], response_type: type[Message]
+    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]:
+        caller = self._unary_callers.get((address, method))
+        if caller is None:
+            caller = self._channel_for(address).unary_unary(
+                f"/{SESSION_SERVICE_NAME}/{method}",
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            self._unary_callers[(address, method)] = caller
+        return caller
+
     async def _unary(
         self,
         method: str,
@@ -274,25 +215,28 @@ class ProxylessClient:
         timeout_seconds: float | None,
         metadata: Any,
     ) -> _Response:
-        attempts = _Attempts(self, request.workspace_id, timeout_seconds)
-        address = await attempts.first_address()
-        path = f"/{SESSION_SERVICE_NAME}/{method}"
+        deadline = (
+            None if timeout_seconds is None else asyncio.get_running_loop().time() + timeout_seconds
+        )
+        metadata = with_trace_context(metadata)
+        address = self._first_address(request.workspace_id)
+        attempts: Attempts | None = None
+        if address is None:
+            attempts = self._attempts(request.workspace_id, None, deadline)
+            address = await attempts.first_address()
+        request_type = cast("type[Message]", type(request))
+        timeout = timeout_seconds
         while True:
-            call = self._channel_for(address).unary_unary(
-                path,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )
+            call = self._unary_caller(address, method, request_type, response_type)
             try:
-                return cast(
-                    "_Response",
-                    await call(request, timeout=attempts.time_remaining(), metadata=metadata),
-                )
+                return cast("_Response", await call(request, timeout=timeout, metadata=metadata))
             except grpc.aio.AioRpcError as error:
-                if not await attempts.should_try_again(error):
+                if attempts is None:
+                    attempts = self._attempts(request.workspace_id, address, deadline)
+                if not await attempts.should_try_again(error.code(), _trailing(error)):
                     raise
-                assert attempts.address is not None
-                address = attempts.address
+                address = cast("str", attempts.address)
+                timeout = attempts.time_remaining()
 
     def CreateSession(
         self,
@@ -378,8 +322,12 @@ class ProxylessClient:
         timeout_seconds: float | None,
         metadata: Any,
     ) -> AsyncIterator[session_pb2.SessionEvent]:
-        attempts = _Attempts(self, request.workspace_id, timeout_seconds)
+        deadline = (
+            None if timeout_seconds is None else asyncio.get_running_loop().time() + timeout_seconds
+        )
+        attempts = self._attempts(request.workspace_id, None, deadline)
         address = await attempts.first_address()
+        metadata = with_trace_context(metadata)
         path = f"/{SESSION_SERVICE_NAME}/WatchSession"
         has_received = False
         while True:
@@ -394,10 +342,11 @@ class ProxylessClient:
                     yield cast("session_pb2.SessionEvent", event)
                 return
             except grpc.aio.AioRpcError as error:
-                if has_received or not await attempts.should_try_again(error):
+                if has_received or not await attempts.should_try_again(
+                    error.code(), _trailing(error)
+                ):
                     raise
-                assert attempts.address is not None
-                address = attempts.address
+                address = cast("str", attempts.address)
             finally:
                 # The caller stopped iterating (or we gave up): stop the node's stream too.
                 call.cancel()

@@ -21,9 +21,12 @@ from registry.ownership import OwnershipView
 from registry.placement import resolve_node
 from registry.routing import RoutingTable
 from registry.slots import slot_of
-from telemetry.tracing import client_interceptors
 
 _log = logging.getLogger(__name__)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
 
 
 class Router:
@@ -42,6 +45,12 @@ class Router:
         self._routing = RoutingTable()
         self._nodes: dict[str, NodeRecord] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unary_callers: dict[
+            tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+        ] = {}
+        self._stream_callers: dict[
+            tuple[str, str], grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+        ] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._is_started = False
 
@@ -76,6 +85,8 @@ class Router:
             self._watcher.unsubscribe(self._on_members)
             self._is_started = False
         channels, self._channels = self._channels, {}
+        self._unary_callers.clear()
+        self._stream_callers.clear()
         for channel in channels.values():
             await channel.close(None)
         if self._closing:
@@ -98,12 +109,38 @@ class Router:
         return record
 
     def channel_for(self, address: str) -> grpc.aio.Channel:
-        """The pooled channel to ``address`` (``host:port``), opened on first use."""
+        """The pooled channel to ``address`` (``host:port``), opened on first use.
+
+        No interceptors: the forwarder traces the hop itself (:mod:`telemetry.hop`)."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, interceptors=client_interceptors())
+            channel = grpc.aio.insecure_channel(address)
             self._channels[address] = channel
         return channel
+
+    def unary_caller(
+        self, address: str, path: str
+    ) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        """A cached raw-bytes unary callable of ``path`` on ``address``'s pooled channel."""
+        caller = self._unary_callers.get((address, path))
+        if caller is None:
+            caller = self.channel_for(address).unary_unary(
+                path, request_serializer=_identity, response_deserializer=_identity
+            )
+            self._unary_callers[(address, path)] = caller
+        return caller
+
+    def stream_caller(
+        self, address: str, path: str
+    ) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+        """A cached raw-bytes server-streaming callable of ``path`` on ``address``'s channel."""
+        caller = self._stream_callers.get((address, path))
+        if caller is None:
+            caller = self.channel_for(address).unary_stream(
+                path, request_serializer=_identity, response_deserializer=_identity
+            )
+            self._stream_callers[(address, path)] = caller
+        return caller
 
     def _on_members(self, nodes: dict[str, NodeRecord]) -> None:
         self._routing.update(nodes)
@@ -111,11 +148,17 @@ class Router:
         live_addresses = {node.address for node in nodes.values()}
         for address in [address for address in self._channels if address not in live_addresses]:
             channel = self._channels.pop(address)
+            self._forget_callers(address)
             _log.info("gateway_channel_closed address=%s reason=node_left", address)
             # A callback cannot await: the close runs as a task that stop() waits for.
             task = asyncio.get_running_loop().create_task(self._close(channel))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    def _forget_callers(self, address: str) -> None:
+        for callers in (self._unary_callers, self._stream_callers):
+            for key in [key for key in callers if key[0] == address]:
+                del callers[key]
 
     @staticmethod
     async def _close(channel: grpc.aio.Channel) -> None:

@@ -23,7 +23,6 @@ from registry.keys import ClusterKeys
 from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
 from registry.ownership import OwnershipView
 from telemetry.health import HealthServicer, new_health_servicer
-from telemetry.tracing import server_interceptors
 
 _log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         router.start()
         cleanup.push_async_callback(router.stop)
 
-        server = grpc.aio.server(interceptors=server_interceptors())
+        server = grpc.aio.server()
         cleanup.push_async_callback(server.stop, None)
         try:
             port = server.add_insecure_port(config.listen_address)

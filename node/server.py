@@ -18,6 +18,7 @@ import importlib.metadata
 import logging
 import random
 import socket
+from collections.abc import Awaitable
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from node.metrics import NodeMetrics
 from node.ownership import NodeOwnership
 from node.reconciler import Reconciler
 from node.service import SessionService
+from node.shutdown import run_step
 from node.storage import SessionStorage
 from protos import SESSION_SERVICE_NAME, session_pb2_grpc
 from registry.accounts import AccountStore, upgrade
@@ -58,6 +60,8 @@ LOAD_PUBLISH_INTERVAL_SECONDS = 1.0
 """The node record's ``load`` is republished at most this often, and only when it changed."""
 START_TIMEOUT_SECONDS = 10.0
 """How long a starting node waits to see its own record in etcd."""
+STOP_STEP_MARGIN_SECONDS = 5.0
+"""A stop step may take the grace period plus this before it is abandoned (and logged)."""
 _MIGRATION_RETRY_MAX_DELAY_SECONDS = 0.5
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
@@ -200,21 +204,25 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
             await self._reconciler.drain_for_shutdown(timeout_seconds=grace_seconds)
-            await self._reconciler.stop()
-            await self._health.enter_graceful_shutdown()
+            limit = grace_seconds + STOP_STEP_MARGIN_SECONDS
+            await self._step("reconciler", self._reconciler.stop(), limit)
+            await self._step("health", self._health.enter_graceful_shutdown(), limit)
             # New calls are refused from here; calls in flight get grace_seconds to finish,
             # while the sessions stop (which also ends every WatchSession stream).
             server_stopped = asyncio.create_task(self._server.stop(grace_seconds))
-            await self._manager.stop_all()
-            await server_stopped
-            await self._watchdog.stop()
+            await self._step("sessions", self._manager.stop_all(), limit)
+            await self._step("grpc_server", server_stopped, limit)
+            await self._step("lease_watchdog", self._watchdog.stop(), limit)
             if self._accounts is not None:
-                await self._accounts.stop()
-            await self._registration.stop()
-            await self._ownership.view.stop()
-            await self._watcher.stop()
-            await self._etcd.close()
+                await self._step("accounts_db", self._accounts.stop(), limit)
+            await self._step("lease", self._registration.stop(), limit)
+            await self._step("ownership_view", self._ownership.view.stop(), limit)
+            await self._step("membership_watch", self._watcher.stop(), limit)
+            await self._step("etcd", self._etcd.close(), limit)
             _log.info("node_stopped node_id=%s", self.node_id)
+
+    async def _step(self, name: str, step: Awaitable[object], limit_seconds: float) -> None:
+        await run_step(name, step, node_id=self.node_id, limit_seconds=limit_seconds)
 
     async def wait_for_termination(self) -> None:
         """Return when the gRPC server has stopped."""

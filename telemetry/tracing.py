@@ -105,6 +105,11 @@ class _GlobalProviderTracer(trace.Tracer):
         return self._current().start_as_current_span(*args, **kwargs)
 
 
+def global_provider_tracer() -> trace.Tracer:
+    """A tracer that always uses the current global provider (see ``_GlobalProviderTracer``)."""
+    return _GlobalProviderTracer()
+
+
 class _GlobalTracerProvider(trace.TracerProvider):
     """Hands out :class:`_GlobalProviderTracer` to the gRPC instrumentation."""
 
