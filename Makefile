@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint protos unit clean bench bench-smoke
+.PHONY: install up test lint protos unit clean bench bench-smoke bench-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,15 @@ test: lint unit ## lint, then the whole suite (slow tests run in reduced form)
 up: $(STAMP) ## start a local mesh: etcd, simnet, two nodes, a gateway
 	$(BIN)/python -m deploy.local_mesh
 
-bench: $(STAMP) ## full benchmark (at most 5 min): prints a table, writes bench/results.json
+bench-tools: ## h2load (Debian's nghttp2-client) for raw unary load; without it the asyncio generator stands in
+	@command -v h2load >/dev/null 2>&1 || apt-get install -y -qq nghttp2-client >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-client >/dev/null 2>&1) \
+		|| echo "h2load could not be installed (needs root and apt): the asyncio generator stands in"
+
+bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run --out bench/results.json
 
-bench-smoke: $(STAMP) ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test
+bench-smoke: $(STAMP) bench-tools ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test
 	$(BIN)/python -m bench.run --smoke --out .mesh/bench-smoke.json
 
 clean:

@@ -54,7 +54,12 @@ async def run_drill(
     timeout_seconds: float,
 ) -> DrillResult:
     """Run one drill in ``state_dir``; every process is stopped before it returns."""
-    settings = MeshSettings(node_count=node_count, lease_ttl_seconds=lease_ttl_seconds)
+    # Survivors must be able to hold every session between them.
+    settings = MeshSettings(
+        node_count=node_count,
+        lease_ttl_seconds=lease_ttl_seconds,
+        max_sessions=max(MeshSettings.max_sessions, session_count),
+    )
     sessions = plan_sessions(workspace_count=workspace_count, session_count=session_count)
     async with process_mesh(state_dir, settings) as mesh:
         try:

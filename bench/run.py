@@ -1,9 +1,10 @@
-"""The benchmark harness: ``python -m bench.run [--smoke] [--out bench/results.json]``.
+"""The benchmark harness: ``python -m bench.run [--smoke] [--only NAME] [--out PATH]``.
 
 Runs the scenarios, writes one JSON document (``summary`` holds the headline figures under
 fixed key names, a contract with the README and issue 4) and prints a table. Every speed
 figure is a ratio to a baseline measured in the same run, because absolute numbers move from
-machine to machine. Scenarios not built yet report ``null`` with a ``pending`` note.
+machine to machine. A scenario that fails leaves its keys ``null``, records its error, and
+makes the exit code non-zero.
 """
 
 from __future__ import annotations
@@ -16,13 +17,22 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from bench.scenarios_failover import (
+    FULL_FAILOVER_SIZES,
+    SMOKE_FAILOVER_SIZES,
+    run_failover_scenario,
+)
+from bench.scenarios_load import FULL_LOAD_SIZES, SMOKE_LOAD_SIZES, run_load_scenario
 from bench.scenarios_ring import FULL_RING_SIZES, SMOKE_RING_SIZES, run_ring_scenario
+from bench.scenarios_scale import FULL_SCALE_SIZES, SMOKE_SCALE_SIZES, run_scale_scenario
 from bench.scenarios_unary import FULL_UNARY_SIZES, SMOKE_UNARY_SIZES, run_unary_scenario
 
 SUMMARY_KEYS = (
@@ -53,21 +63,61 @@ TARGETS = {
 }
 """Issue 4's target per summary key, shown next to the measured figure."""
 
-PENDING_SCENARIOS = {
-    "load_checklist": (
-        ("create_qr_p95_ms", "send_p95_ms", "mixed_median_ms"),
-        "pending: 1,000 concurrent creates/sends and the mixed run are not built yet",
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario of the harness: how to run it and which summary keys it fills."""
+
+    name: str
+    run: Callable[[bool], Awaitable[dict[str, Any]]]
+    """Runs it at smoke (True) or full size; its results."""
+    summary_keys: dict[str, str]
+    """Summary key → the key of the scenario's results that holds the figure."""
+
+
+SCENARIOS = (
+    Scenario(
+        "ring_movement",
+        lambda is_smoke: asyncio.to_thread(
+            run_ring_scenario, SMOKE_RING_SIZES if is_smoke else FULL_RING_SIZES
+        ),
+        {
+            "movement_worst_ratio_to_ideal": "movement_worst_ratio_to_ideal",
+            "balance_max_over_mean_8_nodes": "balance_max_over_mean_8_nodes",
+        },
     ),
-    "scale_8_nodes": (
-        ("memory_per_session_kb",),
-        "pending: 10,000 sessions over 8 nodes is not built yet",
+    Scenario(
+        "unary_get_session",
+        lambda is_smoke: run_unary_scenario(SMOKE_UNARY_SIZES if is_smoke else FULL_UNARY_SIZES),
+        {
+            "gateway_vs_direct_throughput": "gateway_vs_direct_throughput",
+            "gateway_added_p50_ms": "gateway_added_p50_ms",
+            "client_vs_direct_throughput": "client_vs_direct_throughput",
+        },
     ),
-    "failover": (
-        ("failover_seconds_1000_sessions",),
-        "pending: the kill -9 → READY timing for 1,000 sessions is not built yet",
+    Scenario(
+        "load_checklist",
+        lambda is_smoke: run_load_scenario(SMOKE_LOAD_SIZES if is_smoke else FULL_LOAD_SIZES),
+        {
+            "create_qr_p95_ms": "create_qr_p95_ms",
+            "send_p95_ms": "send_p95_ms",
+            "mixed_median_ms": "mixed_median_ms",
+        },
     ),
-}
-"""Scenarios without code yet: name → (summary keys left null, why)."""
+    Scenario(
+        "scale_8_nodes",
+        lambda is_smoke: run_scale_scenario(SMOKE_SCALE_SIZES if is_smoke else FULL_SCALE_SIZES),
+        {"memory_per_session_kb": "memory_per_session_kb"},
+    ),
+    Scenario(
+        "failover",
+        lambda is_smoke: run_failover_scenario(
+            SMOKE_FAILOVER_SIZES if is_smoke else FULL_FAILOVER_SIZES
+        ),
+        {"failover_seconds_1000_sessions": "failover_seconds"},
+    ),
+)
+"""Every scenario, in the order they run."""
 
 
 def _machine() -> dict[str, Any]:
@@ -78,50 +128,107 @@ def _machine() -> dict[str, Any]:
     }
 
 
-async def run_benchmark(*, is_smoke: bool) -> dict[str, Any]:
-    """Run every built scenario at smoke or full size; the results document."""
+async def run_benchmark(
+    *, is_smoke: bool, only: Sequence[str] = (), progress: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run the scenarios (all, or those named in ``only``) at smoke or full size; the results
+    document. A scenario that fails is recorded with its error and leaves its keys null."""
     scenarios: dict[str, Any] = {}
     summary: dict[str, float | None] = dict.fromkeys(SUMMARY_KEYS)
-
-    started = time.monotonic()
-    ring = await asyncio.to_thread(
-        run_ring_scenario, SMOKE_RING_SIZES if is_smoke else FULL_RING_SIZES
-    )
-    ring["seconds"] = time.monotonic() - started
-    scenarios["ring_movement"] = ring
-    summary["movement_worst_ratio_to_ideal"] = ring["movement_worst_ratio_to_ideal"]
-    summary["balance_max_over_mean_8_nodes"] = ring["balance_max_over_mean_8_nodes"]
-
-    started = time.monotonic()
-    unary = await run_unary_scenario(SMOKE_UNARY_SIZES if is_smoke else FULL_UNARY_SIZES)
-    unary["seconds"] = time.monotonic() - started
-    scenarios["unary_get_session"] = unary
-    summary["gateway_vs_direct_throughput"] = unary["gateway_vs_direct_throughput"]
-    summary["gateway_added_p50_ms"] = unary["gateway_added_p50_ms"]
-    summary["client_vs_direct_throughput"] = unary["client_vs_direct_throughput"]
-
-    for name, (keys, note) in PENDING_SCENARIOS.items():
-        scenarios[name] = {"status": "pending", "note": note, "summary_keys": list(keys)}
-
+    chosen = [scenario for scenario in SCENARIOS if not only or scenario.name in only]
+    for number, scenario in enumerate(chosen, start=1):
+        progress(f"[{number}/{len(chosen)}] {scenario.name} …")
+        started = time.monotonic()
+        try:
+            result = await scenario.run(is_smoke)
+        except Exception as error:
+            result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+            progress(f"[{number}/{len(chosen)}] {scenario.name} FAILED: {result['error']}")
+        else:
+            result["status"] = "ok"
+            for summary_key, result_key in scenario.summary_keys.items():
+                summary[summary_key] = result.get(result_key)
+        result["seconds"] = round(time.monotonic() - started, 1)
+        scenarios[scenario.name] = result
+        progress(f"[{number}/{len(chosen)}] {scenario.name} done in {result['seconds']} s")
+    unary = scenarios.get("unary_get_session", {})
     return {
         "summary": summary,
         "scenarios": scenarios,
         "machine": _machine(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "mode": "smoke" if is_smoke else "full",
-        "load_generator": unary["load_generator"],
+        "load_generator": unary.get("load_generator", "-"),
     }
 
 
-def _pending_note(key: str) -> str:
-    for keys, note in PENDING_SCENARIOS.values():
-        if key in keys:
-            return note
+def _missing_note(results: dict[str, Any], key: str) -> str:
+    for scenario in SCENARIOS:
+        if key in scenario.summary_keys:
+            found = results["scenarios"].get(scenario.name)
+            if found is None:
+                return f"{scenario.name} not run"
+            if found.get("status") == "failed":
+                return f"{scenario.name} failed: {found['error']}"[:80]
     return "not measured"
 
 
+def _ok(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    found = results["scenarios"].get(name)
+    return found if found is not None and found.get("status") == "ok" else None
+
+
+def _details(results: dict[str, Any]) -> list[str]:
+    """One line per finished scenario: its baseline next to what was measured."""
+    lines = []
+    if unary := _ok(results, "unary_get_session"):
+        direct, gateway = unary["direct"], unary["gateway"]
+        lines.append(
+            f"GetSession via {unary['load_generator']}: direct to owner (baseline) "
+            f"{direct['throughput_per_second']:.0f}/s, p50 {direct['p50_ms']:.3f} ms; gateway "
+            f"{gateway['throughput_per_second']:.0f}/s, p50 {gateway['p50_ms']:.3f} ms"
+        )
+        client_direct, client = unary["client_direct"], unary["client"]
+        lines.append(
+            f"GetSession via {unary['client_load_generator']}: direct stub (baseline) "
+            f"{client_direct['throughput_per_second']:.0f}/s; proxyless client "
+            f"{client['throughput_per_second']:.0f}/s"
+        )
+        if unary.get("gateway_traced_vs_untraced_throughput") is not None:
+            lines.append(
+                "Tracing on (parent-based ratio sampler) vs SDK disabled, gateway throughput: "
+                f"{unary['gateway_traced_vs_untraced_throughput']:.3f}"
+            )
+    if load := _ok(results, "load_checklist"):
+        lines.append(
+            f"Checklist load ({load.get('sessions')} sessions): QR p95 "
+            f"{load['create_qr_p95_ms']:.1f} ms, send p95 {load['send_p95_ms']:.1f} ms, "
+            f"mixed median {load['mixed_median_ms']:.2f} ms "
+            "(checklist: QR p95 < 10 s, send p95 < 2 s, median < 1 s)"
+        )
+    if scale := _ok(results, "scale_8_nodes"):
+        lines.append(
+            f"Scale: {scale['sessions']} sessions on {scale['node_count']} nodes created in "
+            f"{scale['create_all_seconds']:.1f} s, {scale['memory_per_session_kb']:.1f} KB each"
+        )
+    if failover := _ok(results, "failover"):
+        lines.append(
+            f"Failover: {failover['sessions']} sessions, kill -9 of {failover['killed_node']} "
+            f"({failover['sessions_on_killed_node']} sessions) to all READY in "
+            f"{failover['failover_seconds']:.2f} s (lease TTL {failover['lease_ttl_seconds']} s); "
+            f"new QR codes {failover['new_qr_codes']}"
+        )
+    if ring := _ok(results, "ring_movement"):
+        lines.append(
+            f"Ring movement over {ring['workspace_count']} workspaces: worst ring/ideal "
+            f"{ring['movement_worst_ratio_to_ideal']:.3f}, "
+            f"worst modulo/ideal {ring['modulo_worst_ratio_to_ideal']:.3f}"
+        )
+    return lines
+
+
 def print_table(results: dict[str, Any], console: Console) -> None:
-    """The summary as a table: figure, target, and where the figure is pending."""
+    """The summary as a table (figure, target, why a figure is missing), then details."""
     table = Table(
         title=f"sessionmesh bench ({results['mode']}, {results['date']}, "
         f"{results['machine']['cpu_count']} CPUs, load generator: {results['load_generator']})"
@@ -133,51 +240,41 @@ def print_table(results: dict[str, Any], console: Console) -> None:
     for key in SUMMARY_KEYS:
         value = results["summary"][key]
         if value is None:
-            table.add_row(
-                key, "pending", TARGETS[key], _pending_note(key).removeprefix("pending: ")
-            )
+            table.add_row(key, "-", TARGETS[key], _missing_note(results, key))
         else:
             table.add_row(key, f"{value:.3f}", TARGETS[key], "")
     console.print(table)
-    unary = results["scenarios"]["unary_get_session"]
-    direct, gateway = unary["direct"], unary["gateway"]
-    console.print(
-        f"GetSession via {unary['load_generator']}: direct to owner (baseline) "
-        f"{direct['throughput_per_second']:.0f}/s, p50 {direct['p50_ms']:.3f} ms; gateway: "
-        f"{gateway['throughput_per_second']:.0f}/s, p50 {gateway['p50_ms']:.3f} ms"
-    )
-    client_direct, client = unary["client_direct"], unary["client"]
-    console.print(
-        f"GetSession via {unary['client_load_generator']}: direct stub (baseline) "
-        f"{client_direct['throughput_per_second']:.0f}/s; proxyless client: "
-        f"{client['throughput_per_second']:.0f}/s"
-    )
-    if "gateway_traced_vs_untraced_throughput" in unary:
-        console.print(
-            f"Tracing cost: gateway throughput traced/untraced "
-            f"{unary['gateway_traced_vs_untraced_throughput']:.3f}"
-        )
-    ring = results["scenarios"]["ring_movement"]
-    console.print(
-        f"Ring movement over {ring['workspace_count']} workspaces: worst ring/ideal "
-        f"{ring['movement_worst_ratio_to_ideal']:.3f}, "
-        f"worst modulo/ideal {ring['modulo_worst_ratio_to_ideal']:.3f}"
-    )
+    for line in _details(results):
+        console.print(line, markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run, write the JSON, print the table; the exit code."""
+    """Parse flags, run, write the JSON, print the table; non-zero if a scenario failed."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="small sizes, under 30 s")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        choices=[scenario.name for scenario in SCENARIOS],
+        help="run only this scenario (repeatable)",
+    )
     arguments = parser.parse_args(argv)
-    results = asyncio.run(run_benchmark(is_smoke=arguments.smoke))
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    results = asyncio.run(
+        run_benchmark(is_smoke=arguments.smoke, only=arguments.only, progress=progress)
+    )
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the key names even when stdout is a pipe (rich assumes 80 columns then).
     print_table(results, Console(width=120))
     print(f"wrote {arguments.out}", file=sys.stderr)
-    return 0
+    failed = [name for name, found in results["scenarios"].items() if found["status"] != "ok"]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,10 @@ process's resident memory (``VmRSS`` of ``/proc/<pid>/status``, no psutil) is th
 Then ``session_count`` sessions are created through the gateway (``create_concurrency``
 calls in flight, an asyncio grpc.aio load generator in this process) and polled with
 GetSession until every one is READY: ``create_all_seconds`` runs from the first create to
-the poll that saw the last one READY. RSS is read again (after a short settle), and
+the poll that saw the last one READY. A create that failed (first-try codes in
+``create_errors``) and is not found by the poll is created again, as a client would
+(``create_retries``): CreateSession is idempotent. RSS is read again (after a short settle),
+and
 
     memory_per_session_kb = (sum of node RSS after - sum of node RSS baseline) / sessions
 

@@ -213,9 +213,13 @@ class NodeOwnership:
     async def _wait_unlocked(self, unit: _Unit) -> None:
         lock = self._locks.get(unit)
         if lock is not None and lock.locked():
-            async with asyncio.timeout(ON_DEMAND_TIMEOUT_SECONDS):
-                async with lock:
-                    pass
+            try:
+                async with asyncio.timeout(ON_DEMAND_TIMEOUT_SECONDS):
+                    async with lock:
+                        pass
+            except TimeoutError:
+                # Still restoring or moving: a retryable UNAVAILABLE, never an INTERNAL.
+                raise _moving(f"{unit[0]} {unit[1]}") from None
 
     def _lock(self, unit: _Unit) -> asyncio.Lock:
         lock = self._locks.get(unit)

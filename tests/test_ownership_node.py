@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import pytest
 
+import node.ownership
 from protos import session_pb2, session_pb2_grpc
-from registry.errors import OWNER_METADATA_KEY
+from registry.errors import OWNER_METADATA_KEY, RETRY_AFTER_METADATA_KEY
 from registry.membership import connect_etcd
 from registry.ownership import catalog_counts_of
 from registry.slots import slot_of
@@ -99,3 +101,39 @@ class TestOwnership:
                     assert counts[ws] == 1
             finally:
                 await client.close()
+
+
+class TestBusySlot:
+    """A call that waits too long for its slot's restore gets a retryable answer."""
+
+    async def test_waiting_past_the_limit_is_unavailable_not_internal(
+        self,
+        tmp_path: Path,
+        etcd_url: str,
+        cluster_name: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        monkeypatch.setattr(node.ownership, "ON_DEMAND_TIMEOUT_SECONDS", 0.2)
+        async with running_mesh(tmp_path, etcd_url, cluster_name, node_count=1) as mesh:
+            await _create_all(mesh)
+            server = mesh.nodes["node-1"]
+            ws = WORKSPACES[0]
+            # As if a restore of the slot were still running: its lock is held.
+            async with (
+                server.ownership._lock(("slot", slot_of(ws))),
+                grpc.aio.insecure_channel(server.address) as channel,
+            ):
+                stub = session_pb2_grpc.SessionServiceStub(channel)
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.GetSession(
+                        pb.GetSessionRequest(workspace_id=ws, session_id="s-1"), timeout=10
+                    )
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value.details()
+            retry_hint = dict(raised.value.trailing_metadata() or ())  # type: ignore[arg-type]
+            assert RETRY_AFTER_METADATA_KEY in retry_hint
+            # Once the slot is free, the same call is served.
+            async with mesh.stub() as gateway_stub:
+                got = await gateway_stub.GetSession(
+                    pb.GetSessionRequest(workspace_id=ws, session_id="s-1"), timeout=10
+                )
+            assert got.session_id == "s-1"
