@@ -142,6 +142,10 @@ class ProcessMesh:
         self._spawned.append(process)
         return process
 
+    async def start_process(self, name: str, command: list[str], address: str) -> None:
+        """Start one more process (stopped with the mesh) and wait until ``address`` listens."""
+        await self._wait_listening(self._spawn(name, command), address)
+
     async def _wait_listening(self, process: _Process, address: str) -> None:
         host, _, port = address.rpartition(":")
         deadline = time.monotonic() + START_TIMEOUT_SECONDS

@@ -188,6 +188,12 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"{direct['throughput_per_second']:.0f}/s, p50 {direct['p50_ms']:.3f} ms; gateway "
             f"{gateway['throughput_per_second']:.0f}/s, p50 {gateway['p50_ms']:.3f} ms"
         )
+        if unary.get("bare_proxy_added_p50_ms") is not None:
+            lines.append(
+                "Floor of a Python hop, a bare grpc.aio forwarder (bench/bare_proxy.py): "
+                f"+{unary['bare_proxy_added_p50_ms']:.3f} ms p50, throughput "
+                f"{unary['bare_proxy_vs_direct_throughput']:.3f} x direct"
+            )
         client_direct, client = unary["client_direct"], unary["client"]
         lines.append(
             f"GetSession via {unary['client_load_generator']}: direct stub (baseline) "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from typing import Any
 import grpc
 
 from bench.h2load import H2loadRun, h2load_binary, percentile_ms, run_h2load
-from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
+from bench.process_mesh import HOST, MeshSettings, ProcessMesh, free_port, process_mesh
 from bench.workload import SessionKey, create_sessions, plan_sessions, session_states
 from client.proxyless import ProxylessClient
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
@@ -70,6 +71,8 @@ class UnarySizes:
     """Length of each path's one-call-at-a-time latency phase."""
     measures_tracing_cost: bool
     """Also run a mesh with tracing off, to report what tracing costs."""
+    measures_bare_proxy: bool
+    """Also measure a bare ``grpc.aio`` forwarder (:mod:`bench.bare_proxy`): the hop's floor."""
 
 
 FULL_UNARY_SIZES = UnarySizes(
@@ -81,6 +84,7 @@ FULL_UNARY_SIZES = UnarySizes(
     throughput_seconds=6.0,
     latency_seconds=4.0,
     measures_tracing_cost=True,
+    measures_bare_proxy=True,
 )
 SMOKE_UNARY_SIZES = UnarySizes(
     node_count=1,
@@ -91,6 +95,7 @@ SMOKE_UNARY_SIZES = UnarySizes(
     throughput_seconds=1.0,
     latency_seconds=0.5,
     measures_tracing_cost=False,
+    measures_bare_proxy=False,
 )
 
 Caller = Callable[[session_pb2.GetSessionRequest, SessionKey], Any]
@@ -235,6 +240,17 @@ async def _direct_and_gateway(
         ).SerializeToString()
         direct = await _h2load_path(owners[key], message, sizes)
         gateway = await _h2load_path(mesh.gateway_address, message, sizes)
+        if sizes.measures_bare_proxy:
+            bare_address = f"{HOST}:{free_port()}"
+            await mesh.start_process(
+                "bare-proxy",
+                [
+                    *(sys.executable, "-m", "bench.bare_proxy"),
+                    *("--listen", bare_address, "--target", owners[key]),
+                ],
+                bare_address,
+            )
+            gateway["bare_proxy"] = await _h2load_path(bare_address, message, sizes)
         return H2LOAD_GENERATOR, direct, gateway
     channels = {address: grpc.aio.insecure_channel(address) for address in set(owners.values())}
     gateway_channel = grpc.aio.insecure_channel(mesh.gateway_address)
@@ -337,6 +353,13 @@ async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
             gateway["throughput_per_second"], direct["throughput_per_second"]
         ),
         "gateway_added_p50_ms": _difference(gateway["p50_ms"], direct["p50_ms"]),
+        "bare_proxy_added_p50_ms": _difference(
+            gateway.get("bare_proxy", {}).get("p50_ms"), direct["p50_ms"]
+        ),
+        "bare_proxy_vs_direct_throughput": _ratio(
+            gateway.get("bare_proxy", {}).get("throughput_per_second"),
+            direct["throughput_per_second"],
+        ),
         "client_vs_direct_throughput": _ratio(
             client["throughput_per_second"], client_direct["throughput_per_second"]
         ),

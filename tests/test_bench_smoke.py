@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from bench.run import SCENARIOS, SUMMARY_KEYS
+from bench.scenarios_load import SMOKE_LOAD_SIZES
+from bench.scenarios_scale import SMOKE_SCALE_SIZES
 
 CONTRACT_KEYS = {
     "gateway_vs_direct_throughput",
@@ -108,6 +110,42 @@ class TestBenchSmoke:
         assert failover["new_qr_codes"] == 0
         assert failover["max_concurrent_live"] == 1
         assert scenarios["unary_get_session"]["client"]["errors"] == 0
+
+    def test_load_scenario_got_a_qr_for_every_create_and_sent_everything(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        scenarios = results["scenarios"]
+        assert isinstance(scenarios, dict), output
+        load = scenarios["load_checklist"]
+        create_qr, sent = load["create_qr"], load["send"]
+        assert create_qr["errors"] == 0, create_qr["error_codes"]
+        assert create_qr["ok"] == SMOKE_LOAD_SIZES.create_count
+        assert (
+            create_qr["qr_in_snapshot"]
+            + create_qr["qr_in_event"]
+            + create_qr["qr_passed_before_watch"]
+            == SMOKE_LOAD_SIZES.create_count
+        )
+        assert sent["errors"] == 0, sent["error_codes"]
+        assert sent["ok"] == SMOKE_LOAD_SIZES.create_count
+        assert load["mixed"]["errors"] == 0 and load["mixed"]["calls"] > 0
+        assert set(load["mixed"]["per_method"]) == {"CreateSession", "SendMessage", "GetSession"}
+        assert sum(load["sessions_per_node"].values()) == SMOKE_LOAD_SIZES.create_count
+        assert load["simnet"]["replaced"] == 0
+
+    def test_scale_scenario_placed_every_session_and_measured_memory(
+        self, smoke_results: tuple[int, str, dict[str, object]]
+    ) -> None:
+        _, output, results = smoke_results
+        scenarios = results["scenarios"]
+        assert isinstance(scenarios, dict), output
+        scale = scenarios["scale_8_nodes"]
+        assert scale["create_errors"] == {}
+        assert sum(scale["sessions_per_node"].values()) == SMOKE_SCALE_SIZES.session_count
+        assert len(scale["rss_kb"]) == SMOKE_SCALE_SIZES.node_count
+        assert scale["memory_per_session_kb"] > 0
+        assert scale["simnet_live_accounts"] == SMOKE_SCALE_SIZES.session_count
 
     def test_records_mode_machine_and_date(
         self, smoke_results: tuple[int, str, dict[str, object]]

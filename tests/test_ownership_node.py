@@ -129,7 +129,7 @@ class TestBusySlot:
                         pb.GetSessionRequest(workspace_id=ws, session_id="s-1"), timeout=10
                     )
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE, raised.value.details()
-            retry_hint = dict(raised.value.trailing_metadata() or ())  # type: ignore[arg-type]
+            retry_hint: dict[str, str] = dict(raised.value.trailing_metadata() or ())  # type: ignore[arg-type]
             assert RETRY_AFTER_METADATA_KEY in retry_hint
             # Once the slot is free, the same call is served.
             async with mesh.stub() as gateway_stub:
