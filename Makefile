@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint protos unit clean bench bench-smoke bench-tools
+.PHONY: install up test lint protos unit clean bench bench-smoke bench-tools profile-gateway
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, w
 
 bench-smoke: $(STAMP) bench-tools ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test
 	$(BIN)/python -m bench.run --smoke --out .mesh/bench-smoke.json
+
+profile-gateway: $(STAMP) bench-tools ## py-spy on the gateway under h2load: top frames, flame graph in .mesh/
+	$(BIN)/python -m bench.profile_gateway
 
 clean:
 	rm -rf $(VENV) .mesh .pytest_cache .mypy_cache .ruff_cache

@@ -142,6 +142,10 @@ class ProcessMesh:
         self._spawned.append(process)
         return process
 
+    def process_id(self, name: str) -> int:
+        """The OS pid of the process started as ``name`` (``gateway``, ``node-1``, …)."""
+        return self._processes[name].popen.pid
+
     async def start_process(self, name: str, command: list[str], address: str) -> None:
         """Start one more process (stopped with the mesh) and wait until ``address`` listens."""
         await self._wait_listening(self._spawn(name, command), address)

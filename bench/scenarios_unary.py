@@ -80,9 +80,9 @@ FULL_UNARY_SIZES = UnarySizes(
     session_count=64,
     clients=4,
     streams=16,
-    warmup_seconds=1.0,
-    throughput_seconds=6.0,
-    latency_seconds=4.0,
+    warmup_seconds=0.5,
+    throughput_seconds=5.0,
+    latency_seconds=3.0,
     measures_tracing_cost=True,
     measures_bare_proxy=True,
 )
@@ -320,9 +320,37 @@ async def _tracing_cost(sizes: UnarySizes, sessions: Sequence[SessionKey]) -> di
     )
     with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
         async with process_mesh(Path(state_dir), settings) as mesh:
-            owners = await _prepared_mesh_sessions(mesh, sessions)
-            generator, direct, gateway = await _direct_and_gateway(mesh, owners, sessions, sizes)
-    return {"load_generator": generator, "direct": direct, "gateway": gateway}
+            await _prepared_mesh_sessions(mesh, sessions)
+            key = sessions[0]
+            message = session_pb2.GetSessionRequest(
+                workspace_id=key[0], session_id=key[1]
+            ).SerializeToString()
+            if h2load_binary() is None:
+                async with grpc.aio.insecure_channel(mesh.gateway_address) as channel:
+                    gateway_stub = session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+                    gateway = await _asyncio_path(
+                        lambda request, _key: gateway_stub.GetSession(
+                            request, timeout=CALL_DEADLINE_SECONDS
+                        ),
+                        sessions,
+                        sizes,
+                    )
+                return {"load_generator": ASYNCIO_GENERATOR, "gateway": gateway}
+            load = await asyncio.to_thread(
+                run_h2load,
+                mesh.gateway_address,
+                GET_SESSION_PATH,
+                message,
+                clients=sizes.clients,
+                streams_per_client=sizes.streams,
+                duration_seconds=sizes.throughput_seconds,
+                warmup_seconds=sizes.warmup_seconds,
+                min_response_bytes=MIN_SESSION_BYTES,
+            )
+    return {
+        "load_generator": H2LOAD_GENERATOR,
+        "gateway": {"calls": load.requests, "throughput_per_second": load.throughput_per_second},
+    }
 
 
 async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
