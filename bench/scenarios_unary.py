@@ -43,12 +43,17 @@ GET_SESSION_PATH = f"/{SESSION_SERVICE_NAME}/GetSession"
 MIN_SESSION_BYTES = 20
 """A GetSession answer is at least this long on the wire; an error carries no message."""
 
+THROUGHPUT_ROUNDS = 2
+"""h2load throughput phases per path, taken in turns with the other paths."""
+
 TRACED_ENVIRONMENT = (
     ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
     ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
 )
 """Tracing on: every root sampled at 10 %, children follow their parent."""
 UNTRACED_ENVIRONMENT = (("OTEL_SDK_DISABLED", "true"),)
+THROUGHPUT_ROUNDS = 2
+"""h2load throughput phases per path, taken in turns with the other paths."""
 
 
 @dataclass(frozen=True)
@@ -168,38 +173,54 @@ async def _asyncio_path(
     }
 
 
-async def _h2load_path(address: str, message: bytes, sizes: UnarySizes) -> dict[str, Any]:
-    load: H2loadRun = await asyncio.to_thread(
-        run_h2load,
-        address,
-        GET_SESSION_PATH,
-        message,
-        clients=sizes.clients,
-        streams_per_client=sizes.streams,
-        duration_seconds=sizes.throughput_seconds,
-        warmup_seconds=sizes.warmup_seconds,
-        min_response_bytes=MIN_SESSION_BYTES,
-    )
-    sequential: H2loadRun = await asyncio.to_thread(
-        run_h2load,
-        address,
-        GET_SESSION_PATH,
-        message,
-        clients=1,
-        streams_per_client=1,
-        duration_seconds=sizes.latency_seconds,
-        warmup_seconds=sizes.warmup_seconds,
-        min_response_bytes=MIN_SESSION_BYTES,
-        with_latencies=True,
-    )
-    return {
-        "calls": load.requests,
-        "errors": 0,  # run_h2load raises unless every answered call carried a session
-        "throughput_per_second": load.throughput_per_second,
-        "p50_ms": percentile_ms(sequential, 0.50),
-        "p99_ms": percentile_ms(sequential, 0.99),
-        "sequential_calls": len(sequential.latencies_ms),
-    }
+async def _h2load_paths(
+    addresses: dict[str, str], message: bytes, sizes: UnarySizes
+) -> dict[str, dict[str, Any]]:
+    """Each path's throughput and one-at-a-time latency under h2load.
+
+    The throughput phases take turns (``THROUGHPUT_ROUNDS`` rounds over every path), so a
+    slow drift of a shared machine's speed weighs on every path alike instead of on whichever
+    ran last."""
+    requests = dict.fromkeys(addresses, 0)
+    seconds = dict.fromkeys(addresses, 0.0)
+    for _ in range(THROUGHPUT_ROUNDS):
+        for name, address in addresses.items():
+            load: H2loadRun = await asyncio.to_thread(
+                run_h2load,
+                address,
+                GET_SESSION_PATH,
+                message,
+                clients=sizes.clients,
+                streams_per_client=sizes.streams,
+                duration_seconds=sizes.throughput_seconds / THROUGHPUT_ROUNDS,
+                warmup_seconds=sizes.warmup_seconds,
+                min_response_bytes=MIN_SESSION_BYTES,
+            )
+            requests[name] += load.requests
+            seconds[name] += load.requests / load.throughput_per_second
+    paths: dict[str, dict[str, Any]] = {}
+    for name, address in addresses.items():
+        sequential: H2loadRun = await asyncio.to_thread(
+            run_h2load,
+            address,
+            GET_SESSION_PATH,
+            message,
+            clients=1,
+            streams_per_client=1,
+            duration_seconds=sizes.latency_seconds,
+            warmup_seconds=sizes.warmup_seconds,
+            min_response_bytes=MIN_SESSION_BYTES,
+            with_latencies=True,
+        )
+        paths[name] = {
+            "calls": requests[name],
+            "errors": 0,  # run_h2load raises unless every answered call carried a session
+            "throughput_per_second": requests[name] / seconds[name],
+            "p50_ms": percentile_ms(sequential, 0.50),
+            "p99_ms": percentile_ms(sequential, 0.99),
+            "sequential_calls": len(sequential.latencies_ms),
+        }
+    return paths
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -238,19 +259,21 @@ async def _direct_and_gateway(
         message = session_pb2.GetSessionRequest(
             workspace_id=key[0], session_id=key[1]
         ).SerializeToString()
-        direct = await _h2load_path(owners[key], message, sizes)
-        gateway = await _h2load_path(mesh.gateway_address, message, sizes)
+        addresses = {"direct": owners[key], "gateway": mesh.gateway_address}
         if sizes.measures_bare_proxy:
-            bare_address = f"{HOST}:{free_port()}"
+            addresses["bare_proxy"] = f"{HOST}:{free_port()}"
             await mesh.start_process(
                 "bare-proxy",
                 [
                     *(sys.executable, "-m", "bench.bare_proxy"),
-                    *("--listen", bare_address, "--target", owners[key]),
+                    *("--listen", addresses["bare_proxy"], "--target", owners[key]),
                 ],
-                bare_address,
+                addresses["bare_proxy"],
             )
-            gateway["bare_proxy"] = await _h2load_path(bare_address, message, sizes)
+        paths = await _h2load_paths(addresses, message, sizes)
+        direct, gateway = paths["direct"], paths["gateway"]
+        if "bare_proxy" in paths:
+            gateway["bare_proxy"] = paths["bare_proxy"]
         return H2LOAD_GENERATOR, direct, gateway
     channels = {address: grpc.aio.insecure_channel(address) for address in set(owners.values())}
     gateway_channel = grpc.aio.insecure_channel(mesh.gateway_address)

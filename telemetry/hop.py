@@ -27,7 +27,9 @@ class Hop:
 
     __slots__ = ("_client", "_server", "headers")
 
-    def __init__(self, server: trace.Span, client: trace.Span, headers: list[tuple[str, str]]):
+    def __init__(
+        self, server: trace.Span, client: trace.Span | None, headers: list[tuple[str, str]]
+    ):
         self._server = server
         self._client = client
         self.headers = headers
@@ -36,6 +38,8 @@ class Hop:
     def end(self, code: grpc.StatusCode, details: str = "") -> None:
         """End both spans with the call's final gRPC status."""
         for span in (self._client, self._server):
+            if span is None:
+                continue
             if span.is_recording():
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 if code != grpc.StatusCode.OK:
@@ -62,13 +66,15 @@ class HopTracer:
         server = self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
-        client = self._tracer.start_span(
-            name,
-            context=trace.set_span_in_context(server, _EMPTY_CONTEXT),
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-        )
+        server_context = trace.set_span_in_context(server, _EMPTY_CONTEXT)
         headers: dict[str, str] = {}
+        if not server.is_recording():
+            # Not sampled: no client span either; the next hop learns so from the flags.
+            propagate.inject(headers, context=server_context)
+            return Hop(server, None, list(headers.items()))
+        client = self._tracer.start_span(
+            name, context=server_context, kind=SpanKind.CLIENT, attributes=attributes
+        )
         propagate.inject(headers, context=trace.set_span_in_context(client, _EMPTY_CONTEXT))
         return Hop(server, client, list(headers.items()))
 

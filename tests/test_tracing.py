@@ -131,6 +131,35 @@ class TestTracePropagation:
             GET_SESSION
         }
 
+    async def test_a_caller_that_did_not_sample_gets_no_span_on_any_hop(
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+    ) -> None:
+        gateway, _ = traced_cluster
+        unsampled = trace.NonRecordingSpan(
+            trace.SpanContext(
+                trace_id=0x1234, span_id=0x5678, is_remote=False, trace_flags=trace.TraceFlags(0)
+            )
+        )
+        async with grpc.aio.insecure_channel(
+            gateway.address, interceptors=client_interceptors()
+        ) as channel:
+            with trace.use_span(unsampled):
+                await stub_of(channel).GetSession(
+                    session_pb2.GetSessionRequest(workspace_id="ws-1", session_id="s1"), timeout=5
+                )
+            # A sampled call afterwards: once its spans are in, the unsampled one's would be.
+            with trace.get_tracer("test").start_as_current_span("sampled-caller"):
+                await stub_of(channel).GetSession(
+                    session_pb2.GetSessionRequest(workspace_id="ws-1", session_id="s1"), timeout=5
+                )
+        await eventually(
+            lambda: len([s for s in spans.get_finished_spans() if s.name == GET_SESSION]) >= 4,
+            message="the sampled call's four GetSession spans finished",
+        )
+        finished = spans.get_finished_spans()
+        assert all(span.context.trace_id != 0x1234 for span in finished)
+        assert len([s for s in finished if s.name == GET_SESSION]) == 4
+
     async def test_one_trace_across_the_gateway_for_a_stream(
         self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
     ) -> None:
