@@ -28,6 +28,7 @@ from registry.ownership import (
     acquire_pinned,
     acquire_slot,
     catalog_of,
+    catalogued_slots,
     release_pinned,
     release_slot,
     update_catalog,
@@ -251,17 +252,7 @@ class NodeOwnership:
 
         Only those need an owner ahead of calls: an empty slot is acquired on demand by the
         first call that lands on it, so a cold start does not write 4,096 keys."""
-        root = self._keys.catalog_root
-        response = await self._etcd.get_prefix(root)
-        slots: set[int] = set()
-        for item in response:
-            slot_text, _, workspace = item.key[len(root) :].partition(b"/")
-            # Inverted from ClusterKeys.catalog and checked against it: keys.py spells the layout.
-            if slot_text.isdigit():
-                slot = int(slot_text)
-                if self._keys.catalog(slot, workspace.decode()) == item.key:
-                    slots.add(slot)
-        return slots
+        return await catalogued_slots(self._etcd, self._keys)
 
     # -- acquire, hand off, fence -------------------------------------------------------
 

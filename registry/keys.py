@@ -87,6 +87,17 @@ class ClusterKeys:
         """Key recording that ``slot`` holds ``workspace_id``."""
         return self.root + f"catalog/{slot}/{workspace_id}".encode()
 
+    def catalog_slot_of(self, key: bytes) -> int | None:
+        """The slot of a :meth:`catalog` key, or None for any other key."""
+        root = self.catalog_root
+        if not key.startswith(root):
+            return None
+        slot_text, separator, workspace = key[len(root) :].partition(b"/")
+        if not (slot_text.isdigit() and separator and workspace):
+            return None
+        slot = int(slot_text)
+        return slot if self.catalog(slot, workspace.decode(errors="replace")) == key else None
+
     def catalog_prefix(self, slot: int) -> bytes:
         """Prefix of the workspaces one slot holds."""
         return self.root + f"catalog/{slot}/".encode()

@@ -222,6 +222,18 @@ async def catalog_of(client: aetcd.Client, keys: ClusterKeys, slot: int) -> list
     return sorted(await catalog_counts_of(client, keys, slot))
 
 
+async def catalogued_slots(client: aetcd.Client, keys: ClusterKeys) -> set[int]:
+    """The slots that hold at least one workspace: one keys-only range read."""
+    with _etcd_errors("read the catalog"):
+        response = await client.get_prefix(keys.catalog_root, keys_only=True)
+    slots: set[int] = set()
+    for item in response:
+        slot = keys.catalog_slot_of(item.key)
+        if slot is not None:
+            slots.add(slot)
+    return slots
+
+
 _Key = TypeVar("_Key")
 _Value = TypeVar("_Value")
 

@@ -19,6 +19,7 @@ from registry.ownership import (
     cancel_drain,
     catalog_counts_of,
     catalog_of,
+    catalogued_slots,
     clear_pin,
     release_pinned,
     release_slot,
@@ -161,6 +162,26 @@ class TestCatalog:
         slot = slot_of("ws-x", SLOT_COUNT)
         assert await catalog_counts_of(etcd, keys, slot) == {"ws-x": 2}
         assert await catalog_of(etcd, keys, (slot + 1) % SLOT_COUNT) == []
+
+    async def test_catalogued_slots_are_the_slots_with_workspaces(
+        self, etcd: aetcd.Client, keys: ClusterKeys
+    ) -> None:
+        assert await catalogued_slots(etcd, keys) == set()
+        for workspace_id in ("ws-1", "ws-2", "ws-3"):
+            await add_to_catalog(etcd, keys, workspace_id, slot_count=SLOT_COUNT)
+        # Keys that only look alike are not catalog entries.
+        await etcd.put(keys.catalog_root + b"not-a-slot/ws-9", b"0")
+        await etcd.put(keys.catalog_root + b"7", b"0")
+        expected = {slot_of(ws, SLOT_COUNT) for ws in ("ws-1", "ws-2", "ws-3")}
+        assert await catalogued_slots(etcd, keys) == expected
+        await remove_from_catalog(etcd, keys, "ws-1", slot_count=SLOT_COUNT)
+        left = {slot_of(ws, SLOT_COUNT) for ws in ("ws-2", "ws-3")}
+        assert await catalogued_slots(etcd, keys) == left
+
+    def test_catalog_keys_invert(self, keys: ClusterKeys) -> None:
+        assert keys.catalog_slot_of(keys.catalog(42, "ws-a")) == 42
+        assert keys.catalog_slot_of(keys.node("n1")) is None
+        assert keys.catalog_slot_of(keys.catalog_root + b"42/") is None
 
 
 class TestOwnershipView:
