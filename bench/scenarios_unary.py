@@ -96,9 +96,9 @@ SMOKE_UNARY_SIZES = UnarySizes(
     session_count=8,
     clients=2,
     streams=8,
-    warmup_seconds=0.2,
-    throughput_seconds=1.0,
-    latency_seconds=0.5,
+    warmup_seconds=0.1,
+    throughput_seconds=0.6,
+    latency_seconds=0.3,
     measures_tracing_cost=False,
     measures_bare_proxy=False,
 )
