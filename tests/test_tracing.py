@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util._once import Once
 
 import telemetry.tracing
+from client.proxyless import ProxylessClient
 from gateway import GatewayConfig, GatewayServer, start_gateway
 from protos import session_pb2
 from registry.membership import connect_etcd
@@ -159,6 +160,30 @@ class TestTracePropagation:
         finished = spans.get_finished_spans()
         assert all(span.context.trace_id != 0x1234 for span in finished)
         assert len([s for s in finished if s.name == GET_SESSION]) == 4
+
+    async def test_the_proxyless_client_carries_the_callers_trace_to_the_node(
+        self,
+        spans: InMemorySpanExporter,
+        traced_cluster: tuple[GatewayServer, RunningNode],
+        etcd_url: str,
+        cluster_name: str,
+    ) -> None:
+        async with await ProxylessClient.connect(
+            etcd_endpoints=etcd_url, cluster=cluster_name
+        ) as client:
+            with trace.get_tracer("test").start_as_current_span("caller") as caller:
+                await client.GetSession(
+                    session_pb2.GetSessionRequest(workspace_id="ws-1", session_id="s1"), timeout=5
+                )
+        await eventually(
+            lambda: any(s.name == GET_SESSION for s in spans.get_finished_spans()),
+            message="the node's GetSession span finished",
+        )
+        finished = list(spans.get_finished_spans())
+        node_server = next(span for span in finished if span.name == GET_SESSION)
+        assert node_server.kind == SpanKind.SERVER
+        assert node_server.context.trace_id == caller.get_span_context().trace_id
+        assert _parent_id(node_server) == caller.get_span_context().span_id
 
     async def test_one_trace_across_the_gateway_for_a_stream(
         self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
