@@ -9,9 +9,11 @@
 
 Ids are checked with ``registry.ids.validate_id`` before any path is built, and the
 resolved path must stay under the root, so no id can reach outside the tree. A write goes
-to a temp file in the same folder, is fsynced, renamed over the target, and the folder is
-fsynced: a crash leaves the old file or the new one, never half of one. All file I/O runs
-in worker threads, never on the event loop.
+to a temp file in the same folder and is renamed over the target, with the file system
+flushed before and after the rename; writes queued together share those flushes
+(:mod:`node.group_commit`). A crash leaves the old file or the new one, never half of one,
+and a write returns only once it is on disk. All file I/O runs in worker threads, never on
+the event loop.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import asyncio
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from node.group_commit import TEMP_PREFIX, GroupCommitWriter
 from registry.errors import InvalidInput
 from registry.ids import validate_id
 
@@ -33,7 +35,7 @@ _META = "meta.json"
 _CREDENTIALS = "credentials.json"
 _OUTBOX = "outbox"
 _JSON_SUFFIX = ".json"
-_TEMP_PREFIX = "."
+_TEMP_PREFIX = TEMP_PREFIX
 """Temp files start with a dot, so scans skip any a crash left behind."""
 
 
@@ -104,26 +106,6 @@ def _confined(path: Path, root: Path) -> Path:
     return path
 
 
-def _write_atomically(path: Path, data: bytes, root: Path) -> None:
-    """Temp file in the same folder, write, fsync, rename over ``path``, fsync the folder."""
-    _confined(path, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temp_name = tempfile.mkstemp(
-        prefix=f"{_TEMP_PREFIX}{path.name}.", suffix=".tmp", dir=path.parent
-    )
-    try:
-        with os.fdopen(descriptor, "wb") as temp_file:
-            temp_file.write(data)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    _fsync_directory(path.parent)
-
-
 def _read_json(path: Path, root: Path) -> Any:
     _confined(path, root)
     try:
@@ -141,6 +123,10 @@ class SessionStorage:
 
     def __init__(self, root: Path | str) -> None:
         self._root = Path(root).resolve()
+        self._writer = GroupCommitWriter(self._root, check=self._confine)
+
+    def _confine(self, path: Path) -> Path:
+        return _confined(path, self._root)
 
     @property
     def root(self) -> Path:
@@ -173,7 +159,7 @@ class SessionStorage:
     async def save_meta(self, meta: SessionMeta) -> None:
         """Write ``meta.json`` atomically."""
         path = self.session_dir(meta.workspace_id, meta.session_id) / _META
-        await asyncio.to_thread(_write_atomically, path, _encode(asdict(meta)), self._root)
+        await self._writer.write(path, _encode(asdict(meta)))
 
     async def load_meta(self, workspace_id: str, session_id: str) -> SessionMeta | None:
         """The stored meta, or None if the session was never stored."""
@@ -186,7 +172,7 @@ class SessionStorage:
     ) -> None:
         """Write ``credentials.json`` atomically."""
         path = self.session_dir(workspace_id, session_id) / _CREDENTIALS
-        await asyncio.to_thread(_write_atomically, path, _encode(credentials), self._root)
+        await self._writer.write(path, _encode(credentials))
 
     async def load_credentials(self, workspace_id: str, session_id: str) -> dict[str, Any] | None:
         """The stored credentials, or None if the session was never paired."""
@@ -211,7 +197,7 @@ class SessionStorage:
     ) -> None:
         """Write one outbox entry atomically (a new one, or a status change)."""
         path = self._outbox_file(workspace_id, session_id, entry.client_message_id)
-        await asyncio.to_thread(_write_atomically, path, _encode(asdict(entry)), self._root)
+        await self._writer.write(path, _encode(asdict(entry)))
 
     async def load_outbox(self, workspace_id: str, session_id: str) -> list[OutboxEntry]:
         """Every outbox entry of the session, in ``seq`` order."""

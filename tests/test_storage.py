@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
+from node import group_commit
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
 from registry.errors import InvalidInput
 
@@ -138,6 +140,67 @@ class TestAtomicWrites:
         leftover.write_text("{half a fi")
         entries = await storage.load_outbox("ws-1", "s-1")
         assert [entry.client_message_id for entry in entries] == ["m-1"]
+
+
+class TestGroupCommit:
+    """Writes queued together are committed together, each as if it were alone."""
+
+    async def test_a_burst_lands_whole_in_several_groups(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        count = group_commit.MAX_GROUP_SIZE + 44  # more than one group
+        entries = [(f"s-{index % 30}", _entry(f"m-{index}", index)) for index in range(count)]
+        await asyncio.gather(
+            *(storage.save_outbox_entry("ws-1", session, entry) for session, entry in entries)
+        )
+        for session in {session for session, _ in entries}:
+            stored = await storage.load_outbox("ws-1", session)
+            wanted = [entry for name, entry in entries if name == session]
+            assert stored == sorted(wanted, key=lambda entry: entry.seq)
+        assert not [path for path in _all_files(tmp_path) if path.name.startswith(".")]
+
+    async def test_of_two_queued_writes_to_one_file_the_later_wins(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        await asyncio.gather(
+            *(storage.save_credentials("ws-1", "s-1", {"token": str(index)}) for index in range(5))
+        )
+        assert await storage.load_credentials("ws-1", "s-1") == {"token": "4"}
+
+    async def test_a_refused_write_fails_alone(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        outside = tmp_path.parent / f"{tmp_path.name}-outside"
+        outside.mkdir()
+        (tmp_path / "workspace_ws-1").mkdir()
+        (tmp_path / "workspace_ws-1" / "s-bad").symlink_to(outside)
+        results = await asyncio.gather(
+            storage.save_credentials("ws-1", "s-bad", {"token": "x"}),
+            storage.save_credentials("ws-1", "s-good", {"token": "y"}),
+            return_exceptions=True,
+        )
+        assert isinstance(results[0], InvalidInput)
+        assert results[1] is None
+        assert await storage.load_credentials("ws-1", "s-good") == {"token": "y"}
+        assert list(outside.iterdir()) == []
+
+    async def test_a_failed_flush_fails_the_whole_group_and_keeps_old_files(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.save_credentials("ws-1", "s-1", {"token": "old"})
+
+        def broken_flush(root: Path) -> None:
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(group_commit, "flush_file_system", broken_flush)
+        results = await asyncio.gather(
+            storage.save_credentials("ws-1", "s-1", {"token": "new"}),
+            storage.save_credentials("ws-1", "s-2", {"token": "other"}),
+            return_exceptions=True,
+        )
+        monkeypatch.undo()
+        assert [str(result) for result in results] == ["disk gone", "disk gone"]
+        assert await storage.load_credentials("ws-1", "s-1") == {"token": "old"}
+        assert await storage.load_credentials("ws-1", "s-2") is None
+        assert [path.name for path in _all_files(tmp_path)] == ["credentials.json"]
 
 
 class TestIdsCannotEscape:
