@@ -16,6 +16,7 @@ from typing import Any
 
 import aetcd
 
+from node.catalog import CatalogCounts
 from node.manager import SessionManager
 from node.metrics import NodeMetrics
 from registry.accounts import AccountStore
@@ -31,7 +32,6 @@ from registry.ownership import (
     catalogued_slots,
     release_pinned,
     release_slot,
-    update_catalog,
 )
 from registry.placement import place_slot
 from registry.routing import RoutingTable
@@ -88,7 +88,14 @@ class NodeOwnership:
         """False between a lost lease and its re-grant: nothing is acquired or served."""
         self._catalog: dict[int, set[str]] = {}
         """The workspaces of each owned slot (read at acquire, kept up to date by creates)."""
-        self._catalog_counts: dict[str, int] = {}
+        self.catalog_counts = CatalogCounts(
+            etcd,
+            keys,
+            slot_count=routing.slot_count,
+            session_count=manager.session_count,
+            node_id=node_id,
+        )
+        """The session counts this node writes to the catalog."""
         self._served: set[str] = set()
         """Workspaces whose stored sessions run here (restored or created)."""
         self._confirmed: set[int] = set()
@@ -232,20 +239,10 @@ class NodeOwnership:
 
     async def note_sessions(self, workspace_id: str) -> None:
         """Keep ``catalog/<slot>/<ws>`` in step after a create or delete (not per message)."""
-        count = self._manager.session_count(workspace_id)
         self._served.add(workspace_id)
         slot = slot_of(workspace_id, self._routing.slot_count)
         self._catalog.setdefault(slot, set()).add(workspace_id)
-        if self._catalog_counts.get(workspace_id) == count:
-            return
-        await update_catalog(
-            self._etcd,
-            self._keys,
-            workspace_id,
-            session_count=count,
-            slot_count=self._routing.slot_count,
-        )
-        self._catalog_counts[workspace_id] = count
+        await self.catalog_counts.note(workspace_id)
 
     async def catalogued_slots(self) -> set[int]:
         """The slots that hold at least one workspace (one etcd range read).
@@ -443,6 +440,7 @@ class NodeOwnership:
         self.owned.clear()
         self.owned_pinned.clear()
         self._catalog.clear()
+        self.catalog_counts.forget_pending()
         self._confirmed.clear()
         self._served.clear()
         self._metrics.owned_slots(0)

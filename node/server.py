@@ -203,8 +203,9 @@ class NodeServer:
             self._load_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._load_task
-            await self._reconciler.drain_for_shutdown(timeout_seconds=grace_seconds)
             limit = grace_seconds + STOP_STEP_MARGIN_SECONDS
+            await self._step("catalog", self._ownership.catalog_counts.close(), limit)
+            await self._reconciler.drain_for_shutdown(timeout_seconds=grace_seconds)
             await self._step("reconciler", self._reconciler.stop(), limit)
             await self._step("health", self._health.enter_graceful_shutdown(), limit)
             # New calls are refused from here; calls in flight get grace_seconds to finish,

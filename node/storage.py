@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -98,10 +99,18 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _resolved_folder(folder: str) -> Path:
+    # Cached: resolving walks every component with a system call, and writes come in bursts
+    # to the same few thousand session folders. A folder swapped for a symlink after its
+    # first check would need write access to the storage root itself.
+    return Path(folder).resolve()
+
+
 def _confined(path: Path, root: Path) -> Path:
     """``path`` if, with symlinks resolved, it stays under ``root`` (runs in a worker thread:
     resolving touches the file system)."""
-    if not path.resolve().is_relative_to(root):
+    if path.is_symlink() or not _resolved_folder(str(path.parent)).is_relative_to(root):
         raise InvalidInput(f"path {path} leaves the storage root")
     return path
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import aetcd
 import pytest
 
+from node.catalog import CatalogCounts
 from registry.keys import ClusterKeys
 from registry.membership import connect_etcd
 from registry.ownership import (
@@ -29,6 +30,7 @@ from registry.ownership import (
     update_catalog,
 )
 from registry.slots import slot_of
+from tests.waiting import eventually
 
 SLOT_COUNT = 64
 WAIT_SECONDS = 5.0
@@ -274,3 +276,57 @@ class TestOwnershipView:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+
+class TestCatalogCounts:
+    """A node writes a workspace's first catalog entry at once and coalesces later counts."""
+
+    async def test_first_entry_at_once_then_one_write_per_flush(
+        self, etcd: aetcd.Client, keys: ClusterKeys
+    ) -> None:
+        sessions = {"ws-1": 1}
+        counts = CatalogCounts(
+            etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
+        )
+        key = keys.catalog(slot_of("ws-1", SLOT_COUNT), "ws-1")
+        await counts.note("ws-1")
+        assert await catalog_counts_of(etcd, keys, slot_of("ws-1", SLOT_COUNT)) == {"ws-1": 1}
+        for count in range(2, 7):  # a burst of creates
+            sessions["ws-1"] = count
+            await counts.note("ws-1")
+        assert (await etcd.get(key)).version == 1  # nothing written yet
+
+        async def latest_written() -> bool:
+            got = await catalog_counts_of(etcd, keys, slot_of("ws-1", SLOT_COUNT))
+            return got == {"ws-1": 6}
+
+        await eventually(latest_written, message="the coalesced count is written")
+        assert (await etcd.get(key)).version == 2  # the burst cost one write
+        await counts.close()
+
+    async def test_close_writes_what_is_pending(
+        self, etcd: aetcd.Client, keys: ClusterKeys
+    ) -> None:
+        sessions = {"ws-2": 1}
+        counts = CatalogCounts(
+            etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
+        )
+        await counts.note("ws-2")
+        sessions["ws-2"] = 0
+        await counts.note("ws-2")
+        await counts.close()
+        assert await catalog_counts_of(etcd, keys, slot_of("ws-2", SLOT_COUNT)) == {"ws-2": 0}
+
+    async def test_forgotten_counts_are_not_written(
+        self, etcd: aetcd.Client, keys: ClusterKeys
+    ) -> None:
+        sessions = {"ws-3": 2}
+        counts = CatalogCounts(
+            etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
+        )
+        await counts.note("ws-3")
+        sessions["ws-3"] = 0  # fenced: the sessions now run on another node
+        await counts.note("ws-3")
+        counts.forget_pending()
+        await counts.close()
+        assert await catalog_counts_of(etcd, keys, slot_of("ws-3", SLOT_COUNT)) == {"ws-3": 2}

@@ -80,8 +80,13 @@ class TestOwnership:
             client = await connect_etcd(etcd_url)
             keys = mesh.gateway_keys
             try:
-                counts = await catalog_counts_of(client, keys, slot_of("ws-0"))
-                assert counts["ws-0"] == 2
+
+                async def two_sessions() -> bool:
+                    got = await catalog_counts_of(client, keys, slot_of("ws-0"))
+                    return got["ws-0"] == 2
+
+                # The second create's count goes out with the next catalog flush.
+                await eventually(two_sessions, message="catalog count 2 after the creates")
                 async with mesh.stub() as stub:
                     await stub.DeleteSession(
                         pb.DeleteSessionRequest(workspace_id="ws-0", session_id="s-2"), timeout=10
