@@ -152,25 +152,44 @@ def _percentile_ms(latencies_seconds: list[float], fraction: float) -> float | N
     return ordered[index] * 1000
 
 
-async def _asyncio_path(
-    call: Caller, sessions: Sequence[SessionKey], sizes: UnarySizes
-) -> dict[str, Any]:
+async def _asyncio_paths(
+    calls: dict[str, Caller], sessions: Sequence[SessionKey], sizes: UnarySizes
+) -> dict[str, dict[str, Any]]:
+    """Each path's throughput and one-at-a-time latency under the asyncio generator; the
+    throughput phases take turns across paths (``THROUGHPUT_ROUNDS``), as with h2load."""
     concurrency = sizes.clients * sizes.streams
-    await _drive(call, sessions, concurrency=concurrency, seconds=sizes.warmup_seconds)
-    load = await _drive(call, sessions, concurrency=concurrency, seconds=sizes.throughput_seconds)
-    sequential = await _drive(call, sessions, concurrency=1, seconds=sizes.latency_seconds)
-    return {
-        "calls": len(load.latencies_seconds),
-        "errors": load.errors + sequential.errors,
-        "throughput_per_second": len(load.latencies_seconds) / load.elapsed_seconds,
-        "loaded_p50_ms": _percentile_ms(load.latencies_seconds, 0.50),
-        "loaded_p99_ms": _percentile_ms(load.latencies_seconds, 0.99),
-        "p50_ms": _percentile_ms(sequential.latencies_seconds, 0.50),
-        "p99_ms": _percentile_ms(sequential.latencies_seconds, 0.99),
-        "mean_ms": statistics.fmean(sequential.latencies_seconds) * 1000
-        if sequential.latencies_seconds
-        else None,
-    }
+    for call in calls.values():
+        await _drive(call, sessions, concurrency=concurrency, seconds=sizes.warmup_seconds)
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    elapsed = dict.fromkeys(calls, 0.0)
+    errors = dict.fromkeys(calls, 0)
+    for _ in range(THROUGHPUT_ROUNDS):
+        for name, call in calls.items():
+            load = await _drive(
+                call,
+                sessions,
+                concurrency=concurrency,
+                seconds=sizes.throughput_seconds / THROUGHPUT_ROUNDS,
+            )
+            latencies[name] += load.latencies_seconds
+            elapsed[name] += load.elapsed_seconds
+            errors[name] += load.errors
+    paths: dict[str, dict[str, Any]] = {}
+    for name, call in calls.items():
+        sequential = await _drive(call, sessions, concurrency=1, seconds=sizes.latency_seconds)
+        paths[name] = {
+            "calls": len(latencies[name]),
+            "errors": errors[name] + sequential.errors,
+            "throughput_per_second": len(latencies[name]) / elapsed[name],
+            "loaded_p50_ms": _percentile_ms(latencies[name], 0.50),
+            "loaded_p99_ms": _percentile_ms(latencies[name], 0.99),
+            "p50_ms": _percentile_ms(sequential.latencies_seconds, 0.50),
+            "p99_ms": _percentile_ms(sequential.latencies_seconds, 0.99),
+            "mean_ms": statistics.fmean(sequential.latencies_seconds) * 1000
+            if sequential.latencies_seconds
+            else None,
+        }
+    return paths
 
 
 async def _h2load_paths(
@@ -283,18 +302,19 @@ async def _direct_and_gateway(
             for address, channel in channels.items()
         }
         gateway_stub = session_pb2_grpc.SessionServiceStub(gateway_channel)  # type: ignore[no-untyped-call]
-        direct = await _asyncio_path(
-            lambda request, key: stubs[owners[key]].GetSession(
-                request, timeout=CALL_DEADLINE_SECONDS
-            ),
+        paths = await _asyncio_paths(
+            {
+                "direct": lambda request, key: stubs[owners[key]].GetSession(
+                    request, timeout=CALL_DEADLINE_SECONDS
+                ),
+                "gateway": lambda request, _key: gateway_stub.GetSession(
+                    request, timeout=CALL_DEADLINE_SECONDS
+                ),
+            },
             sessions,
             sizes,
         )
-        gateway = await _asyncio_path(
-            lambda request, _key: gateway_stub.GetSession(request, timeout=CALL_DEADLINE_SECONDS),
-            sessions,
-            sizes,
-        )
+        direct, gateway = paths["direct"], paths["gateway"]
     finally:
         await gateway_channel.close(None)
         for channel in channels.values():
@@ -315,25 +335,25 @@ async def _direct_and_client(
             address: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
             for address, channel in channels.items()
         }
-        direct = await _asyncio_path(
-            lambda request, key: stubs[owners[key]].GetSession(
-                request, timeout=CALL_DEADLINE_SECONDS
-            ),
-            sessions,
-            sizes,
-        )
+        async with await ProxylessClient.connect(
+            etcd_endpoints=mesh.etcd_url, cluster=mesh.settings.cluster
+        ) as client:
+            paths = await _asyncio_paths(
+                {
+                    "direct": lambda request, key: stubs[owners[key]].GetSession(
+                        request, timeout=CALL_DEADLINE_SECONDS
+                    ),
+                    "client": lambda request, _key: client.GetSession(
+                        request, timeout=CALL_DEADLINE_SECONDS
+                    ),
+                },
+                sessions,
+                sizes,
+            )
     finally:
         for channel in channels.values():
             await channel.close(None)
-    async with await ProxylessClient.connect(
-        etcd_endpoints=mesh.etcd_url, cluster=mesh.settings.cluster
-    ) as client:
-        proxyless = await _asyncio_path(
-            lambda request, _key: client.GetSession(request, timeout=CALL_DEADLINE_SECONDS),
-            sessions,
-            sizes,
-        )
-    return direct, proxyless
+    return paths["direct"], paths["client"]
 
 
 async def _tracing_cost(sizes: UnarySizes, sessions: Sequence[SessionKey]) -> dict[str, Any]:
@@ -351,13 +371,17 @@ async def _tracing_cost(sizes: UnarySizes, sessions: Sequence[SessionKey]) -> di
             if h2load_binary() is None:
                 async with grpc.aio.insecure_channel(mesh.gateway_address) as channel:
                     gateway_stub = session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
-                    gateway = await _asyncio_path(
-                        lambda request, _key: gateway_stub.GetSession(
-                            request, timeout=CALL_DEADLINE_SECONDS
-                        ),
-                        sessions,
-                        sizes,
-                    )
+                    gateway = (
+                        await _asyncio_paths(
+                            {
+                                "gateway": lambda request, _key: gateway_stub.GetSession(
+                                    request, timeout=CALL_DEADLINE_SECONDS
+                                )
+                            },
+                            sessions,
+                            sizes,
+                        )
+                    )["gateway"]
                 return {"load_generator": ASYNCIO_GENERATOR, "gateway": gateway}
             load = await asyncio.to_thread(
                 run_h2load,
