@@ -212,6 +212,13 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"mixed median {load['mixed_median_ms']:.2f} ms "
             "(checklist: QR p95 < 10 s, send p95 < 2 s, median < 1 s)"
         )
+        single = load["one_at_a_time"]
+        lines.append(
+            f"  baseline, one call at a time: QR p50 {single['create_qr_p50_ms']:.1f} ms, "
+            f"send p50 {single['send_p50_ms']:.1f} ms; burst p95 / baseline p50: QR "
+            f"{load['vs_one_at_a_time']['create_qr_p95_ms']:.0f}x, "
+            f"send {load['vs_one_at_a_time']['send_p95_ms']:.0f}x"
+        )
     if scale := _ok(results, "scale_8_nodes"):
         lines.append(
             f"Scale: {scale['sessions']} sessions on {scale['node_count']} nodes created in "

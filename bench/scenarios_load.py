@@ -4,6 +4,8 @@ gateway.
 
 Phases:
 
+0. The baseline: ``baseline_count`` sessions created (each timed to its QR code) and then
+   sent to, one call at a time; the bursts' figures are reported next to it as ratios.
 1. ``create_count`` concurrent ``CreateSession`` calls (all started at once, distinct session
    ids over ``workspace_count`` workspaces), each timed until its **QR code** is obtained.
 2. Wait until every session is READY, then ``create_count`` concurrent ``SendMessage`` calls
@@ -90,6 +92,8 @@ class LoadSizes:
     """Share of mixed-run calls that are CreateSession (a new session each)."""
     mixed_send_share: float = 0.6
     """Share of mixed-run calls that are SendMessage; the rest are GetSession."""
+    baseline_count: int = 20
+    """Sessions created, then sent to, one call at a time before the bursts: the baseline."""
     pair_delay_ms: int = 20
     """simnet's QR scan delay (the mesh default)."""
     lease_ttl_seconds: int = 5
@@ -116,6 +120,7 @@ SMOKE_LOAD_SIZES = LoadSizes(
     ready_timeout_seconds=10.0,
     mixed_workers=8,
     mixed_seconds=1.0,
+    baseline_count=5,
 )
 
 
@@ -283,6 +288,28 @@ async def _send_phase(
     return latencies, errors
 
 
+async def _one_at_a_time(
+    stubs: _Stubs, gateway_address: str, sessions: Sequence[SessionKey], timeout_seconds: float
+) -> dict[str, Any]:
+    """The baseline: each create timed to its QR code, then each send, one call at a time."""
+    create_latencies: list[float] = []
+    for key in sessions:
+        started = time.perf_counter()
+        await _create_until_qr(stubs.next(), key)
+        create_latencies.append(time.perf_counter() - started)
+    await wait_all_ready(gateway_address, sessions, timeout_seconds=timeout_seconds)
+    send_latencies: list[float] = []
+    for index, key in enumerate(sessions):
+        started = time.perf_counter()
+        await _send(stubs.next(), key, f"baseline-{index}")
+        send_latencies.append(time.perf_counter() - started)
+    return {
+        "calls": len(sessions),
+        "create_qr_p50_ms": _percentile_ms(create_latencies, 0.50),
+        "send_p50_ms": _percentile_ms(send_latencies, 0.50),
+    }
+
+
 async def _mixed_phase(
     stubs: _Stubs, sessions: Sequence[SessionKey], sizes: LoadSizes
 ) -> tuple[dict[str, Any], list[SessionKey]]:
@@ -363,8 +390,8 @@ async def _mixed_phase(
     return summary, created
 
 
-def _ratio(value: float | None, target: float) -> float | None:
-    return None if value is None else value / target
+def _ratio(value: float | None, baseline: float | None) -> float | None:
+    return None if value is None or not baseline else value / baseline
 
 
 async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
@@ -384,6 +411,13 @@ async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
         async with process_mesh(Path(state_dir), settings) as mesh:
             stubs = _Stubs(mesh.gateway_address, CHANNEL_COUNT)
             try:
+                baseline_sessions = [
+                    (f"ws-{index % sizes.workspace_count}", f"baseline-{index}")
+                    for index in range(sizes.baseline_count)
+                ]
+                baseline = await _one_at_a_time(
+                    stubs, mesh.gateway_address, baseline_sessions, sizes.ready_timeout_seconds
+                )
                 phase_started = time.perf_counter()
                 qr = await _create_phase(stubs, sessions)
                 create_seconds = time.perf_counter() - phase_started
@@ -429,6 +463,12 @@ async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
         "create_qr_p95_ms": create_qr_p95,
         "send_p95_ms": send_p95,
         "mixed_median_ms": mixed_median,
+        "one_at_a_time": baseline,
+        "vs_one_at_a_time": {
+            "create_qr_p95_ms": _ratio(create_qr_p95, baseline["create_qr_p50_ms"]),
+            "send_p95_ms": _ratio(send_p95, baseline["send_p50_ms"]),
+            "mixed_median_ms": _ratio(mixed_median, baseline["send_p50_ms"]),
+        },
         "checklist_targets_ms": dict(CHECKLIST_TARGETS_MS),
         "checklist_ratio": {
             "create_qr_p95_ms": _ratio(create_qr_p95, CHECKLIST_TARGETS_MS["create_qr_p95_ms"]),

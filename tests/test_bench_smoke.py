@@ -132,6 +132,9 @@ class TestBenchSmoke:
         assert load["mixed"]["errors"] == 0 and load["mixed"]["calls"] > 0
         assert set(load["mixed"]["per_method"]) == {"CreateSession", "SendMessage", "GetSession"}
         assert sum(load["sessions_per_node"].values()) == SMOKE_LOAD_SIZES.create_count
+        # The bursts are reported next to a one-call-at-a-time baseline from the same run.
+        assert load["one_at_a_time"]["calls"] == SMOKE_LOAD_SIZES.baseline_count
+        assert all(ratio > 0 for ratio in load["vs_one_at_a_time"].values())
         assert load["simnet"]["replaced"] == 0
 
     def test_scale_scenario_placed_every_session_and_measured_memory(
