@@ -49,18 +49,6 @@ class H2loadRun:
     """Per request, from h2load's log file (only when asked for)."""
 
 
-def _percentile(values: list[float], fraction: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def percentile_ms(run: H2loadRun, fraction: float) -> float | None:
-    """The ``fraction`` percentile of a run's per-request latency (ms); None without a log."""
-    return _percentile(run.latencies_ms, fraction)
-
-
 def run_h2load(
     address: str,
     method_path: str,

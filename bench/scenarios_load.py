@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-import statistics
 import tempfile
 import time
 from collections import Counter
@@ -44,6 +43,7 @@ from typing import Any
 import grpc
 
 from bench.process_mesh import MeshSettings, process_mesh
+from bench.stats import median_ms, percentile_ms, ratio
 from bench.workload import SessionKey, plan_sessions, wait_all_ready
 from protos import session_pb2, session_pb2_grpc
 
@@ -124,29 +124,15 @@ SMOKE_LOAD_SIZES = LoadSizes(
 )
 
 
-def _percentile_ms(latencies_seconds: Sequence[float], fraction: float) -> float | None:
-    if not latencies_seconds:
-        return None
-    ordered = sorted(latencies_seconds)
-    index = min(len(ordered) - 1, int(fraction * len(ordered)))
-    return ordered[index] * 1000
-
-
-def _median_ms(latencies_seconds: Sequence[float]) -> float | None:
-    if not latencies_seconds:
-        return None
-    return statistics.median(latencies_seconds) * 1000
-
-
 def _summary(latencies_seconds: Sequence[float], errors: Counter[str]) -> dict[str, Any]:
     return {
         "calls": len(latencies_seconds) + sum(errors.values()),
         "ok": len(latencies_seconds),
         "errors": sum(errors.values()),
         "error_codes": dict(errors),
-        "p50_ms": _percentile_ms(latencies_seconds, 0.50),
-        "p95_ms": _percentile_ms(latencies_seconds, 0.95),
-        "p99_ms": _percentile_ms(latencies_seconds, 0.99),
+        "p50_ms": percentile_ms(latencies_seconds, 0.50),
+        "p95_ms": percentile_ms(latencies_seconds, 0.95),
+        "p99_ms": percentile_ms(latencies_seconds, 0.99),
         "max_ms": max(latencies_seconds) * 1000 if latencies_seconds else None,
     }
 
@@ -305,8 +291,8 @@ async def _one_at_a_time(
         send_latencies.append(time.perf_counter() - started)
     return {
         "calls": len(sessions),
-        "create_qr_p50_ms": _percentile_ms(create_latencies, 0.50),
-        "send_p50_ms": _percentile_ms(send_latencies, 0.50),
+        "create_qr_p50_ms": percentile_ms(create_latencies, 0.50),
+        "send_p50_ms": percentile_ms(send_latencies, 0.50),
     }
 
 
@@ -366,8 +352,8 @@ async def _mixed_phase(
             "calls": len(values) + sum(errors[method].values()),
             "errors": sum(errors[method].values()),
             "error_codes": dict(errors[method]),
-            "median_ms": _median_ms(values),
-            "p95_ms": _percentile_ms(values, 0.95),
+            "median_ms": median_ms(values),
+            "p95_ms": percentile_ms(values, 0.95),
         }
         for method, values in latencies.items()
     }
@@ -377,9 +363,9 @@ async def _mixed_phase(
         "calls": len(every) + error_count,
         "errors": error_count,
         "calls_per_second": (len(every) + error_count) / elapsed if elapsed > 0 else None,
-        "median_ms": _median_ms(every),
-        "p95_ms": _percentile_ms(every, 0.95),
-        "p99_ms": _percentile_ms(every, 0.99),
+        "median_ms": median_ms(every),
+        "p95_ms": percentile_ms(every, 0.95),
+        "p99_ms": percentile_ms(every, 0.99),
         "mix": {
             "CreateSession": sizes.mixed_create_share,
             "SendMessage": sizes.mixed_send_share,
@@ -388,10 +374,6 @@ async def _mixed_phase(
         "per_method": per_method,
     }
     return summary, created
-
-
-def _ratio(value: float | None, baseline: float | None) -> float | None:
-    return None if value is None or not baseline else value / baseline
 
 
 async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
@@ -465,15 +447,15 @@ async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
         "mixed_median_ms": mixed_median,
         "one_at_a_time": baseline,
         "vs_one_at_a_time": {
-            "create_qr_p95_ms": _ratio(create_qr_p95, baseline["create_qr_p50_ms"]),
-            "send_p95_ms": _ratio(send_p95, baseline["send_p50_ms"]),
-            "mixed_median_ms": _ratio(mixed_median, baseline["send_p50_ms"]),
+            "create_qr_p95_ms": ratio(create_qr_p95, baseline["create_qr_p50_ms"]),
+            "send_p95_ms": ratio(send_p95, baseline["send_p50_ms"]),
+            "mixed_median_ms": ratio(mixed_median, baseline["send_p50_ms"]),
         },
         "checklist_targets_ms": dict(CHECKLIST_TARGETS_MS),
         "checklist_ratio": {
-            "create_qr_p95_ms": _ratio(create_qr_p95, CHECKLIST_TARGETS_MS["create_qr_p95_ms"]),
-            "send_p95_ms": _ratio(send_p95, CHECKLIST_TARGETS_MS["send_p95_ms"]),
-            "mixed_median_ms": _ratio(mixed_median, CHECKLIST_TARGETS_MS["mixed_median_ms"]),
+            "create_qr_p95_ms": ratio(create_qr_p95, CHECKLIST_TARGETS_MS["create_qr_p95_ms"]),
+            "send_p95_ms": ratio(send_p95, CHECKLIST_TARGETS_MS["send_p95_ms"]),
+            "mixed_median_ms": ratio(mixed_median, CHECKLIST_TARGETS_MS["mixed_median_ms"]),
         },
         "wall_seconds": round(time.perf_counter() - wall_started, 3),
     }

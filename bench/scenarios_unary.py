@@ -19,19 +19,21 @@ second, shorter mesh with the OpenTelemetry SDK disabled gives the cost of traci
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from bench.h2load import H2loadRun, h2load_binary, percentile_ms, run_h2load
+from bench.h2load import H2loadRun, h2load_binary, run_h2load
 from bench.process_mesh import HOST, MeshSettings, ProcessMesh, free_port, process_mesh
+from bench.stats import percentile, percentile_ms, ratio
 from bench.workload import SessionKey, create_sessions, plan_sessions, session_states
 from client.proxyless import ProxylessClient
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
@@ -144,14 +146,6 @@ async def _drive(
     return _Phase(latencies, errors, time.perf_counter() - started)
 
 
-def _percentile_ms(latencies_seconds: list[float], fraction: float) -> float | None:
-    if not latencies_seconds:
-        return None
-    ordered = sorted(latencies_seconds)
-    index = min(len(ordered) - 1, int(fraction * len(ordered)))
-    return ordered[index] * 1000
-
-
 async def _asyncio_paths(
     calls: dict[str, Caller], sessions: Sequence[SessionKey], sizes: UnarySizes
 ) -> dict[str, dict[str, Any]]:
@@ -181,10 +175,10 @@ async def _asyncio_paths(
             "calls": len(latencies[name]),
             "errors": errors[name] + sequential.errors,
             "throughput_per_second": len(latencies[name]) / elapsed[name],
-            "loaded_p50_ms": _percentile_ms(latencies[name], 0.50),
-            "loaded_p99_ms": _percentile_ms(latencies[name], 0.99),
-            "p50_ms": _percentile_ms(sequential.latencies_seconds, 0.50),
-            "p99_ms": _percentile_ms(sequential.latencies_seconds, 0.99),
+            "loaded_p50_ms": percentile_ms(latencies[name], 0.50),
+            "loaded_p99_ms": percentile_ms(latencies[name], 0.99),
+            "p50_ms": percentile_ms(sequential.latencies_seconds, 0.50),
+            "p99_ms": percentile_ms(sequential.latencies_seconds, 0.99),
             "mean_ms": statistics.fmean(sequential.latencies_seconds) * 1000
             if sequential.latencies_seconds
             else None,
@@ -235,23 +229,33 @@ async def _h2load_paths(
             "calls": requests[name],
             "errors": 0,  # run_h2load raises unless every answered call carried a session
             "throughput_per_second": requests[name] / seconds[name],
-            "p50_ms": percentile_ms(sequential, 0.50),
-            "p99_ms": percentile_ms(sequential, 0.99),
+            "p50_ms": percentile(sequential.latencies_ms, 0.50),
+            "p99_ms": percentile(sequential.latencies_ms, 0.99),
             "sequential_calls": len(sequential.latencies_ms),
         }
     return paths
-
-
-def _ratio(numerator: float | None, denominator: float | None) -> float | None:
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator
 
 
 def _difference(minuend: float | None, subtrahend: float | None) -> float | None:
     if minuend is None or subtrahend is None:
         return None
     return minuend - subtrahend
+
+
+@contextlib.asynccontextmanager
+async def _stubs_to(
+    addresses: set[str],
+) -> AsyncIterator[dict[str, session_pb2_grpc.SessionServiceStub]]:
+    """A generated stub per address, on channels closed afterwards."""
+    channels = {address: grpc.aio.insecure_channel(address) for address in addresses}
+    try:
+        yield {
+            address: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+            for address, channel in channels.items()
+        }
+    finally:
+        for channel in channels.values():
+            await channel.close(None)
 
 
 async def _prepared_mesh_sessions(
@@ -294,14 +298,8 @@ async def _direct_and_gateway(
         if "bare_proxy" in paths:
             gateway["bare_proxy"] = paths["bare_proxy"]
         return H2LOAD_GENERATOR, direct, gateway
-    channels = {address: grpc.aio.insecure_channel(address) for address in set(owners.values())}
-    gateway_channel = grpc.aio.insecure_channel(mesh.gateway_address)
-    try:
-        stubs = {
-            address: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
-            for address, channel in channels.items()
-        }
-        gateway_stub = session_pb2_grpc.SessionServiceStub(gateway_channel)  # type: ignore[no-untyped-call]
+    async with _stubs_to({*owners.values(), mesh.gateway_address}) as stubs:
+        gateway_stub = stubs[mesh.gateway_address]
         paths = await _asyncio_paths(
             {
                 "direct": lambda request, key: stubs[owners[key]].GetSession(
@@ -314,11 +312,7 @@ async def _direct_and_gateway(
             sessions,
             sizes,
         )
-        direct, gateway = paths["direct"], paths["gateway"]
-    finally:
-        await gateway_channel.close(None)
-        for channel in channels.values():
-            await channel.close(None)
+    direct, gateway = paths["direct"], paths["gateway"]
     return ASYNCIO_GENERATOR + " (h2load not installed)", direct, gateway
 
 
@@ -329,30 +323,24 @@ async def _direct_and_client(
     sizes: UnarySizes,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(direct stub, proxyless client) figures from the asyncio generator."""
-    channels = {address: grpc.aio.insecure_channel(address) for address in set(owners.values())}
-    try:
-        stubs = {
-            address: session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
-            for address, channel in channels.items()
-        }
-        async with await ProxylessClient.connect(
+    async with (
+        _stubs_to(set(owners.values())) as stubs,
+        await ProxylessClient.connect(
             etcd_endpoints=mesh.etcd_url, cluster=mesh.settings.cluster
-        ) as client:
-            paths = await _asyncio_paths(
-                {
-                    "direct": lambda request, key: stubs[owners[key]].GetSession(
-                        request, timeout=CALL_DEADLINE_SECONDS
-                    ),
-                    "client": lambda request, _key: client.GetSession(
-                        request, timeout=CALL_DEADLINE_SECONDS
-                    ),
-                },
-                sessions,
-                sizes,
-            )
-    finally:
-        for channel in channels.values():
-            await channel.close(None)
+        ) as client,
+    ):
+        paths = await _asyncio_paths(
+            {
+                "direct": lambda request, key: stubs[owners[key]].GetSession(
+                    request, timeout=CALL_DEADLINE_SECONDS
+                ),
+                "client": lambda request, _key: client.GetSession(
+                    request, timeout=CALL_DEADLINE_SECONDS
+                ),
+            },
+            sessions,
+            sizes,
+        )
     return paths["direct"], paths["client"]
 
 
@@ -369,8 +357,8 @@ async def _tracing_cost(sizes: UnarySizes, sessions: Sequence[SessionKey]) -> di
                 workspace_id=key[0], session_id=key[1]
             ).SerializeToString()
             if h2load_binary() is None:
-                async with grpc.aio.insecure_channel(mesh.gateway_address) as channel:
-                    gateway_stub = session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+                async with _stubs_to({mesh.gateway_address}) as stubs:
+                    gateway_stub = stubs[mesh.gateway_address]
                     gateway = (
                         await _asyncio_paths(
                             {
@@ -424,18 +412,18 @@ async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
         "gateway": gateway,
         "client_direct": client_direct,
         "client": client,
-        "gateway_vs_direct_throughput": _ratio(
+        "gateway_vs_direct_throughput": ratio(
             gateway["throughput_per_second"], direct["throughput_per_second"]
         ),
         "gateway_added_p50_ms": _difference(gateway["p50_ms"], direct["p50_ms"]),
         "bare_proxy_added_p50_ms": _difference(
             gateway.get("bare_proxy", {}).get("p50_ms"), direct["p50_ms"]
         ),
-        "bare_proxy_vs_direct_throughput": _ratio(
+        "bare_proxy_vs_direct_throughput": ratio(
             gateway.get("bare_proxy", {}).get("throughput_per_second"),
             direct["throughput_per_second"],
         ),
-        "client_vs_direct_throughput": _ratio(
+        "client_vs_direct_throughput": ratio(
             client["throughput_per_second"], client_direct["throughput_per_second"]
         ),
         "client_added_p50_ms": _difference(client["p50_ms"], client_direct["p50_ms"]),
@@ -443,7 +431,7 @@ async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
     if sizes.measures_tracing_cost:
         untraced = await _tracing_cost(sizes, sessions)
         result["untraced"] = untraced
-        result["gateway_traced_vs_untraced_throughput"] = _ratio(
+        result["gateway_traced_vs_untraced_throughput"] = ratio(
             gateway["throughput_per_second"], untraced["gateway"]["throughput_per_second"]
         )
     return result
