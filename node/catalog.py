@@ -48,6 +48,7 @@ class CatalogCounts:
         self._stale: set[str] = set()
         """Workspaces whose count changed since: written together by the next flush."""
         self._flush_timer: asyncio.Task[None] | None = None
+        self._is_closed = False
 
     async def note(self, workspace_id: str) -> None:
         """The workspace's session count changed (or may have): record it."""
@@ -55,8 +56,8 @@ class CatalogCounts:
         written = self._written.get(workspace_id)
         if written == count:
             return
-        if written is None:
-            await self._write(workspace_id, count)
+        if written is None or self._is_closed:
+            await self._write(workspace_id, count)  # closed: no timer may outlive the node
             return
         self._stale.add(workspace_id)
         if self._flush_timer is None or self._flush_timer.done():
@@ -67,7 +68,9 @@ class CatalogCounts:
         self._stale.clear()
 
     async def close(self) -> None:
-        """Stop the flush timer and write what is pending (the node is stopping)."""
+        """Stop the flush timer and write what is pending (the node is stopping); later
+        changes are written at once."""
+        self._is_closed = True
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
