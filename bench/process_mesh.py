@@ -328,6 +328,10 @@ class ProcessMesh:
         """SIGKILL a node: no drain, no lease revoke; its lease must expire."""
         await self._reap(self._processes[node_id], grace_seconds=0)
 
+    async def kill_all_nodes(self) -> None:
+        """SIGKILL every running node: after a measurement, so teardown need not drain them."""
+        await asyncio.gather(*(self.kill_node(node_id) for node_id in self.running_nodes))
+
     async def stop_node(self, node_id: str) -> int:
         """SIGTERM a node (it drains) and wait for it to exit; its exit code."""
         return await self._reap(self._processes[node_id], grace_seconds=STOP_GRACE_SECONDS)

@@ -44,10 +44,9 @@ import grpc
 
 from bench.process_mesh import MeshSettings, process_mesh
 from bench.stats import median_ms, percentile_ms, ratio
-from bench.workload import SessionKey, plan_sessions, wait_all_ready
+from bench.workload import ASYNCIO_GENERATOR, SessionKey, plan_sessions, wait_all_ready
 from protos import session_pb2, session_pb2_grpc
 
-LOAD_GENERATOR = "asyncio (grpc.aio, in the harness process)"
 CALL_DEADLINE_SECONDS = 30.0
 """Per call (and per watch until the QR): generous, so a slow call is a latency, not an error."""
 CHANNEL_COUNT = 4
@@ -416,7 +415,7 @@ async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
                 await stubs.close()
             simnet = await mesh.simnet_stats(include_ids=False)
             # Measured: SIGKILL the nodes, or the teardown drains every session node by node.
-            await asyncio.gather(*(mesh.kill_node(node_id) for node_id in mesh.running_nodes))
+            await mesh.kill_all_nodes()
     create_qr = {
         **_summary(qr.latencies_seconds, qr.errors),
         "seconds": round(create_seconds, 3),
@@ -429,7 +428,7 @@ async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
     send_p95 = send["p95_ms"]
     mixed_median = mixed["median_ms"]
     return {
-        "load_generator": LOAD_GENERATOR,
+        "load_generator": ASYNCIO_GENERATOR,
         "node_count": sizes.node_count,
         "workspace_count": sizes.workspace_count,
         "sessions": sizes.create_count,

@@ -33,10 +33,9 @@ from typing import Any
 import grpc
 
 from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
-from bench.workload import SessionKey, plan_sessions
+from bench.workload import ASYNCIO_GENERATOR, SessionKey, plan_sessions
 from protos import session_pb2, session_pb2_grpc
 
-LOAD_GENERATOR = "asyncio (grpc.aio, in the harness process)"
 CALL_DEADLINE_SECONDS = 30.0
 PHONE_NUMBER = "+14155550100"
 READY = session_pb2.SESSION_STATE_READY
@@ -106,18 +105,11 @@ def rss_kb(pid: int) -> int:
 
 
 def _node_rss_kb(mesh: ProcessMesh) -> dict[str, int]:
-    return {
-        node_id: rss_kb(mesh._processes[node_id].popen.pid)
-        for node_id in sorted(mesh.node_addresses)
-    }
+    return {node_id: rss_kb(mesh.process_id(node_id)) for node_id in sorted(mesh.node_addresses)}
 
 
 def _other_rss_kb(mesh: ProcessMesh) -> dict[str, int]:
-    return {
-        name: rss_kb(mesh._processes[name].popen.pid)
-        for name in ("gateway", "simnet", "etcd")
-        if name in mesh._processes
-    }
+    return {name: rss_kb(mesh.process_id(name)) for name in ("gateway", "simnet", "etcd")}
 
 
 async def _create_all(
@@ -230,13 +222,13 @@ async def run_scale_scenario(sizes: ScaleSizes) -> dict[str, Any]:
             after_other = _other_rss_kb(mesh)
             simnet = await mesh.simnet_stats(include_ids=False)
             # Measured: SIGKILL the nodes, or the teardown drains every session node by node.
-            await asyncio.gather(*(mesh.kill_node(node_id) for node_id in mesh.running_nodes))
+            await mesh.kill_all_nodes()
     per_node = Counter(placed.values())
     added_kb = sum(after.values()) - sum(baseline.values())
     counts = list(per_node.values())
     mean = sum(counts) / sizes.node_count
     return {
-        "load_generator": LOAD_GENERATOR,
+        "load_generator": ASYNCIO_GENERATOR,
         "node_count": sizes.node_count,
         "sessions": sizes.session_count,
         "workspace_count": sizes.workspace_count,

@@ -34,11 +34,16 @@ import grpc
 from bench.h2load import H2loadRun, h2load_binary, run_h2load
 from bench.process_mesh import HOST, MeshSettings, ProcessMesh, free_port, process_mesh
 from bench.stats import percentile, percentile_ms, ratio
-from bench.workload import SessionKey, create_sessions, plan_sessions, session_states
+from bench.workload import (
+    ASYNCIO_GENERATOR,
+    SessionKey,
+    create_sessions,
+    plan_sessions,
+    session_states,
+)
 from client.proxyless import ProxylessClient
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
 
-ASYNCIO_GENERATOR = "asyncio (grpc.aio, in the harness process)"
 H2LOAD_GENERATOR = "h2load (nghttp2-client)"
 CALL_DEADLINE_SECONDS = 5.0
 GET_SESSION_PATH = f"/{SESSION_SERVICE_NAME}/GetSession"
@@ -258,6 +263,17 @@ async def _stubs_to(
             await channel.close(None)
 
 
+def _owner_caller(
+    stubs: dict[str, session_pb2_grpc.SessionServiceStub], owners: dict[SessionKey, str]
+) -> Caller:
+    """The baseline path: the generated stub of each session's owner node."""
+
+    def call(request: session_pb2.GetSessionRequest, key: SessionKey) -> Any:
+        return stubs[owners[key]].GetSession(request, timeout=CALL_DEADLINE_SECONDS)
+
+    return call
+
+
 async def _prepared_mesh_sessions(
     mesh: ProcessMesh, sessions: Sequence[SessionKey]
 ) -> dict[SessionKey, str]:
@@ -302,9 +318,7 @@ async def _direct_and_gateway(
         gateway_stub = stubs[mesh.gateway_address]
         paths = await _asyncio_paths(
             {
-                "direct": lambda request, key: stubs[owners[key]].GetSession(
-                    request, timeout=CALL_DEADLINE_SECONDS
-                ),
+                "direct": _owner_caller(stubs, owners),
                 "gateway": lambda request, _key: gateway_stub.GetSession(
                     request, timeout=CALL_DEADLINE_SECONDS
                 ),
@@ -331,9 +345,7 @@ async def _direct_and_client(
     ):
         paths = await _asyncio_paths(
             {
-                "direct": lambda request, key: stubs[owners[key]].GetSession(
-                    request, timeout=CALL_DEADLINE_SECONDS
-                ),
+                "direct": _owner_caller(stubs, owners),
                 "client": lambda request, _key: client.GetSession(
                     request, timeout=CALL_DEADLINE_SECONDS
                 ),

@@ -16,6 +16,8 @@ import grpc
 from protos import session_pb2, session_pb2_grpc
 
 READY = session_pb2.SESSION_STATE_READY
+ASYNCIO_GENERATOR = "asyncio (grpc.aio, in the harness process)"
+"""How results name the load generator of this module and the scenarios built on it."""
 CALL_DEADLINE_SECONDS = 10.0
 """Each call's deadline: inside it the mesh must answer (a move is a delay, not an error)."""
 

@@ -29,7 +29,7 @@ from gateway.router import Router
 from gateway.wire import workspace_id_of
 from protos import SESSION_SERVICE_NAME, session_pb2
 from registry.errors import MeshError, abort_with
-from telemetry.hop import Hop, HopTracer
+from telemetry.hop import Hop, HopTracer, rpc_attributes
 
 Context = grpc.aio.ServicerContext[object, object]
 MetadataPairs = tuple[tuple[str, str | bytes], ...]
@@ -68,6 +68,7 @@ class _Method:
     def __init__(self, name: str, label: str) -> None:
         self.name = name
         self.path = f"/{SESSION_SERVICE_NAME}/{name}"
+        self.span_attributes = rpc_attributes(SESSION_SERVICE_NAME, name)
         self.latency = metrics.FORWARD_LATENCY_SECONDS.labels(label, name)
         self.ok = metrics.FORWARDED_CALLS.labels(label, name, grpc.StatusCode.OK.name)
         self._label = label
@@ -125,7 +126,7 @@ class ForwardingHandler(_GenericRpcHandler):
                     carrier[key] = value
             elif _is_forwardable(key):
                 pairs.append((key, value))
-        hop = self._tracer.start(method.path, SESSION_SERVICE_NAME, method.name, carrier)
+        hop = self._tracer.start(method.path, method.span_attributes, carrier)
         try:
             workspace_id = workspace_id_of(request)
             address = self._router.route(workspace_id).address
@@ -136,18 +137,32 @@ class ForwardingHandler(_GenericRpcHandler):
         pairs.extend(hop.headers)
         return workspace_id, address, tuple(pairs), hop
 
-    def _attempts(
-        self, workspace_id: str, address: str, context: Context, method: _Method
-    ) -> Attempts:
-        return Attempts(
-            workspace_id=workspace_id,
-            address=address,
-            route=self._route_address,
-            time_remaining=context.time_remaining,
-            policy=self._retry_policy,
-            on_retry=method.retried,
-            on_reroute=method.rerouted,
-        )
+    async def _next_address(
+        self,
+        attempts: Attempts | None,
+        error: grpc.aio.AioRpcError,
+        *,
+        workspace_id: str,
+        address: str,
+        context: Context,
+        method: _Method,
+    ) -> tuple[Attempts, str | None]:
+        """After a failed attempt: the retry state (built on the first failure only) and
+        where to send the call next, None to give up."""
+        if attempts is None:
+            attempts = Attempts(
+                workspace_id=workspace_id,
+                address=address,
+                route=self._route_address,
+                time_remaining=context.time_remaining,
+                policy=self._retry_policy,
+                on_retry=method.retried,
+                on_reroute=method.rerouted,
+            )
+        trailing = forwardable_metadata(error.trailing_metadata())
+        if await attempts.should_try_again(error.code(), trailing):
+            return attempts, attempts.address
+        return attempts, None
 
     async def _give_up(
         self, error: grpc.aio.AioRpcError, context: Context, method: _Method, hop: Hop
@@ -177,11 +192,16 @@ class ForwardingHandler(_GenericRpcHandler):
                     try:
                         response = await call
                     except grpc.aio.AioRpcError as error:
-                        if attempts is None:
-                            attempts = self._attempts(workspace_id, address, context, method)
-                        trailing = forwardable_metadata(error.trailing_metadata())
-                        if await attempts.should_try_again(error.code(), trailing):
-                            address = cast("str", attempts.address)
+                        attempts, next_address = await self._next_address(
+                            attempts,
+                            error,
+                            workspace_id=workspace_id,
+                            address=address,
+                            context=context,
+                            method=method,
+                        )
+                        if next_address is not None:
+                            address = next_address
                             continue
                         await self._give_up(error, context, method, hop)
                         raise AssertionError("context.abort returned") from error
@@ -221,11 +241,16 @@ class ForwardingHandler(_GenericRpcHandler):
                 except grpc.aio.AioRpcError as error:
                     # Once a message went out the stream cannot be replayed elsewhere.
                     if not has_sent_message:
-                        if attempts is None:
-                            attempts = self._attempts(workspace_id, address, context, method)
-                        trailing = forwardable_metadata(error.trailing_metadata())
-                        if await attempts.should_try_again(error.code(), trailing):
-                            address = cast("str", attempts.address)
+                        attempts, next_address = await self._next_address(
+                            attempts,
+                            error,
+                            workspace_id=workspace_id,
+                            address=address,
+                            context=context,
+                            method=method,
+                        )
+                        if next_address is not None:
+                            address = next_address
                             continue
                     await self._give_up(error, context, method, hop)
                     raise AssertionError("context.abort returned") from error

@@ -10,6 +10,8 @@ parent-based ratio sampler most spans are non-recording, and then all of this is
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -47,6 +49,14 @@ class Hop:
             span.end()
 
 
+Attributes = Mapping[str, str]
+
+
+def rpc_attributes(service: str, method: str) -> Attributes:
+    """The semantic-convention attributes of one gRPC method's spans."""
+    return MappingProxyType({"rpc.system": "grpc", "rpc.service": service, "rpc.method": method})
+
+
 class HopTracer:
     """Starts :class:`Hop` spans on whatever tracer provider is global at the time."""
 
@@ -55,14 +65,10 @@ class HopTracer:
         self.fields = frozenset(propagate.get_global_textmap().fields)
         """Metadata keys that carry trace context (``traceparent``, ``tracestate``, …)."""
 
-    def start(self, name: str, service: str, method: str, carrier: dict[str, str]) -> Hop:
-        """Spans for a call named ``name`` whose caller sent ``carrier`` (its trace headers)."""
+    def start(self, name: str, attributes: Attributes, carrier: dict[str, str]) -> Hop:
+        """Spans for a call named ``name`` whose caller sent ``carrier`` (its trace headers);
+        ``attributes`` are the method's, built once (see :func:`rpc_attributes`)."""
         parent = propagate.extract(carrier) if carrier else _EMPTY_CONTEXT
-        attributes: dict[str, Any] = {
-            "rpc.system": "grpc",
-            "rpc.service": service,
-            "rpc.method": method,
-        }
         server = self._tracer.start_span(
             name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )

@@ -278,6 +278,15 @@ class TestOwnershipView:
                 await task
 
 
+def _catalog_counts(
+    etcd: aetcd.Client, keys: ClusterKeys, sessions: dict[str, int]
+) -> CatalogCounts:
+    """A node's catalog writer whose session counts are read from ``sessions``."""
+    return CatalogCounts(
+        etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
+    )
+
+
 class TestCatalogCounts:
     """A node writes a workspace's first catalog entry at once and coalesces later counts."""
 
@@ -285,9 +294,7 @@ class TestCatalogCounts:
         self, etcd: aetcd.Client, keys: ClusterKeys
     ) -> None:
         sessions = {"ws-1": 1}
-        counts = CatalogCounts(
-            etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
-        )
+        counts = _catalog_counts(etcd, keys, sessions)
         key = keys.catalog(slot_of("ws-1", SLOT_COUNT), "ws-1")
         await counts.note("ws-1")
         assert await catalog_counts_of(etcd, keys, slot_of("ws-1", SLOT_COUNT)) == {"ws-1": 1}
@@ -308,9 +315,7 @@ class TestCatalogCounts:
         self, etcd: aetcd.Client, keys: ClusterKeys
     ) -> None:
         sessions = {"ws-2": 1}
-        counts = CatalogCounts(
-            etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
-        )
+        counts = _catalog_counts(etcd, keys, sessions)
         await counts.note("ws-2")
         sessions["ws-2"] = 0
         await counts.note("ws-2")
@@ -321,9 +326,7 @@ class TestCatalogCounts:
         self, etcd: aetcd.Client, keys: ClusterKeys
     ) -> None:
         sessions = {"ws-3": 2}
-        counts = CatalogCounts(
-            etcd, keys, slot_count=SLOT_COUNT, session_count=sessions.__getitem__, node_id="n1"
-        )
+        counts = _catalog_counts(etcd, keys, sessions)
         await counts.note("ws-3")
         sessions["ws-3"] = 0  # fenced: the sessions now run on another node
         await counts.note("ws-3")
