@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,21 +24,14 @@ from typing import IO, Any
 
 import aetcd
 
+from deploy.ports import HOST, free_port
 from registry.keys import ClusterKeys
 from registry.membership import NodeRecord
 from simnet.admin import SimNetAdmin
 
-HOST = "127.0.0.1"
 START_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 20.0
 """How long a SIGTERMed process may take (a node drains its slots first) before SIGKILL."""
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _etcd_binary() -> str:

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from bench.h2load import H2loadRun, h2load_binary, run_h2load
-from bench.process_mesh import HOST, MeshSettings, ProcessMesh, free_port, process_mesh
+from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
 from bench.stats import percentile, percentile_ms, ratio
 from bench.workload import (
     ASYNCIO_GENERATOR,
@@ -42,6 +42,7 @@ from bench.workload import (
     session_states,
 )
 from client.proxyless import ProxylessClient
+from deploy.ports import HOST, free_port
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
 
 H2LOAD_GENERATOR = "h2load (nghttp2-client)"

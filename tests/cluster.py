@@ -23,7 +23,7 @@ from bench.ownership_monitor import (
     start_sessions,
     wait_owners_follow_ring,
 )
-from bench.process_mesh import MeshSettings, ProcessMesh, free_port, process_mesh
+from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
 from bench.workload import (
     LoadClient,
     LoadReport,
@@ -34,6 +34,7 @@ from bench.workload import (
     session_states,
     wait_all_ready,
 )
+from deploy.ports import free_port
 
 __all__ = [
     "LoadClient",

@@ -13,16 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from deploy.ports import free_port
 from tests.waiting import EtcdServer
 
+pytest_plugins = ["tests.hang_report"]
+
 BIN_DIR = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (for etcd, which cannot take port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _etcd_binary() -> str:
@@ -37,7 +33,7 @@ def _etcd_binary() -> str:
 
 def start_etcd(data_dir: Path) -> EtcdServer:
     """Start a single-member etcd on free loopback ports; wait until it answers."""
-    client_port, peer_port = free_port(), free_port()
+    client_port, peer_port = free_port(), free_port()  # etcd cannot take port 0
     url = f"http://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
     log = open(data_dir / "etcd.log", "wb")  # noqa: SIM115 - closed by EtcdServer.stop

@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.conftest import BIN_DIR, free_port
+from deploy.ports import free_port
+from tests.conftest import BIN_DIR
 from tests.waiting import eventually
 
 SERVICE = "sessionmesh.v1.SessionService"
@@ -46,7 +47,7 @@ class TestLocalMesh:
 
     async def test_up_grpcurl_and_clean_stop(self, tmp_path: Path) -> None:
         gateway_port, node_ports = free_port(), (free_port(), free_port())
-        etcd_port = free_port()
+        etcd_port = free_port(span=2)  # its peer port is the next one
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

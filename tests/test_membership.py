@@ -13,6 +13,7 @@ from pathlib import Path
 import aetcd
 import pytest
 
+from deploy.ports import free_port
 from registry.errors import InvalidInput, Unavailable
 from registry.keys import ClusterKeys
 from registry.membership import (
@@ -23,7 +24,7 @@ from registry.membership import (
     connect_etcd,
     parse_endpoints,
 )
-from tests.conftest import free_port, start_etcd
+from tests.conftest import start_etcd
 from tests.waiting import EtcdServer, eventually
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from deploy.ports import free_port
 from node.drivers import Driver, DriverEvent, DriverEventKind, SimDriver, SimDriverFactory
 from registry.errors import InvalidInput, Unavailable
 from simnet import SimNet
-from tests.conftest import free_port
 from tests.waiting import eventually
 
 ACCOUNT = "ws-1/s-1"
