@@ -5,7 +5,6 @@ map follows the ring."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from types import TracebackType
 
 from bench.process_mesh import ProcessMesh
 from bench.workload import SessionKey, create_sessions, wait_all_ready
+from registry.background import stop_task
 from registry.routing import Ring
 from registry.slots import slot_of
 
@@ -53,10 +53,7 @@ class OwnershipMonitor:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
 
     async def _run(self) -> None:
         while True:
@@ -70,7 +67,8 @@ class OwnershipMonitor:
         """Take one sample, check it, and keep it."""
         assert self.mesh.etcd is not None
         keys = self.mesh.keys
-        response = await asyncio.wait_for(self.mesh.etcd.get_prefix(keys.root), timeout=2)
+        async with asyncio.timeout(2):
+            response = await self.mesh.etcd.get_prefix(keys.root)
         owners: dict[int, tuple[str, int]] = {}
         members: set[str] = set()
         for item in response:

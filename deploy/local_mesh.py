@@ -288,7 +288,8 @@ class LocalMesh:
             if child.process.returncode is None:
                 child.process.send_signal(signal.SIGTERM)
                 try:
-                    await asyncio.wait_for(child.process.wait(), timeout=15)
+                    async with asyncio.timeout(15):
+                        await child.process.wait()
                 except TimeoutError:
                     child.process.kill()
                     await child.process.wait()

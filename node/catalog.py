@@ -9,12 +9,12 @@ of creates costs one etcd write per workspace, not one per session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import aetcd
 
+from registry.background import stop_task
 from registry.errors import MeshError
 from registry.keys import ClusterKeys
 from registry.ownership import update_catalog
@@ -71,11 +71,8 @@ class CatalogCounts:
         """Stop the flush timer and write what is pending (the node is stopping); later
         changes are written at once."""
         self._is_closed = True
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_timer
-            self._flush_timer = None
+        await stop_task(self._flush_timer)
+        self._flush_timer = None
         await self._flush_logged()
 
     async def flush(self) -> None:

@@ -11,12 +11,12 @@ that lease, so another node may take them once it expires.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from node.storage import SessionStorage
+from registry.background import stop_task
 from registry.errors import Unavailable
 from registry.membership import NodeRegistration
 
@@ -111,11 +111,8 @@ class LeaseWatchdog:
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

@@ -452,7 +452,8 @@ class SessionManager:
             self._metrics.session_restored()
             try:
                 # Bounds the restores in flight, not the start itself: a slow one goes on.
-                await asyncio.wait_for(session.wait_started(), RESTORE_START_TIMEOUT_SECONDS)
+                async with asyncio.timeout(RESTORE_START_TIMEOUT_SECONDS):
+                    await session.wait_started()
             except TimeoutError:
                 _log.warning(
                     "session_restore_slow workspace_id=%s session_id=%s",

@@ -214,7 +214,8 @@ class NodeOwnership:
         self._steps.add(task)
         task.add_done_callback(self._steps.discard)
         try:
-            await asyncio.wait_for(asyncio.shield(task), ON_DEMAND_TIMEOUT_SECONDS)
+            async with asyncio.timeout(ON_DEMAND_TIMEOUT_SECONDS):
+                await asyncio.shield(task)
         except TimeoutError:
             raise _moving("the workspace") from None
 

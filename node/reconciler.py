@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from node.ownership import NodeOwnership
+from registry.background import stop_task
 from registry.membership import NodeRecord
 from registry.placement import place_slot
 from registry.routing import RoutingTable
@@ -79,11 +80,8 @@ class Reconciler:
         """Stop the loop and wait for the moves in flight."""
         self._is_stopped = True
         self._wake.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.settle()
 
     async def settle(self) -> None:

@@ -39,6 +39,7 @@ from node.shutdown import run_step
 from node.storage import SessionStorage
 from protos import SESSION_SERVICE_NAME, session_pb2_grpc
 from registry.accounts import AccountStore, upgrade
+from registry.background import stop_task
 from registry.errors import Unavailable
 from registry.keys import ClusterKeys
 from registry.membership import (
@@ -200,9 +201,7 @@ class NodeServer:
                 return
             self._is_stopped = True
             _log.info("node_stopping node_id=%s", self.node_id)
-            self._load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
+            await stop_task(self._load_task)
             limit = grace_seconds + STOP_STEP_MARGIN_SECONDS
             await self._step("catalog", self._ownership.catalog_counts.close(), limit)
             await self._reconciler.drain_for_shutdown(timeout_seconds=grace_seconds)

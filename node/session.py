@@ -285,9 +285,8 @@ class HostedSession:
             ),
             contextlib.suppress(Exception),
         ):
-            await asyncio.wait_for(
-                self._driver.stop(logout=logout), timeout=DRIVER_STOP_TIMEOUT_SECONDS
-            )
+            async with asyncio.timeout(DRIVER_STOP_TIMEOUT_SECONDS):
+                await self._driver.stop(logout=logout)
         # Let the event task finish what the driver reported before it stopped (credentials!).
         self._accepts_driver_events = False
         self._driver_events.put_nowait(None)

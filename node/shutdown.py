@@ -25,7 +25,8 @@ async def run_step(
     """Await ``step`` for at most ``limit_seconds``; whether it finished in time."""
     started = time.monotonic()
     try:
-        await asyncio.wait_for(step, limit_seconds)
+        async with asyncio.timeout(limit_seconds):
+            await step
     except TimeoutError:
         _log.error(
             "node_stop_step_abandoned node_id=%s step=%s limit_seconds=%.1f",

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import aetcd
 
+from registry.background import stop_task
 from registry.errors import InvalidInput, Unavailable
 from registry.keys import ClusterKeys
 
@@ -100,7 +101,8 @@ async def connect_etcd(endpoints: str, *, connect_timeout_seconds: float = 3.0) 
         client = aetcd.Client(host=host, port=port)
         try:
             # aetcd's connect() only builds a lazy channel; a real RPC proves the server is there.
-            await asyncio.wait_for(client.status(), connect_timeout_seconds)
+            async with asyncio.timeout(connect_timeout_seconds):
+                await client.status()
         except (aetcd.ClientError, TimeoutError) as error:
             failures.append(f"{host}:{port} ({type(error).__name__}: {error})")
             await client.close()
@@ -214,17 +216,13 @@ class NodeRegistration:
 
     async def stop(self) -> None:
         """Stop the keepalive and revoke the lease: the record disappears at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._lease_id and self._has_lease:
             self._has_lease = False
             try:
-                await asyncio.wait_for(
-                    self._client.revoke_lease(self._lease_id), self._refresh_interval_seconds
-                )
+                async with asyncio.timeout(self._refresh_interval_seconds):
+                    await self._client.revoke_lease(self._lease_id)
             except (aetcd.ClientError, TimeoutError) as error:
                 # The lease expires on its own within the TTL; stopping must not fail.
                 _log.warning(
@@ -263,7 +261,9 @@ class NodeRegistration:
             # etcd answers that it is gone (TTL 0) or a whole TTL passed unconfirmed.
             while True:
                 try:
-                    if not await asyncio.wait_for(self._refresh(), interval):
+                    async with asyncio.timeout(interval):
+                        is_alive = await self._refresh()
+                    if not is_alive:
                         await self._recover()
                     break
                 except (aetcd.ClientError, TimeoutError) as error:
@@ -288,13 +288,13 @@ class NodeRegistration:
         # If the old lease is in fact still alive, end it: its owner keys must not outlive the
         # fencing the node just did.
         with contextlib.suppress(aetcd.ClientError, TimeoutError):
-            await asyncio.wait_for(
-                self._client.revoke_lease(lost_lease_id), self._refresh_interval_seconds
-            )
+            async with asyncio.timeout(self._refresh_interval_seconds):
+                await self._client.revoke_lease(lost_lease_id)
         delay_seconds = _RETRY_FIRST_SECONDS
         while True:
             try:
-                await asyncio.wait_for(self._grant_and_publish(), self._lease_ttl_seconds)
+                async with asyncio.timeout(self._lease_ttl_seconds):
+                    await self._grant_and_publish()
             except (aetcd.ClientError, TimeoutError) as error:
                 _log.warning(
                     "lease_regrant_failed node_id=%s error=%r", self._record.node_id, error
@@ -332,11 +332,8 @@ class MembershipWatcher:
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def nodes(self) -> dict[str, NodeRecord]:
         """The live nodes now, by id (a copy)."""

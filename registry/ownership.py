@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import aetcd
 
+from registry.background import stop_task
 from registry.errors import Unavailable
 from registry.keys import ClusterKeys
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
@@ -277,11 +278,8 @@ class OwnershipView:
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     def owner_of_slot(self, slot: int) -> Owner | None:
         """Who holds ``owners/<slot>`` now (None: orphan)."""

@@ -41,7 +41,12 @@ def _report(test_id: str) -> None:
             tasks = list(asyncio.all_tasks(loop))
         for task in tasks:
             print(f"--- {task!r}", file=out)
-            task.print_stack(limit=20, file=out)
+            for frame in task.get_stack(limit=20):
+                # Compiled (Cython) frames may have no line number.
+                print(
+                    f"    {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}",
+                    file=out,
+                )
     print("===== end of asyncio tasks =====", file=out, flush=True)
 
 

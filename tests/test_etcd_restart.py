@@ -5,7 +5,6 @@ routing."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import grpc
 import pytest
 
 from protos import session_pb2, session_pb2_grpc
+from registry.background import stop_task
 from tests.cluster import (
     LoadClient,
     MeshSettings,
@@ -63,11 +63,7 @@ class _StateWatch:
                 self.broken.append((key, f"{error.code().name}: {error.details()}"))
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*(stop_task(task) for task in self._tasks))
         await self._channel.close(None)
 
 

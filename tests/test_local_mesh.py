@@ -23,7 +23,8 @@ async def _grpcurl(*args: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
     return process.returncode or 0, output.decode()
 
 
@@ -66,7 +67,8 @@ class TestLocalMesh:
         seen: list[str] = []
         pump: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(_read_until(process.stdout, "sessionmesh is up", seen), 60)
+            async with asyncio.timeout(60):
+                await _read_until(process.stdout, "sessionmesh is up", seen)
             pump = asyncio.create_task(_drain(process.stdout, seen))
             gateway = f"127.0.0.1:{gateway_port}"
 
@@ -101,8 +103,10 @@ class TestLocalMesh:
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGINT)
-            exit_code = await asyncio.wait_for(process.wait(), timeout=60)
-            await asyncio.wait_for(pump or _drain(process.stdout, seen), timeout=10)
+            async with asyncio.timeout(60):
+                exit_code = await process.wait()
+            async with asyncio.timeout(10):
+                await (pump or _drain(process.stdout, seen))
         output = "".join(seen)
         assert exit_code == 0, output[-4000:]
         assert "stopped" in output

@@ -144,6 +144,31 @@ class TestRegistration:
         # The record outlives the process by the lease's remaining TTL (more than 2 s / 3).
         assert time.monotonic() - killed_at >= 0.5
 
+    async def test_stop_that_comes_as_a_refresh_completes_ends_the_keepalive(
+        self, etcd: aetcd.Client, keys: ClusterKeys
+    ) -> None:
+        # The CI hang of 2026-11-29: a stop whose cancel reached the keepalive while a refresh
+        # had just completed was swallowed (asyncio.wait_for on Python 3.11), the keepalive ran
+        # on and stop() waited for it forever.
+        stops: list[asyncio.Task[None]] = []
+
+        class StoppedAsRefreshCompletes(NodeRegistration):
+            async def _refresh(self) -> bool:
+                is_alive = await super()._refresh()
+                if not stops:  # the stop starts right after this refresh's answer came in
+                    loop = asyncio.get_running_loop()
+                    loop.call_soon(lambda: stops.append(asyncio.ensure_future(self.stop())))
+                return is_alive
+
+        registration = StoppedAsRefreshCompletes(
+            etcd, keys, make_node("node-a"), lease_ttl_seconds=2
+        )
+        await registration.start()
+        await eventually(lambda: bool(stops), message="a refresh, then the stop")
+        async with asyncio.timeout(5):
+            await stops[0]
+        assert await etcd.get(keys.node("node-a")) is None
+
     async def test_lost_lease_is_reported_and_the_node_comes_back(
         self, etcd: aetcd.Client, keys: ClusterKeys, watcher: MembershipWatcher
     ) -> None:
@@ -243,7 +268,8 @@ class TestEtcdRestart:
             await watcher.start()
             await watcher.wait_until(lambda nodes: "node-a" in nodes, timeout_seconds=5)
             await asyncio.to_thread(private_etcd[-1].stop)
-            await asyncio.wait_for(lost.wait(), timeout=10)
+            async with asyncio.timeout(10):
+                await lost.wait()
             private_etcd.append(await asyncio.to_thread(restart, private_etcd[-1]))
             await eventually(lambda: registration.has_lease, timeout_seconds=20)
             late = NodeRegistration(client, keys, make_node("node-b"))

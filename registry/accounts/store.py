@@ -256,7 +256,8 @@ class AccountStore:
     async def _flush_periodically(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._flush_interval_seconds)
+                async with asyncio.timeout(self._flush_interval_seconds):
+                    await self._stopping.wait()
             await self.flush()
 
     def _read_revision(self) -> str | None:
