@@ -388,8 +388,12 @@ class TestRecovery:
                 timeout=1,
             )
         # While a slot moves, views disagree for a moment: the gateway keeps following them
-        # with a backoff, and ends with the nodes' own answer when the deadline comes.
-        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # with a backoff, and ends with the nodes' own answer when the deadline comes — or,
+        # on a loaded machine, the deadline passes while a last attempt is still in flight.
+        assert raised.value.code() in {
+            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        }
         assert time.monotonic() - started_at < 1.5
         calls = len(n1.servicer.calls) + len(n2.servicer.calls)
         assert 2 < calls < 40
