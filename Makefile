@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint protos unit clean bench bench-smoke bench-tools profile-gateway
+.PHONY: install up test lint protos api-baseline unit clean bench bench-smoke bench-tools profile-gateway
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,18 @@ install: $(STAMP) ## virtualenv with everything, including etcd, etcdctl and grp
 protos: $(STAMP) ## regenerate protos/sessionmesh/v1/*_pb2*.py from the .proto files
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/sessionmesh/v1/*.proto
 
-lint: $(STAMP) ## ruff + mypy
+# The API as it was last released; `make lint` fails on any change that would break it.
+API_BASELINE := protos/api-baseline.binpb
+
+api-baseline: $(STAMP) ## run only when a release makes new API part of the contract: rewrites $(API_BASELINE)
+	$(BIN)/buf build --exclude-source-info -o $(API_BASELINE)
+
+lint: $(STAMP) ## ruff + mypy; buf lint and buf breaking against $(API_BASELINE) (rules in buf.yaml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
+	$(BIN)/buf lint
+	$(BIN)/buf breaking --against $(API_BASELINE)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
