@@ -13,9 +13,7 @@ from types import TracebackType
 
 from bench.process_mesh import ProcessMesh
 from bench.workload import SessionKey, create_sessions, wait_all_ready
-from registry.background import stop_task
-from registry.routing import Ring
-from registry.slots import slot_of
+from registry import Ring, slot_of, stop_task
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ from typing import IO, Any
 import aetcd
 
 from deploy.ports import HOST, free_port
-from registry.keys import ClusterKeys
-from registry.membership import NodeRecord
+from registry import ClusterKeys, NodeRecord
 from simnet.admin import SimNetAdmin
 
 START_TIMEOUT_SECONDS = 30.0

@@ -1,6 +1,6 @@
 """Scenario 4: how many workspaces move when a node joins, and how evenly the ring spreads them.
 
-Pure computation on the real routing code (``registry.routing.RoutingTable`` over
+Pure computation on the real routing code (``registry.routing.RingTable`` over
 ``registry.slots.slot_of``): no processes. Movement is compared with the ideal 1/(N+1) and with
 modulo sharding (``crc32 % n``), the baseline measured in the same run.
 """
@@ -12,8 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from registry.membership import NodeRecord
-from registry.routing import RoutingTable
+from registry import NodeRecord, RingTable
 
 NODE_CAPACITY = 1000
 """Every simulated node's capacity: equal nodes, so the ideal share is exactly 1/(N+1)."""
@@ -46,7 +45,7 @@ def _nodes(count: int) -> dict[str, NodeRecord]:
     }
 
 
-def _owners(table: RoutingTable, workspaces: list[str]) -> list[str]:
+def _owners(table: RingTable, workspaces: list[str]) -> list[str]:
     owners: list[str] = []
     for workspace in workspaces:
         record = table.route(workspace)
@@ -64,11 +63,11 @@ def run_ring_scenario(sizes: RingSizes) -> dict[str, Any]:
     workspaces = [f"ws-{index}" for index in range(sizes.workspace_count)]
     checksums = [zlib.crc32(workspace.encode()) for workspace in workspaces]
     steps: list[dict[str, float | int]] = []
-    table = RoutingTable()
+    table = RingTable()
     table.update(_nodes(sizes.smallest_node_count))
     before = _owners(table, workspaces)
     for node_count in range(sizes.smallest_node_count, sizes.largest_node_count + 1):
-        table = RoutingTable()
+        table = RingTable()
         table.update(_nodes(node_count + 1))
         after = _owners(table, workspaces)
         ideal = 1 / (node_count + 1)
@@ -86,7 +85,7 @@ def run_ring_scenario(sizes: RingSizes) -> dict[str, Any]:
             }
         )
         before = after
-    balance_table = RoutingTable()
+    balance_table = RingTable()
     balance_table.update(_nodes(BALANCE_NODE_COUNT))
     per_node = Counter(_owners(balance_table, workspaces))
     mean = sizes.workspace_count / BALANCE_NODE_COUNT

@@ -31,6 +31,7 @@ from rich.table import Table
 
 from client._progress import CALL_TIMEOUT_SECONDS, locate, wait_for_drain, wait_for_owner
 from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc
+from registry import InvalidInput, parse_host_port
 
 DEFAULT_GATEWAY = "127.0.0.1:7000"
 
@@ -49,9 +50,10 @@ _err = Console(stderr=True)
 
 
 def _gateway_address(value: str) -> str:
-    host, separator, port = value.rpartition(":")
-    if not host or not separator or not port.isdigit() or not 0 < int(port) < 65536:
-        raise typer.BadParameter(f"{value!r} is not HOST:PORT")
+    try:
+        parse_host_port(value, field="--gateway", allow_port_zero=False)
+    except InvalidInput:
+        raise typer.BadParameter(f"{value!r} is not HOST:PORT") from None
     return value
 
 

@@ -9,70 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aetcd
 import grpc
+import structlog
 
 from gateway import metrics
 from gateway.probes import health_of
-from gateway.router import Router
 from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc
-from registry.errors import InvalidInput, MeshError, NotFound, Unavailable, abort_with
-from registry.ids import validate_id
-from registry.keys import ClusterKeys
-from registry.membership import NodeRecord
-from registry.ownership import (
+from registry import (
+    ClusterKeys,
+    InvalidInput,
+    NodeRecord,
+    NotFound,
     OwnershipView,
+    Unavailable,
     cancel_drain,
     catalog_counts_of,
     clear_pin,
+    place_slot,
     request_drain,
+    rpc_boundary,
     set_pin,
+    slot_of,
+    validate_id,
 )
-from registry.placement import place_slot
-from registry.slots import slot_of
+from routing import Router
 
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
-_Servicer = TypeVar("_Servicer", bound="AdminServicer")
 
 UNKNOWN_SESSION_COUNT = -1
 """Session count of a workspace the catalog does not record."""
 MAX_CATALOG_READS_IN_FLIGHT = 16
 """etcd reads one rebalance plan sends at once."""
 
-_log = logging.getLogger(__name__)
-
-
-def _admin_call(
-    handler: Callable[[_Servicer, _Request, Context], Awaitable[_Response]],
-) -> Callable[[_Servicer, _Request, Context], Awaitable[_Response]]:
-    """Turn ``MeshError`` (and etcd failures) into statuses, and count the call."""
-    method = handler.__name__
-
-    @functools.wraps(handler)
-    async def wrapper(self: _Servicer, request: _Request, context: Context) -> _Response:
-        code = grpc.StatusCode.OK
-        try:
-            return await handler(self, request, context)
-        except MeshError as error:
-            code = error.status_code
-            await abort_with(context, error)
-        except aetcd.ClientError as error:
-            code = grpc.StatusCode.UNAVAILABLE
-            await abort_with(context, Unavailable(f"etcd refused the request: {error}"))
-        finally:
-            metrics.ADMIN_CALLS.labels(self.label, method, code.name).inc()
-
-    return wrapper
+_log = structlog.get_logger(__name__)
 
 
 def _share(count: int, total: int) -> float:
@@ -98,9 +73,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self.label = label
         """The ``gateway`` label of this servicer's metrics."""
 
+    def rpc_finished(self, method: str, code: grpc.StatusCode, duration_seconds: float) -> None:
+        """Count one answered call (told by :func:`registry.rpc_boundary`)."""
+        metrics.ADMIN_CALLS.labels(self.label, method, code.name).inc()
+
     @property
     def _slot_count(self) -> int:
-        return self._router.routing.slot_count
+        return self._router.ring.slot_count
 
     def _owned_slot_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -125,7 +104,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
         return list(await asyncio.gather(*(read(slot) for slot in slots)))
 
-    @_admin_call
+    @rpc_boundary
     async def ListNodes(
         self, request: admin_pb2.ListNodesRequest, context: Context
     ) -> admin_pb2.ListNodesResponse:
@@ -147,18 +126,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         ]
         return admin_pb2.ListNodesResponse(nodes=nodes, slot_count=self._slot_count)
 
-    @_admin_call
+    @rpc_boundary
     async def DescribeRing(
         self, request: admin_pb2.DescribeRingRequest, context: Context
     ) -> admin_pb2.DescribeRingResponse:
         """Per node: its share of slots by the ring and by the owners map."""
-        routing = self._router.routing
-        weights = routing.ring.weights
+        ring = self._router.ring
+        weights = ring.ring.weights
         owned = self._owned_slot_counts()
         node_ids = sorted(set(self._router.nodes) | set(owned))
         members = []
         for node_id in node_ids:
-            ring_slot_count = len(routing.slots_of(node_id))
+            ring_slot_count = len(ring.slots_of(node_id))
             members.append(
                 admin_pb2.RingMember(
                     node_id=node_id,
@@ -172,11 +151,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.DescribeRingResponse(
             members=members,
             slot_count=self._slot_count,
-            ring_version=routing.version,
+            ring_version=ring.version,
             orphan_slot_count=self._slot_count - sum(owned.values()),
         )
 
-    @_admin_call
+    @rpc_boundary
     async def LocateWorkspace(
         self, request: admin_pb2.LocateWorkspaceRequest, context: Context
     ) -> admin_pb2.LocateWorkspaceResponse:
@@ -184,15 +163,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         count the slot's catalog records (one etcd read)."""
         workspace_id = validate_id(request.workspace_id, field="workspace_id")
         slot = slot_of(workspace_id, self._slot_count)
-        routing = self._router.routing
+        ring = self._router.ring
         response = admin_pb2.LocateWorkspaceResponse(
             workspace_id=workspace_id,
             slot=slot,
             pinned_node_id=self._ownership.pin_of(workspace_id) or "",
-            placement_node_id=place_slot(routing, self._router.nodes, slot) or "",
+            placement_node_id=place_slot(ring, self._router.nodes, slot) or "",
             session_count=UNKNOWN_SESSION_COUNT,
         )
-        ring_node = routing.node_for_slot(slot)
+        ring_node = ring.node_for_slot(slot)
         if ring_node is not None:
             response.ring_node_id = ring_node.node_id
         owner = self._ownership.owner_of_slot(slot)
@@ -203,27 +182,27 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             response.pinned_owner_node_id = pinned_owner.node_id
             response.pinned_owner_epoch = pinned_owner.epoch
         with contextlib.suppress(Unavailable):
-            routed = self._router.route(workspace_id)
+            routed = self._router.resolve(workspace_id)
             response.routed_node_id, response.routed_address = routed.node_id, routed.address
         catalog = await catalog_counts_of(self._etcd, self._keys, slot)
         response.is_cataloged = workspace_id in catalog
         response.session_count = catalog.get(workspace_id, UNKNOWN_SESSION_COUNT)
         return response
 
-    @_admin_call
+    @rpc_boundary
     async def DrainNode(
         self, request: admin_pb2.DrainNodeRequest, context: Context
     ) -> admin_pb2.DrainNodeResponse:
         """Write the node's drain request; its reconciler hands its slots off."""
         record = self._live_node(request.node_id, field="node_id")
         await request_drain(self._etcd, self._keys, record.node_id)
-        _log.info("admin_drain_requested node_id=%s", record.node_id)
+        _log.info("admin_drain_requested", node_id=record.node_id)
         return admin_pb2.DrainNodeResponse(
             node_id=record.node_id,
             owned_slot_count=self._owned_slot_counts().get(record.node_id, 0),
         )
 
-    @_admin_call
+    @rpc_boundary
     async def UndrainNode(
         self, request: admin_pb2.UndrainNodeRequest, context: Context
     ) -> admin_pb2.UndrainNodeResponse:
@@ -235,10 +214,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 "and has no drain request"
             )
         await cancel_drain(self._etcd, self._keys, node_id)
-        _log.info("admin_drain_cancelled node_id=%s", node_id)
+        _log.info("admin_drain_cancelled", node_id=node_id)
         return admin_pb2.UndrainNodeResponse(node_id=node_id)
 
-    @_admin_call
+    @rpc_boundary
     async def MigrateWorkspace(
         self, request: admin_pb2.MigrateWorkspaceRequest, context: Context
     ) -> admin_pb2.MigrateWorkspaceResponse:
@@ -248,11 +227,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if not target.is_active or self._ownership.is_drain_requested(target.node_id):
             raise InvalidInput(f"node {target.node_id!r} is draining: pick an active node")
         try:
-            previous_node_id = self._router.route(workspace_id).node_id
+            previous_node_id = self._router.resolve(workspace_id).node_id
         except Unavailable:
             previous_node_id = ""
         await set_pin(self._etcd, self._keys, workspace_id, target.node_id)
-        _log.info("admin_pin_set workspace_id=%s node_id=%s", workspace_id, target.node_id)
+        _log.info("admin_pin_set", workspace_id=workspace_id, node_id=target.node_id)
         return admin_pb2.MigrateWorkspaceResponse(
             workspace_id=workspace_id,
             slot=slot_of(workspace_id, self._slot_count),
@@ -260,7 +239,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             previous_node_id=previous_node_id,
         )
 
-    @_admin_call
+    @rpc_boundary
     async def UnpinWorkspace(
         self, request: admin_pb2.UnpinWorkspaceRequest, context: Context
     ) -> admin_pb2.UnpinWorkspaceResponse:
@@ -268,12 +247,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         workspace_id = validate_id(request.workspace_id, field="workspace_id")
         previous = self._ownership.pin_of(workspace_id) or ""
         await clear_pin(self._etcd, self._keys, workspace_id)
-        _log.info("admin_pin_cleared workspace_id=%s previous=%s", workspace_id, previous)
+        _log.info("admin_pin_cleared", workspace_id=workspace_id, previous=previous)
         return admin_pb2.UnpinWorkspaceResponse(
             workspace_id=workspace_id, previous_pinned_node_id=previous
         )
 
-    @_admin_call
+    @rpc_boundary
     async def PlanRebalance(
         self, request: admin_pb2.PlanRebalanceRequest, context: Context
     ) -> admin_pb2.PlanRebalanceResponse:
@@ -283,10 +262,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         themselves, paced, so the gateway has nothing to push.
         """
         started_at = time.perf_counter()
-        routing, nodes = self._router.routing, self._router.nodes
+        ring, nodes = self._router.ring, self._router.nodes
         planned: list[tuple[int, str, str]] = []
         for slot, owner in sorted(self._ownership.slot_owners().items()):
-            target = place_slot(routing, nodes, slot)
+            target = place_slot(ring, nodes, slot)
             if target is not None and target != owner.node_id:
                 planned.append((slot, owner.node_id, target))
         catalogs = await self._catalogs([slot for slot, _, _ in planned])
@@ -301,10 +280,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             for (slot, from_node_id, to_node_id), catalog in zip(planned, catalogs, strict=True)
         ]
         _log.info(
-            "admin_rebalance_planned moves=%d dry_run=%s seconds=%.3f",
-            len(moves),
-            request.dry_run,
-            time.perf_counter() - started_at,
+            "admin_rebalance_planned",
+            moves=len(moves),
+            dry_run=request.dry_run,
+            seconds=round(time.perf_counter() - started_at, 3),
         )
         return admin_pb2.PlanRebalanceResponse(
             moves=moves,
@@ -314,7 +293,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             dry_run=request.dry_run,
         )
 
-    @_admin_call
+    @rpc_boundary
     async def CheckHealth(
         self, request: admin_pb2.CheckHealthRequest, context: Context
     ) -> admin_pb2.CheckHealthResponse:

@@ -7,18 +7,15 @@ with a message naming it and exit code 2 (argparse's convention).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from registry.errors import InvalidInput
-from registry.keys import DEFAULT_CLUSTER
-from registry.membership import parse_endpoints
+from registry import DEFAULT_CLUSTER, InvalidInput, parse_endpoints, parse_host_port
+from telemetry import LOG_FORMATS, LOG_LEVELS
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
 DEFAULT_ETCD_ENDPOINTS = "http://127.0.0.1:2379"
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -35,14 +32,8 @@ class GatewayConfig:
     """host:port of the Prometheus endpoint; empty = no endpoint."""
     log_level: str = "INFO"
     """Root log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
-
-
-def parse_host_port(value: str, *, field: str) -> tuple[str, int]:
-    """``"127.0.0.1:7000"`` → ``("127.0.0.1", 7000)``; raise ``InvalidInput`` naming ``field``."""
-    host, separator, port_text = value.rpartition(":")
-    if not separator or not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidInput(f"{field} {value!r} is not host:port (port 0 to 65535)")
-    return host, int(port_text)
+    log_format: str = "text"
+    """``text`` (key=value lines) or ``json`` (one object per line)."""
 
 
 def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -75,25 +66,36 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environ.get("LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env LOG_LEVEL; default %(default)s)",
     )
+    parser.add_argument(
+        "--log-format",
+        default=environ.get("LOG_FORMAT", "text"),
+        help="text or json (env LOG_FORMAT; default %(default)s)",
+    )
     return parser
 
 
 def _config_from(args: argparse.Namespace) -> GatewayConfig:
-    parse_host_port(args.listen, field="--listen")
+    parse_host_port(args.listen, field="--listen", allow_empty_host=True)
     if args.metrics_listen:
-        parse_host_port(args.metrics_listen, field="--metrics-listen")
+        parse_host_port(args.metrics_listen, field="--metrics-listen", allow_empty_host=True)
     parse_endpoints(args.etcd)
     if not args.cluster or "/" in args.cluster:
         raise InvalidInput(f"--cluster {args.cluster!r} must be non-empty and contain no '/'")
     log_level = args.log_level.upper()
-    if log_level not in _LOG_LEVELS or not isinstance(logging.getLevelName(log_level), int):
-        raise InvalidInput(f"--log-level {args.log_level!r} is not one of {', '.join(_LOG_LEVELS)}")
+    if log_level not in LOG_LEVELS:
+        raise InvalidInput(f"--log-level {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    log_format = args.log_format.lower()
+    if log_format not in LOG_FORMATS:
+        raise InvalidInput(
+            f"--log-format {args.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+        )
     return GatewayConfig(
         listen_address=args.listen,
         etcd_endpoints=args.etcd,
         cluster=args.cluster,
         metrics_listen=args.metrics_listen,
         log_level=log_level,
+        log_format=log_format,
     )
 
 

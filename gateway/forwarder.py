@@ -7,8 +7,8 @@ back the node's answer, status, details and trailing metadata unchanged. Two rec
 happen here, invisible to callers, and cost nothing until a call fails: a
 ``FAILED_PRECONDITION`` naming the real owner is re-sent to it (at once the first time, after
 a backoff when nodes disagree while a slot moves), and ``UNAVAILABLE`` (a handoff in
-progress) is retried per :class:`RetryPolicy` within the caller's deadline — both decided by
-:class:`gateway.retry.Attempts`, which the proxyless client shares.
+progress) is retried within the caller's deadline — both decided by :class:`routing.Attempts`,
+which the proxyless client follows too.
 
 The hop is traced by :class:`telemetry.hop.HopTracer` rather than interceptors, and the
 metric children are bound once per method: profiling showed both dominating the hop before.
@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 
 from gateway import metrics
-from gateway.retry import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy
-from gateway.router import Router
 from gateway.wire import workspace_id_of
 from protos import SESSION_SERVICE_NAME, session_pb2
-from registry.errors import MeshError, abort_with
-from telemetry.hop import Hop, HopTracer, rpc_attributes
+from registry import MeshError, rpc_boundary
+from routing import Attempts, NextAttempt, Router
+from telemetry import Hop, HopTracer, rpc_attributes
 
 Context = grpc.aio.ServicerContext[object, object]
 MetadataPairs = tuple[tuple[str, str | bytes], ...]
@@ -85,11 +84,8 @@ class _Method:
 class ForwardingHandler(_GenericRpcHandler):
     """Serves every ``SessionService`` method by forwarding its raw bytes to the owning node."""
 
-    def __init__(
-        self, router: Router, *, retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY, label: str = ""
-    ) -> None:
+    def __init__(self, router: Router, *, label: str = "") -> None:
         self._router = router
-        self._retry_policy = retry_policy
         self._tracer = HopTracer()
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
         service = session_pb2.DESCRIPTOR.services_by_name["SessionService"]
@@ -110,9 +106,6 @@ class ForwardingHandler(_GenericRpcHandler):
         """The forwarding behaviour for a ``SessionService`` method, None for anything else."""
         return self._handlers.get(handler_call_details.method)
 
-    def _route_address(self, workspace_id: str) -> str:
-        return self._router.route(workspace_id).address
-
     async def _start(
         self, request: bytes, context: Context, method: _Method
     ) -> tuple[str, str, MetadataPairs, Hop]:
@@ -129,15 +122,15 @@ class ForwardingHandler(_GenericRpcHandler):
         hop = self._tracer.start(method.path, method.span_attributes, carrier)
         try:
             workspace_id = workspace_id_of(request)
-            address = self._router.route(workspace_id).address
+            address = self._router.resolve(workspace_id).address
         except MeshError as error:
             method.count(error.status_code)
             hop.end(error.status_code, error.message)
-            await abort_with(context, error)
+            raise  # the boundary answers with the error's status
         pairs.extend(hop.headers)
         return workspace_id, address, tuple(pairs), hop
 
-    async def _next_address(
+    async def _next_attempt(
         self,
         attempts: Attempts | None,
         error: grpc.aio.AioRpcError,
@@ -146,23 +139,17 @@ class ForwardingHandler(_GenericRpcHandler):
         address: str,
         context: Context,
         method: _Method,
-    ) -> tuple[Attempts, str | None]:
+    ) -> tuple[Attempts, NextAttempt | None]:
         """After a failed attempt: the retry state (built on the first failure only) and
         where to send the call next, None to give up."""
         if attempts is None:
-            attempts = Attempts(
-                workspace_id=workspace_id,
-                address=address,
-                route=self._route_address,
-                time_remaining=context.time_remaining,
-                policy=self._retry_policy,
-                on_retry=method.retried,
-                on_reroute=method.rerouted,
-            )
-        trailing = forwardable_metadata(error.trailing_metadata())
-        if await attempts.should_try_again(error.code(), trailing):
-            return attempts, attempts.address
-        return attempts, None
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+            attempts = self._router.attempts(workspace_id, address=address, deadline=deadline)
+        next_attempt = await attempts.after_failure(error)
+        if next_attempt is not None:
+            (method.rerouted if next_attempt.is_reroute else method.retried)()
+        return attempts, next_attempt
 
     async def _give_up(
         self, error: grpc.aio.AioRpcError, context: Context, method: _Method, hop: Hop
@@ -177,22 +164,23 @@ class ForwardingHandler(_GenericRpcHandler):
         await context.abort(code, error.details() or "")
 
     def _unary_behavior(self, method: _Method) -> Callable[[bytes, Context], Any]:
-        router = self._router
+        channels = self._router.channels
         path = method.path
 
+        @rpc_boundary
         async def forward(request: bytes, context: Context) -> bytes:
             started_at = time.perf_counter()
             workspace_id, address, metadata, hop = await self._start(request, context, method)
             attempts: Attempts | None = None
             try:
                 while True:
-                    call = router.unary_caller(address, path)(
+                    call = channels.unary_caller(address, path)(
                         request, timeout=context.time_remaining(), metadata=metadata
                     )
                     try:
                         response = await call
                     except grpc.aio.AioRpcError as error:
-                        attempts, next_address = await self._next_address(
+                        attempts, next_attempt = await self._next_attempt(
                             attempts,
                             error,
                             workspace_id=workspace_id,
@@ -200,8 +188,8 @@ class ForwardingHandler(_GenericRpcHandler):
                             context=context,
                             method=method,
                         )
-                        if next_address is not None:
-                            address = next_address
+                        if next_attempt is not None:
+                            address = next_attempt.address
                             continue
                         await self._give_up(error, context, method, hop)
                         raise AssertionError("context.abort returned") from error
@@ -220,16 +208,17 @@ class ForwardingHandler(_GenericRpcHandler):
         return forward
 
     def _stream_behavior(self, method: _Method) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
-        router = self._router
+        channels = self._router.channels
         path = method.path
 
+        @rpc_boundary
         async def forward(request: bytes, context: Context) -> AsyncIterator[bytes]:
             started_at = time.perf_counter()
             workspace_id, address, metadata, hop = await self._start(request, context, method)
             attempts: Attempts | None = None
             has_sent_message = False
             while True:
-                call = router.stream_caller(address, path)(
+                call = channels.stream_caller(address, path)(
                     request, timeout=context.time_remaining(), metadata=metadata
                 )
                 try:
@@ -241,7 +230,7 @@ class ForwardingHandler(_GenericRpcHandler):
                 except grpc.aio.AioRpcError as error:
                     # Once a message went out the stream cannot be replayed elsewhere.
                     if not has_sent_message:
-                        attempts, next_address = await self._next_address(
+                        attempts, next_attempt = await self._next_attempt(
                             attempts,
                             error,
                             workspace_id=workspace_id,
@@ -249,8 +238,8 @@ class ForwardingHandler(_GenericRpcHandler):
                             context=context,
                             method=method,
                         )
-                        if next_address is not None:
-                            address = next_address
+                        if next_attempt is not None:
+                            address = next_attempt.address
                             continue
                     await self._give_up(error, context, method, hop)
                     raise AssertionError("context.abort returned") from error

@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.router import Router
-from registry.membership import NodeRecord
+from registry import NodeRecord
+from routing import Router
 
 PROBE_TIMEOUT_SECONDS = 1.0
 """How long one probe waits for a node."""
@@ -18,7 +18,7 @@ PROBE_TIMEOUT_SECONDS = 1.0
 
 async def health_of(router: Router, node: NodeRecord) -> tuple[bool, str]:
     """``(is_serving, status name or error)`` from the node's ``grpc.health.v1`` service."""
-    stub = health_pb2_grpc.HealthStub(router.channel_for(node.address))
+    stub = health_pb2_grpc.HealthStub(router.channels.channel_for(node.address))
     try:
         reply = await stub.Check(
             health_pb2.HealthCheckRequest(service=""), timeout=PROBE_TIMEOUT_SECONDS

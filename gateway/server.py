@@ -5,26 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 import aetcd
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.admin import ADMIN_SERVICE_NAME, AdminServicer
-from gateway.config import GatewayConfig, parse_host_port
+from gateway.config import GatewayConfig
 from gateway.forwarder import ForwardingHandler
-from gateway.router import Router
 from protos import SESSION_SERVICE_NAME, session_pb2  # noqa: F401 - registers the descriptors
 from protos.sessionmesh.v1 import admin_pb2_grpc
-from registry.errors import Unavailable
-from registry.keys import ClusterKeys
-from registry.membership import MembershipWatcher, NodeRecord, connect_etcd
-from registry.ownership import OwnershipView
-from telemetry.health import HealthServicer, new_health_servicer
+from registry import (
+    ClusterKeys,
+    MembershipWatcher,
+    NodeRecord,
+    OwnershipView,
+    Unavailable,
+    connect_etcd,
+    parse_host_port,
+)
+from routing import Router
+from telemetry import HealthServicer, new_health_servicer
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 
 
 class GatewayServer:
@@ -57,7 +62,7 @@ class GatewayServer:
 
     @property
     def router(self) -> Router:
-        """The router: routing table and channel pool."""
+        """The router: resolver and channel pool."""
         return self._router
 
     async def stop(self, *, grace_seconds: float = 5.0) -> None:
@@ -66,7 +71,7 @@ class GatewayServer:
         if self._is_stopped:
             return
         self._is_stopped = True
-        _log.info("gateway_stopping address=%s", self._address)
+        _log.info("gateway_stopping", address=self._address)
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_seconds)
         await self._router.stop()
@@ -109,7 +114,7 @@ class _ServiceHealth:
 async def start_gateway(config: GatewayConfig) -> GatewayServer:
     """Start a gateway as ``config`` says; raises ``Unavailable`` if etcd or the port is not
     there. Whatever was opened before a failure is closed again."""
-    host, _ = parse_host_port(config.listen_address, field="listen_address")
+    host, _ = parse_host_port(config.listen_address, field="listen_address", allow_empty_host=True)
     async with contextlib.AsyncExitStack() as cleanup:
         etcd = await connect_etcd(config.etcd_endpoints)
         cleanup.push_async_callback(etcd.close)
@@ -120,7 +125,7 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         ownership = OwnershipView(etcd, keys)
         await ownership.start()
         cleanup.push_async_callback(ownership.stop)
-        router = Router(watcher, cluster=config.cluster, ownership=ownership)
+        router = Router(watcher, ownership, cluster=config.cluster)
         router.start()
         cleanup.push_async_callback(router.stop)
 

@@ -8,8 +8,7 @@ wins" rule for repeated scalar fields).
 
 from __future__ import annotations
 
-from registry.errors import InvalidInput
-from registry.ids import validate_id
+from registry import InvalidInput, validate_id
 
 _WORKSPACE_FIELD_NUMBER = 1
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5

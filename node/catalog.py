@@ -1,4 +1,5 @@
-"""The session counts a node writes to the catalog (``catalog/<slot>/<workspace>`` in etcd).
+"""This node's catalog bookkeeping: which workspaces it runs, what each owned slot holds,
+and the session counts it writes to the catalog (``catalog/<slot>/<workspace>`` in etcd).
 
 A workspace's first entry is written before the create that made it is answered: a failover
 restores what the catalog lists. Later counts are informational (rebalance plans, ``meshctl
@@ -9,17 +10,22 @@ of creates costs one etcd write per workspace, not one per session.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
 import aetcd
+import structlog
 
-from registry.background import stop_task
-from registry.errors import MeshError
-from registry.keys import ClusterKeys
-from registry.ownership import update_catalog
+from registry import (
+    ClusterKeys,
+    MeshError,
+    catalog_of,
+    catalogued_slots,
+    slot_of,
+    stop_task,
+    update_catalog,
+)
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 
 CATALOG_FLUSH_SECONDS = 0.5
 """How long a changed session count may wait before it is written to the catalog."""
@@ -101,4 +107,85 @@ class CatalogCounts:
         try:
             await self.flush()
         except MeshError as error:  # counts are informational: the next change tries again
-            _log.warning("catalog_flush_failed node_id=%s error=%r", self._node_id, error)
+            _log.warning("catalog_flush_failed", node_id=self._node_id, error=error)
+
+
+class CatalogBook:
+    """The workspaces this node runs, the workspaces of each slot it owns (read from the
+    catalog when the slot is acquired, kept up to date by creates), and the counts it writes."""
+
+    def __init__(
+        self,
+        etcd: aetcd.Client,
+        keys: ClusterKeys,
+        *,
+        slot_count: int,
+        session_count: Callable[[str], int],
+        node_id: str,
+    ) -> None:
+        self._etcd = etcd
+        self._keys = keys
+        self._slot_count = slot_count
+        self._served: set[str] = set()
+        self._by_slot: dict[int, set[str]] = {}
+        self.counts = CatalogCounts(
+            etcd, keys, slot_count=slot_count, session_count=session_count, node_id=node_id
+        )
+        """The session counts this node writes to the catalog."""
+
+    def served(self) -> set[str]:
+        """Workspaces whose stored sessions run here (restored or created), a copy."""
+        return set(self._served)
+
+    def served_in_slot(
+        self, slot: int, *, excluding: set[str] | frozenset[str] = frozenset()
+    ) -> set[str]:
+        """The served workspaces of ``slot``, except those in ``excluding``."""
+        return {
+            workspace_id
+            for workspace_id in self._served
+            if slot_of(workspace_id, self._slot_count) == slot and workspace_id not in excluding
+        }
+
+    def unserved_by_slot(self) -> dict[int, set[str]]:
+        """Per owned slot, the catalogued workspaces that do not run here (yet)."""
+        return {slot: workspaces - self._served for slot, workspaces in self._by_slot.items()}
+
+    def mark_served(self, workspace_ids: set[str] | list[str]) -> None:
+        """These workspaces' sessions run here now."""
+        self._served.update(workspace_ids)
+
+    def mark_unserved(self, workspace_ids: set[str]) -> None:
+        """These workspaces' sessions no longer run here."""
+        self._served -= workspace_ids
+
+    async def read_slot(self, slot: int) -> set[str]:
+        """Read the workspaces ``slot`` holds from the catalog (one etcd read) and keep them
+        as the slot's; the set of them."""
+        workspaces = set(await catalog_of(self._etcd, self._keys, slot))
+        self._by_slot[slot] = workspaces | self._by_slot.get(slot, set())
+        return workspaces
+
+    def forget_slot(self, slot: int) -> None:
+        """The slot left this node."""
+        self._by_slot.pop(slot, None)
+
+    def forget_all(self) -> None:
+        """Everything left this node (it fenced itself): forget it, and counts not written."""
+        self._served.clear()
+        self._by_slot.clear()
+        self.counts.forget_pending()
+
+    async def note_sessions(self, workspace_id: str) -> None:
+        """Keep ``catalog/<slot>/<ws>`` in step after a create or delete (not per message)."""
+        self._served.add(workspace_id)
+        slot = slot_of(workspace_id, self._slot_count)
+        self._by_slot.setdefault(slot, set()).add(workspace_id)
+        await self.counts.note(workspace_id)
+
+    async def catalogued_slots(self) -> set[int]:
+        """The slots that hold at least one workspace (one etcd range read).
+
+        Only those need an owner ahead of calls: an empty slot is acquired on demand by the
+        first call that lands on it, so a cold start does not write 4,096 keys."""
+        return await catalogued_slots(self._etcd, self._keys)

@@ -18,6 +18,7 @@
     --reconcile-interval-seconds RECONCILE_INTERVAL_SECONDS 1
     --max-moves-in-flight  MAX_MOVES_IN_FLIGHT            64
     --log-level            LOG_LEVEL                      INFO
+    --log-format           LOG_FORMAT                     text (or json)
 
 A bad value ends the process with a message naming it and exit code 2.
 """
@@ -32,10 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import InvalidInput
-from registry.ids import validate_id
-from registry.keys import DEFAULT_CLUSTER
-from registry.membership import parse_endpoints
+from registry import DEFAULT_CLUSTER, InvalidInput, parse_endpoints, parse_host_port, validate_id
+from telemetry import LOG_FORMATS, LOG_LEVELS
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -48,7 +47,6 @@ DEFAULT_RESTORE_CONCURRENCY = 32
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 1.0
 DEFAULT_MAX_MOVES_IN_FLIGHT = 64
 MIN_LEASE_TTL_SECONDS = 2
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -87,20 +85,14 @@ class NodeConfig:
     """Slot acquires and handoffs this node runs at once: paces failovers and joins."""
     log_level: str = "INFO"
     """Root log level."""
+    log_format: str = "text"
+    """``text`` (key=value lines) or ``json`` (one object per line)."""
 
 
 def default_node_id() -> str:
     """``node-<hostname>``, with every character an id may not hold replaced by ``-``."""
     cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:59].strip("-")
     return f"node-{cleaned or 'local'}"
-
-
-def parse_host_port(value: str, *, field: str) -> tuple[str, int]:
-    """``"127.0.0.1:7001"`` → ``("127.0.0.1", 7001)``; raises ``InvalidInput`` naming ``field``."""
-    host, separator, port_text = value.rpartition(":")
-    if not separator or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidInput(f"{field} {value!r} is invalid: use HOST:PORT with a port 0-65535")
-    return host.strip("[]"), int(port_text)
 
 
 def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -147,6 +139,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("MAX_MOVES_IN_FLIGHT", default=str(DEFAULT_MAX_MOVES_IN_FLIGHT)),
     )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
+    add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
 
 
@@ -181,8 +174,11 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
     validate_id(args.cluster, field="--cluster")
     parse_endpoints(args.etcd)
     log_level = args.log_level.upper()
-    if log_level not in _LOG_LEVELS:
-        raise InvalidInput(f"--log-level {args.log_level!r}: use one of {', '.join(_LOG_LEVELS)}")
+    if log_level not in LOG_LEVELS:
+        raise InvalidInput(f"--log-level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    log_format = args.log_format.lower()
+    if log_format not in LOG_FORMATS:
+        raise InvalidInput(f"--log-format {args.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
     return NodeConfig(
         node_id=node_id,
         listen_address=args.listen,
@@ -208,6 +204,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             args.max_moves_in_flight, field="--max-moves-in-flight", minimum=1
         ),
         log_level=log_level,
+        log_format=log_format,
     )
 
 

@@ -12,7 +12,7 @@ import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from registry.errors import Unavailable
+from registry import Unavailable
 
 DEFAULT_MAX_QUEUED_EVENTS = 1024
 """Events a watcher may lag behind before it is dropped."""

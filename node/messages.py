@@ -7,6 +7,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from node.events import EventKind, SessionEvent
 from node.session import SessionState, SessionView
 from protos import session_pb2
+from registry import MessageStatus
 
 _STATES: dict[str, session_pb2.SessionState] = {
     SessionState.STARTING.value: session_pb2.SESSION_STATE_STARTING,
@@ -18,12 +19,12 @@ _STATES: dict[str, session_pb2.SessionState] = {
     SessionState.STOPPED.value: session_pb2.SESSION_STATE_STOPPED,
 }
 
-_MESSAGE_STATUSES: dict[str, session_pb2.MessageStatus] = {
-    "QUEUED": session_pb2.MESSAGE_STATUS_QUEUED,
-    "SENT": session_pb2.MESSAGE_STATUS_SENT,
-    "DELIVERED": session_pb2.MESSAGE_STATUS_DELIVERED,
-    "READ": session_pb2.MESSAGE_STATUS_READ,
-    "FAILED": session_pb2.MESSAGE_STATUS_FAILED,
+_MESSAGE_STATUSES: dict[MessageStatus, session_pb2.MessageStatus] = {
+    MessageStatus.QUEUED: session_pb2.MESSAGE_STATUS_QUEUED,
+    MessageStatus.SENT: session_pb2.MESSAGE_STATUS_SENT,
+    MessageStatus.DELIVERED: session_pb2.MESSAGE_STATUS_DELIVERED,
+    MessageStatus.READ: session_pb2.MESSAGE_STATUS_READ,
+    MessageStatus.FAILED: session_pb2.MESSAGE_STATUS_FAILED,
 }
 
 
@@ -43,7 +44,8 @@ def session_state(state: str) -> session_pb2.SessionState:
 
 def message_status(status: str) -> session_pb2.MessageStatus:
     """The proto enum of an outbox status."""
-    return _MESSAGE_STATUSES.get(status.upper(), session_pb2.MESSAGE_STATUS_UNSPECIFIED)
+    parsed = MessageStatus.parse(status)
+    return session_pb2.MESSAGE_STATUS_UNSPECIFIED if parsed is None else _MESSAGE_STATUSES[parsed]
 
 
 def session_message(view: SessionView) -> session_pb2.Session:

@@ -1,4 +1,4 @@
-"""The in-memory index of one session's outbox, mirrored from ``outbox/*.json`` on storage.
+"""The in-memory index of one session's outbox, mirrored from its stored entries.
 
 It answers "was this client_message_id seen?", hands out the next ``seq`` and knows which
 messages still wait for the network. Acks only move a message forward
@@ -10,14 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from node.storage import OutboxEntry
-
-QUEUED = "QUEUED"
-SENT = "SENT"
-DELIVERED = "DELIVERED"
-READ = "READ"
-FAILED = "FAILED"
-
-_PROGRESS = {QUEUED: 0, SENT: 1, DELIVERED: 2, READ: 3, FAILED: 4}
+from registry import MessageStatus
 
 
 class Outbox:
@@ -48,16 +41,17 @@ class Outbox:
     def advanced(self, client_message_id: str, status: str) -> OutboxEntry | None:
         """The entry moved forward to ``status``, or None if unknown or not a step forward."""
         entry = self._entries.get(client_message_id)
-        status = status.upper()
-        if entry is None or status not in _PROGRESS:
+        target = MessageStatus.parse(status)
+        if entry is None or target is None:
             return None
-        if entry.status == FAILED or _PROGRESS[status] <= _PROGRESS[entry.status]:
+        current = MessageStatus(entry.status)
+        if current is MessageStatus.FAILED or target.progress <= current.progress:
             return None
-        return replace(entry, status=status)
+        return replace(entry, status=target)
 
     def queued(self) -> list[OutboxEntry]:
         """Messages the network has not acknowledged yet, in seq order."""
         return sorted(
-            (entry for entry in self._entries.values() if entry.status == QUEUED),
+            (entry for entry in self._entries.values() if entry.status == MessageStatus.QUEUED),
             key=lambda entry: entry.seq,
         )

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from node.ownership import NodeOwnership
-from registry.background import stop_task
-from registry.membership import NodeRecord
-from registry.placement import place_slot
-from registry.routing import RoutingTable
+import structlog
 
-_log = logging.getLogger(__name__)
+from node.catalog import CatalogBook
+from node.moves import Moves
+from node.placement import NodePlacement
+from node.slot_table import SlotTable, Unit
+from registry import NodeRecord, OwnershipView, place_slot, stop_task
 
-_Unit = tuple[str, object]
+_log = structlog.get_logger(__name__)
+
+_CONVERGE = Unit("converge", "")
+"""The converge step, scheduled like a move but never changing ownership."""
 
 
 def _placement_key(nodes: dict[str, NodeRecord]) -> tuple[tuple[str, bool, bool], ...]:
@@ -40,24 +42,32 @@ def _placement_key(nodes: dict[str, NodeRecord]) -> tuple[tuple[str, bool, bool]
 
 
 class Reconciler:
-    """Drives a :class:`NodeOwnership` towards placement; see the module docstring."""
+    """Drives this node's ownership towards placement; see the module docstring."""
 
     def __init__(
         self,
-        ownership: NodeOwnership,
-        routing: RoutingTable,
         *,
+        node_id: str,
+        slots: SlotTable,
+        view: OwnershipView,
+        placement: NodePlacement,
+        moves: Moves,
+        catalog: CatalogBook,
         interval_seconds: float,
         max_moves_in_flight: int,
         publish_draining: Callable[[bool], Awaitable[None]],
     ) -> None:
-        self._ownership = ownership
-        self._routing = routing
+        self._node_id = node_id
+        self._slots = slots
+        self._view = view
+        self._placement = placement
+        self._moves = moves
+        self._catalog = catalog
         self._interval_seconds = interval_seconds
-        self._moves = asyncio.Semaphore(max_moves_in_flight)
+        self._move_limit = asyncio.Semaphore(max_moves_in_flight)
         self._publish_draining = publish_draining
         self._wake = asyncio.Event()
-        self._in_flight: dict[_Unit, asyncio.Task[None]] = {}
+        self._in_flight: dict[Unit, asyncio.Task[None]] = {}
         self._targets_cache: dict[tuple[Any, ...], list[str | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._is_shutting_down = False
@@ -99,7 +109,7 @@ class Reconciler:
                 await self.run_once()
             except Exception:
                 # One failed pass (etcd blip) must not end the loop: the next one retries.
-                _log.exception("reconcile_failed node_id=%s", self._ownership.node_id)
+                _log.exception("reconcile_failed", node_id=self._node_id)
 
     async def _wait_for_wake(self, timeout_seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -108,93 +118,95 @@ class Reconciler:
         self._wake.clear()
 
     def _targets(self, *, for_owned: bool) -> list[str | None]:
-        own = self._ownership
-        nodes = own.nodes_for_placement(for_owned=for_owned)
-        key = (for_owned, self._routing.version, _placement_key(nodes))
+        nodes = self._placement.nodes(for_owned=for_owned)
+        ring = self._placement.ring
+        key = (for_owned, ring.version, _placement_key(nodes))
         targets = self._targets_cache.get(key)
         if targets is None:
-            slots = range(self._routing.slot_count)
-            targets = [place_slot(self._routing, nodes, slot) for slot in slots]
+            targets = [place_slot(ring, nodes, slot) for slot in range(ring.slot_count)]
             kept = {old: value for old, value in self._targets_cache.items() if old[0] != for_owned}
             self._targets_cache = {key: targets, **kept}
         return targets
 
     async def run_once(self) -> None:
         """One pass: fence lost keys, follow drain requests, schedule acquires and handoffs."""
-        own = self._ownership
-        lost = own.note_view()
+        slots, moves = self._slots, self._moves
+        lost = slots.note_view(self._view)
         if lost:
-            await own.fence_slots(lost)
-        if not own.has_lease:
+            await moves.fence_slots(lost)
+        if not slots.has_lease:
             return
         await self._follow_drain_request()
-        catalogued = await own.catalogued_slots()
-        nodes = own.nodes_for_placement(for_owned=True)
-        owners = own.view.slot_owners()
+        catalogued = await self._catalog.catalogued_slots()
+        nodes = self._placement.nodes(for_owned=True)
+        owners = self._view.slot_owners()
+        owned = slots.slots()
         owned_targets = self._targets(for_owned=True)
         orphan_targets = self._targets(for_owned=False)
-        for slot in range(self._routing.slot_count):
-            if ("slot", slot) in self._in_flight:
+        for slot in range(self._placement.ring.slot_count):
+            unit = Unit.slot(slot)
+            if unit in self._in_flight:
                 continue
-            if slot in own.owned:
+            if slot in owned:
                 target = owned_targets[slot]
                 record = nodes.get(target) if target is not None else None
-                if target != own.node_id and record is not None and record.is_active:
-                    self._schedule(("slot", slot), own.hand_off_slot(slot))
+                if target != self._node_id and record is not None and record.is_active:
+                    self._schedule(unit, moves.hand_off_slot(slot))
             elif slot not in owners:
-                if slot in catalogued and orphan_targets[slot] == own.node_id:
-                    self._schedule(("slot", slot), own.acquire_slot(slot))
-            elif owners[slot].node_id == own.node_id:
+                if slot in catalogued and orphan_targets[slot] == self._node_id:
+                    self._schedule(unit, moves.acquire_slot(slot))
+            elif owners[slot].node_id == self._node_id:
                 # Held under this node's name but not run here: left by a fence or an earlier
                 # incarnation of this node. Release it so placement can place it afresh.
-                self._schedule(("slot", slot), own.release_stale_slot(slot, owners[slot]))
+                self._schedule(unit, moves.release_stale_slot(slot, owners[slot]))
         self._schedule_pins()
-        if ("converge", None) not in self._in_flight:
-            self._schedule(("converge", None), own.converge_workspaces())
+        if _CONVERGE not in self._in_flight:
+            self._schedule(_CONVERGE, moves.converge_workspaces())
 
     def _schedule_pins(self) -> None:
-        own = self._ownership
-        for workspace_id, node_id in own.view.pins().items():
+        slots, view, moves = self._slots, self._view, self._moves
+        for workspace_id, node_id in view.pins().items():
+            unit = Unit.pin(workspace_id)
             if (
-                node_id == own.node_id
-                and workspace_id not in own.owned_pinned
-                and own.view.pinned_owner_of(workspace_id) is None
-                and ("pin", workspace_id) not in self._in_flight
+                node_id == self._node_id
+                and slots.owner_of_pin(workspace_id) is None
+                and view.pinned_owner_of(workspace_id) is None
+                and unit not in self._in_flight
             ):
-                self._schedule(("pin", workspace_id), own.acquire_pin(workspace_id))
-        for workspace_id in list(own.owned_pinned):
-            is_leaving = own.view.pin_of(workspace_id) != own.node_id
-            if is_leaving and ("pin", workspace_id) not in self._in_flight:
-                self._schedule(("pin", workspace_id), own.hand_off_pin(workspace_id))
+                self._schedule(unit, moves.acquire_pin(workspace_id))
+        for workspace_id in slots.pins():
+            unit = Unit.pin(workspace_id)
+            is_leaving = view.pin_of(workspace_id) != self._node_id
+            if is_leaving and unit not in self._in_flight:
+                self._schedule(unit, moves.hand_off_pin(workspace_id))
 
     async def _follow_drain_request(self) -> None:
-        own = self._ownership
         if self._is_shutting_down:
             return
-        requested = own.view.is_drain_requested(own.node_id)
-        if requested != own.is_draining:
-            own.is_draining = requested
-            _log.info("node_drain_requested node_id=%s draining=%s", own.node_id, requested)
+        requested = self._view.is_drain_requested(self._node_id)
+        if requested != self._slots.is_draining:
+            self._slots.set_draining(requested)
+            _log.info("node_drain_requested", node_id=self._node_id, draining=requested)
             await self._publish_draining(requested)
 
-    def _schedule(self, unit: _Unit, step: Coroutine[Any, Any, None]) -> None:
+    def _schedule(self, unit: Unit, step: Coroutine[Any, Any, None]) -> None:
         async def run() -> None:
-            async with self._moves:
+            async with self._move_limit:
                 await step
 
-        task = asyncio.create_task(run(), name=f"move-{unit[0]}-{unit[1]}")
+        task = asyncio.create_task(run(), name=f"move-{unit.kind}-{unit.key}")
         self._in_flight[unit] = task
 
         def done(finished: asyncio.Task[None]) -> None:
             self._in_flight.pop(unit, None)
             if not finished.cancelled() and finished.exception() is not None:
                 _log.warning(
-                    "move_failed node_id=%s unit=%s error=%r",
-                    self._ownership.node_id,
-                    unit,
-                    finished.exception(),
+                    "move_failed",
+                    node_id=self._node_id,
+                    unit=str(unit),
+                    error=finished.exception(),
                 )
-            if unit[0] != "converge":  # converging never changes ownership: no busy loop
+            if unit != _CONVERGE:  # converging never changes ownership: no busy loop
                 self.poke()  # level-triggered: look again once a move ends
 
         task.add_done_callback(done)
@@ -202,9 +214,8 @@ class Reconciler:
     async def drain_for_shutdown(self, *, timeout_seconds: float) -> None:
         """Hand off every slot and pinned workspace that another node can take, then return
         (or at the deadline). The node is marked draining first, so placement skips it."""
-        own = self._ownership
         self._is_shutting_down = True
-        own.is_draining = True
+        self._slots.set_draining(True)
         await self._publish_draining(True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
@@ -215,16 +226,15 @@ class Reconciler:
                 return
             # Handoffs wait for a target that is active; look again when something changes.
             await self._wait_for_wake(max(0.0, deadline - loop.time()))
-        _log.warning("drain_incomplete node_id=%s owned=%d", own.node_id, len(own.owned))
+        _log.warning("drain_incomplete", node_id=self._node_id, owned=len(self._slots.slots()))
 
     def _has_takeable_work(self) -> bool:
-        own = self._ownership
-        if any(own.view.pin_of(ws) != own.node_id for ws in own.owned_pinned):
+        if any(self._view.pin_of(ws) != self._node_id for ws in self._slots.pins()):
             return True
-        nodes = own.nodes_for_placement(for_owned=True)
+        nodes = self._placement.nodes(for_owned=True)
         targets = self._targets(for_owned=True)
-        for slot in own.owned:
+        for slot in self._slots.slots():
             target = targets[slot]
-            if target is not None and target != own.node_id and target in nodes:
+            if target is not None and target != self._node_id and target in nodes:
                 return True
         return False

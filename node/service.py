@@ -1,26 +1,29 @@
-"""``sessionmesh.v1.SessionService`` on a node: validate, authorize by ownership, call the manager.
+"""``sessionmesh.v1.SessionService`` on a node: validate, authorize, call the manager.
 
-Every method runs through one of two decorators, the single place where a ``MeshError``
-becomes a gRPC status (``registry.errors.abort_with``) and anything unexpected becomes
-INTERNAL with a generic message (the details go to the log, not to the caller).
+Every method runs inside :func:`registry.rpc_boundary`, the one place where a ``MeshError``
+becomes a gRPC status. Each call is authorized by the serving check before it touches a
+session, and the epoch it was authorized under travels with it: a session refuses a call
+authorized under another ownership than its own.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
 from node import messages
+from node.catalog import CatalogBook
 from node.manager import SessionManager
-from node.ownership import NodeOwnership
+from node.moves import Moves
+from node.serving import AcquireFirst, Authorization, ServingCheck
 from protos import session_pb2, session_pb2_grpc
-from registry.errors import InvalidInput, MeshError, NotFound, abort_with
-from registry.ids import (
+from registry import (
+    InvalidInput,
+    NotFound,
+    rpc_boundary,
     validate_id,
     validate_labels,
     validate_phone_number,
@@ -28,71 +31,11 @@ from registry.ids import (
     validate_text,
 )
 
-_log = logging.getLogger(__name__)
-
 DEFAULT_DELETE_REASON = "user_initiated"
 MAX_REASON_CHARS = 64
 MAX_DETAILS_CHARS = 4096
 
 Context = grpc.aio.ServicerContext[Any, Any]
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
-_Service = TypeVar("_Service", bound="SessionService")
-
-
-async def _abort_unexpected(context: Context, method: str, error: Exception) -> None:
-    _log.exception("rpc_failed method=%s error=%r", method, error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-
-def unary_errors(
-    handler: Callable[[_Service, _Request, Context], Awaitable[_Response]],
-) -> Callable[[_Service, _Request, Context], Awaitable[_Response]]:
-    """Map errors of a unary method to statuses, and time the call."""
-    method = handler.__name__
-
-    @functools.wraps(handler)
-    async def wrapper(self: _Service, request: _Request, context: Context) -> _Response:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            return await handler(self, request, context)
-        except MeshError as error:
-            code = error.status_code
-            await abort_with(context, error)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            code = grpc.StatusCode.INTERNAL
-            await _abort_unexpected(context, method, error)
-            raise  # abort raised already; keeps the type checker sure we never fall through
-        finally:
-            self.metrics_rpc(method, code, time.perf_counter() - started)
-
-    return wrapper
-
-
-def stream_errors(
-    handler: Callable[[_Service, _Request, Context], AsyncIterator[_Response]],
-) -> Callable[[_Service, _Request, Context], AsyncIterator[_Response]]:
-    """Map errors of a server-streaming method to statuses."""
-    method = handler.__name__
-
-    @functools.wraps(handler)
-    async def wrapper(
-        self: _Service, request: _Request, context: Context
-    ) -> AsyncIterator[_Response]:
-        try:
-            async for item in handler(self, request, context):
-                yield item
-        except MeshError as error:
-            await abort_with(context, error)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:
-            await _abort_unexpected(context, method, error)
-
-    return wrapper
 
 
 def _session_key(request: Any) -> tuple[str, str]:
@@ -116,28 +59,39 @@ def _validate_reason(reason: str, details: str) -> tuple[str, str]:
 class SessionService(session_pb2_grpc.SessionServiceServicer):
     """The session API of one node."""
 
-    def __init__(self, manager: SessionManager, *, ownership: NodeOwnership | None = None) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        *,
+        serving: ServingCheck,
+        moves: Moves,
+        catalog: CatalogBook,
+    ) -> None:
         self._manager = manager
-        self._ownership = ownership
+        self._serving = serving
+        self._moves = moves
+        self._catalog = catalog
 
-    def metrics_rpc(self, method: str, code: grpc.StatusCode, duration_seconds: float) -> None:
-        """Record one answered call."""
+    def rpc_finished(self, method: str, code: grpc.StatusCode, duration_seconds: float) -> None:
+        """Record one answered call (told by :func:`registry.rpc_boundary`)."""
         self._manager.metrics.rpc_finished(method, code.name, duration_seconds)
 
-    async def _authorize(self, workspace_id: str) -> int:
-        """The owner epoch this node serves ``workspace_id`` under (see
-        ``NodeOwnership.authorize``: ``NotOwner`` or ``Unavailable`` otherwise).
+    async def _authorize(self, workspace_id: str) -> Authorization:
+        """May this call run here, under which epoch: ``NotOwner`` or ``Unavailable`` if not.
 
-        Without ownership (a bare manager) every workspace is served under epoch 0."""
-        if self._ownership is None:
-            return 0
-        return await self._ownership.authorize(workspace_id)
+        A slot nobody owns that placement gives this node is acquired first (an empty slot
+        has no owner until its first call); a step in progress on the unit (the restore of
+        its sessions) is waited for, bounded, so a call never sees a half-restored slot."""
+        try:
+            authorization = self._serving.check(workspace_id)
+        except AcquireFirst as first:
+            await self._moves.acquire_on_demand(first.unit)
+            authorization = self._serving.check(workspace_id)  # again AcquireFirst: retryable
+        if await self._moves.wait_settled(authorization.unit):
+            authorization = self._serving.check(workspace_id)
+        return authorization
 
-    async def _note_sessions(self, workspace_id: str) -> None:
-        if self._ownership is not None:
-            await self._ownership.note_sessions(workspace_id)
-
-    @unary_errors
+    @rpc_boundary
     async def CreateSession(
         self, request: session_pb2.CreateSessionRequest, context: Context
     ) -> session_pb2.Session:
@@ -145,14 +99,18 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         workspace_id, session_id = _session_key(request)
         phone_number = validate_phone_number(request.phone_number)
         labels = validate_labels(dict(request.labels))
-        epoch = await self._authorize(workspace_id)
+        authorization = await self._authorize(workspace_id)
         view = await self._manager.create(
-            workspace_id, session_id, phone_number=phone_number, labels=labels, epoch=epoch
+            workspace_id,
+            session_id,
+            phone_number=phone_number,
+            labels=labels,
+            epoch=authorization.epoch,
         )
-        await self._note_sessions(workspace_id)
+        await self._catalog.note_sessions(workspace_id)
         return messages.session_message(view)
 
-    @unary_errors
+    @rpc_boundary
     async def GetSession(
         self, request: session_pb2.GetSessionRequest, context: Context
     ) -> session_pb2.Session:
@@ -161,7 +119,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         await self._authorize(workspace_id)
         return messages.session_message(await self._manager.get(workspace_id, session_id))
 
-    @unary_errors
+    @rpc_boundary
     async def ListSessions(
         self, request: session_pb2.ListSessionsRequest, context: Context
     ) -> session_pb2.ListSessionsResponse:
@@ -176,7 +134,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
             next_page_token=next_token,
         )
 
-    @unary_errors
+    @rpc_boundary
     async def DeleteSession(
         self, request: session_pb2.DeleteSessionRequest, context: Context
     ) -> session_pb2.Session:
@@ -185,10 +143,10 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         reason, details = _validate_reason(request.reason, request.details)
         await self._authorize(workspace_id)
         view = await self._manager.delete(workspace_id, session_id, reason=reason, details=details)
-        await self._note_sessions(workspace_id)
+        await self._catalog.note_sessions(workspace_id)
         return messages.session_message(view)
 
-    @unary_errors
+    @rpc_boundary
     async def GetQrCode(
         self, request: session_pb2.GetQrCodeRequest, context: Context
     ) -> session_pb2.QrCode:
@@ -207,7 +165,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
             expire_time=messages.timestamp(view.qr_expire_at_unix),
         )
 
-    @unary_errors
+    @rpc_boundary
     async def SendMessage(
         self, request: session_pb2.SendMessageRequest, context: Context
     ) -> session_pb2.SendMessageResponse:
@@ -216,8 +174,10 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         client_message_id = validate_id(request.client_message_id, field="client_message_id")
         to = validate_recipient(request.to)
         text = validate_text(request.text)
-        await self._authorize(workspace_id)
-        result = await self._manager.send(workspace_id, session_id, client_message_id, to, text)
+        authorization = await self._authorize(workspace_id)
+        result = await self._manager.send(
+            workspace_id, session_id, client_message_id, to, text, epoch=authorization.epoch
+        )
         entry = result.entry
         return session_pb2.SendMessageResponse(
             workspace_id=workspace_id,
@@ -230,7 +190,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
             duplicate=result.is_duplicate,
         )
 
-    @stream_errors
+    @rpc_boundary
     async def WatchSession(
         self, request: session_pb2.WatchSessionRequest, context: Context
     ) -> AsyncIterator[session_pb2.SessionEvent]:

@@ -1,4 +1,4 @@
-"""One hosted session: its state machine, driven by driver events, and its durable outbox.
+"""One hosted session: its state machine, driven by driver events.
 
 ::
 
@@ -8,9 +8,8 @@
     any → FAILED(error)       any → STOPPED (stop or delete)
 
 Driver events are handled one at a time, in order, by one task: credentials from ``PAIRED``
-are on disk before the session says AUTHENTICATED. Outgoing messages are written to the
-outbox before ``send`` returns, and one delivery task hands them to the driver in seq order
-whenever the session is READY (again after every reconnect: the network dedupes by id).
+are on disk before the session says AUTHENTICATED. Its messages go through its
+:class:`node.delivery.OutboxDelivery`.
 """
 
 from __future__ import annotations
@@ -18,27 +17,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import structlog
 from opentelemetry import trace
 
+from node.delivery import OutboxDelivery, SendResult
 from node.drivers.base import Driver, DriverEvent, DriverEventKind
+from node.epoch_fence import EpochFence, Fenced
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
-from node.fencing import EpochFence, Fenced
-from node.outbox import FAILED, QUEUED, Outbox
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
-from registry.errors import Unavailable
+from registry import Unavailable
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 DRIVER_STOP_TIMEOUT_SECONDS = 5.0
-ACK_FENCE_MAX_AGE_SECONDS = 1.0
-"""An ack's outbox update trusts an epoch check this recent (a send always re-checks)."""
+EPOCH_CHANGED_RETRY_AFTER_MS = 100
+"""Retry hint of a call authorized under another epoch than its session runs under."""
 
 
 class SessionState(enum.Enum):
@@ -67,14 +66,6 @@ class SessionView:
         return SessionState(self.meta.state)
 
 
-@dataclass(frozen=True)
-class SendResult:
-    """The answer to ``send``: the outbox entry, and whether it was a replay."""
-
-    entry: OutboxEntry
-    is_duplicate: bool
-
-
 class SessionObserver(Protocol):
     """Who hears about a session's changes besides its watchers (the manager)."""
 
@@ -94,7 +85,7 @@ class SessionObserver(Protocol):
 
 
 class HostedSession:
-    """A session running on this node."""
+    """A session running on this node, under the owner epoch of its ``fence``."""
 
     def __init__(
         self,
@@ -105,8 +96,8 @@ class HostedSession:
         outbox_entries: list[OutboxEntry],
         credentials: dict[str, Any] | None,
         observer: SessionObserver,
-        fence: EpochFence | None = None,
-        on_fenced: Callable[[HostedSession], None] | None = None,
+        fence: EpochFence,
+        on_fenced: Callable[[HostedSession], None],
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._fence = fence
@@ -114,19 +105,23 @@ class HostedSession:
         self._fence_reported = False
         self._storage = storage
         self._driver = driver
-        self._outbox = Outbox(outbox_entries)
         self._credentials = credentials
         self._observer = observer
         self._broadcaster = Broadcaster()
+        self._delivery = OutboxDelivery(
+            workspace_id=meta.workspace_id,
+            session_id=meta.session_id,
+            storage=storage,
+            driver=driver,
+            entries=outbox_entries,
+            guard=self._guard,
+            span_attributes=self._span_attributes,
+        )
         self._qr_code = ""
         self._qr_expire_at_unix = 0.0
         self._driver_events: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
         self._meta_lock = asyncio.Lock()
-        self._send_lock = asyncio.Lock()
-        self._handed_to_driver: set[str] = set()
-        self._delivery_wanted = asyncio.Event()
         self._event_task: asyncio.Task[None] | None = None
-        self._delivery_task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._is_stopping = False
         self._accepts_driver_events = True
@@ -162,20 +157,17 @@ class HostedSession:
 
     @property
     def epoch(self) -> int:
-        """The owner epoch this session runs under (0 without a fence)."""
-        return 0 if self._fence is None else self._fence.epoch
+        """The owner epoch this session runs under."""
+        return self._fence.epoch
 
-    async def _guard(self, *, max_age_seconds: float = 0.0) -> None:
+    async def _guard(self, max_age_seconds: float = 0.0) -> None:
         """Raise ``Fenced`` (and tell the manager once) if a newer owner took the session."""
-        if self._fence is None:
-            return
         try:
             await self._fence.check(max_age_seconds=max_age_seconds)
         except Fenced:
             if not self._fence_reported:
                 self._fence_reported = True
-                if self._on_fenced is not None:
-                    self._on_fenced(self)
+                self._on_fenced(self)
             raise
 
     def _span_attributes(self) -> dict[str, str]:
@@ -191,9 +183,7 @@ class HostedSession:
         self._event_task = asyncio.create_task(
             self._handle_driver_events(), name=f"session-events-{name}"
         )
-        self._delivery_task = asyncio.create_task(
-            self._deliver_outbox(), name=f"session-delivery-{name}"
-        )
+        self._delivery.start(lambda: self.state is SessionState.READY)
         self._start_task = asyncio.create_task(self._start_driver(), name=f"session-start-{name}")
 
     async def wait_started(self) -> None:
@@ -213,10 +203,10 @@ class HostedSession:
                 await self._driver.start(self._credentials, self._on_driver_event)
             except Exception as error:
                 _log.warning(
-                    "driver_start_failed workspace_id=%s session_id=%s error=%r",
-                    self.workspace_id,
-                    self.session_id,
-                    error,
+                    "driver_start_failed",
+                    workspace_id=self.workspace_id,
+                    session_id=self.session_id,
+                    error=error,
                 )
                 self._on_driver_event(
                     DriverEvent(kind=DriverEventKind.FAILED, reason=f"driver start: {error}")
@@ -238,33 +228,25 @@ class HostedSession:
         """Drop a watcher's subscription."""
         self._broadcaster.unsubscribe(subscription)
 
-    async def send(self, client_message_id: str, to: str, text: str, *, node_id: str) -> SendResult:
-        """Accept a message: on disk in the outbox before this returns, deduped by id.
+    async def send(
+        self, client_message_id: str, to: str, text: str, *, node_id: str, epoch: int
+    ) -> SendResult:
+        """Accept a message authorized under ``epoch``: on disk in the outbox before this
+        returns, deduped by id (a repeated ``client_message_id`` returns the first answer).
 
-        A repeated ``client_message_id`` returns the first answer and sends nothing.
-        Raises ``Unavailable`` once the session is stopping.
+        Raises ``Unavailable`` once the session is stopping, or when the call was authorized
+        under another ownership than the one the session runs under (it is moving).
         """
-        async with self._send_lock:
-            existing = self._outbox.get(client_message_id)
-            if existing is not None:
-                return SendResult(entry=existing, is_duplicate=True)
-            if self._is_stopping:
-                raise Unavailable("the session is stopping", retry_after_ms=200)
-            entry = OutboxEntry(
-                client_message_id=client_message_id,
-                to=to,
-                text=text,
-                status=QUEUED,
-                accepted_at_unix=time.time(),
-                seq=self._outbox.next_seq(),
-                accepted_by_node_id=node_id,
+        if epoch != self.epoch:
+            raise Unavailable(
+                f"session {self.workspace_id}/{self.session_id} runs under epoch {self.epoch}, "
+                f"not {epoch}",
+                retry_after_ms=EPOCH_CHANGED_RETRY_AFTER_MS,
             )
-            await self._guard()  # a stale owner must not accept: the new one would not see it
-            await self._storage.save_outbox_entry(self.workspace_id, self.session_id, entry)
-            self._outbox.put(entry)
-        self._delivery_wanted.set()
-        self._observer.activity(self)
-        return SendResult(entry=entry, is_duplicate=False)
+        result = await self._delivery.accept(client_message_id, to, text, node_id=node_id)
+        if not result.is_duplicate:
+            self._observer.activity(self)
+        return result
 
     async def stop(self, *, logout: bool, reason: str = "", details: str = "") -> None:
         """Stop the driver, finish handling its events, and persist the final meta.
@@ -275,8 +257,7 @@ class HostedSession:
         if self._is_stopping:
             return
         self._is_stopping = True
-        if self._delivery_task is not None:  # no new driver.send from here on
-            self._delivery_task.cancel()
+        delivery_task = self._delivery.close()  # no new driver.send from here on
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
         with (
@@ -290,7 +271,7 @@ class HostedSession:
         # Let the event task finish what the driver reported before it stopped (credentials!).
         self._accepts_driver_events = False
         self._driver_events.put_nowait(None)
-        tasks = [self._event_task, self._delivery_task, self._start_task]
+        tasks = [self._event_task, delivery_task, self._start_task]
         await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
         changes: dict[str, Any] = {}
         if logout:
@@ -300,29 +281,11 @@ class HostedSession:
                 "disconnect_details": details,
                 "disconnected_at_unix": time.time(),
             }
-            async with self._send_lock:  # a send that passed its check lands first
-                await self._fail_unsent("session deleted")
+            await self._delivery.fail_unsent("session deleted")
         await self._set_state(SessionState.STOPPED, reason=reason, **changes)
         if logout:
             self._observer.disconnected(self, reason, details)
         self._broadcaster.close_all()
-
-    async def _fail_unsent(self, reason: str) -> None:
-        unsent = self._outbox.queued()
-        for entry in unsent:
-            failed = self._outbox.advanced(entry.client_message_id, FAILED)
-            if failed is not None:
-                await self._guard()
-                await self._storage.save_outbox_entry(self.workspace_id, self.session_id, failed)
-                self._outbox.put(failed)
-        if unsent:
-            _log.info(
-                "outbox_unsent_failed workspace_id=%s session_id=%s count=%d reason=%s",
-                self.workspace_id,
-                self.session_id,
-                len(unsent),
-                reason,
-            )
 
     async def _set_state(self, state: SessionState, *, reason: str = "", **changes: Any) -> None:
         previous = self.state
@@ -358,10 +321,10 @@ class HostedSession:
             except Exception:
                 # One bad event (e.g. a full disk for one ack) must not end the session.
                 _log.exception(
-                    "driver_event_failed workspace_id=%s session_id=%s kind=%s",
-                    self.workspace_id,
-                    self.session_id,
-                    event.kind.value,
+                    "driver_event_failed",
+                    workspace_id=self.workspace_id,
+                    session_id=self.session_id,
+                    kind=event.kind.value,
                 )
 
     async def _handle(self, event: DriverEvent) -> None:
@@ -388,8 +351,7 @@ class HostedSession:
             await self._set_state(SessionState.AUTHENTICATED)
         elif kind is DriverEventKind.READY:
             await self._set_state(SessionState.READY, error="")
-            self._handed_to_driver.clear()
-            self._delivery_wanted.set()
+            self._delivery.connected()
         elif kind is DriverEventKind.DISCONNECTED:
             await self._set_state(
                 SessionState.DISCONNECTED,
@@ -416,13 +378,9 @@ class HostedSession:
             self._observer.activity(self)
 
     async def _handle_ack(self, event: DriverEvent) -> None:
-        updated = self._outbox.advanced(event.message_id, event.status)
+        updated = await self._delivery.acknowledged(event.message_id, event.status)
         if updated is None:
             return
-        # Acks are frequent: a check a second old is fresh enough for a status update.
-        await self._guard(max_age_seconds=ACK_FENCE_MAX_AGE_SECONDS)
-        await self._storage.save_outbox_entry(self.workspace_id, self.session_id, updated)
-        self._outbox.put(updated)
         self._broadcaster.publish(
             SessionEvent(
                 kind=EventKind.MESSAGE_ACK,
@@ -431,37 +389,3 @@ class HostedSession:
                 status=updated.status,
             )
         )
-
-    def _next_to_deliver(self) -> OutboxEntry | None:
-        for entry in self._outbox.queued():
-            if entry.client_message_id not in self._handed_to_driver:
-                return entry
-        return None
-
-    async def _deliver_outbox(self) -> None:
-        while True:
-            await self._delivery_wanted.wait()
-            self._delivery_wanted.clear()
-            while self.state is SessionState.READY:
-                entry = self._next_to_deliver()
-                if entry is None:
-                    break
-                try:
-                    with _tracer.start_as_current_span(
-                        "driver.send",
-                        attributes={
-                            **self._span_attributes(),
-                            "sessionmesh.client_message_id": entry.client_message_id,
-                        },
-                    ):
-                        await self._driver.send(entry.client_message_id, entry.to, entry.text)
-                except Exception as error:
-                    # Not connected after all: the next READY tries again.
-                    _log.info(
-                        "driver_send_deferred workspace_id=%s session_id=%s error=%r",
-                        self.workspace_id,
-                        self.session_id,
-                        error,
-                    )
-                    break
-                self._handed_to_driver.add(entry.client_message_id)

@@ -9,11 +9,12 @@ more than one late step does). The stop log then says which part was slow.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable
 
-_log = logging.getLogger(__name__)
+import structlog
+
+_log = structlog.get_logger(__name__)
 
 SLOW_STEP_SECONDS = 1.0
 """A step slower than this is logged (at warning) with its duration."""
@@ -29,13 +30,13 @@ async def run_step(
             await step
     except TimeoutError:
         _log.error(
-            "node_stop_step_abandoned node_id=%s step=%s limit_seconds=%.1f",
-            node_id,
-            name,
-            limit_seconds,
+            "node_stop_step_abandoned",
+            node_id=node_id,
+            step=name,
+            limit_seconds=round(limit_seconds, 1),
         )
         return False
     elapsed = time.monotonic() - started
     if elapsed > SLOW_STEP_SECONDS:
-        _log.warning("node_stop_step_slow node_id=%s step=%s seconds=%.2f", node_id, name, elapsed)
+        _log.warning("node_stop_step_slow", node_id=node_id, step=name, seconds=round(elapsed, 2))
     return True

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from node.group_commit import TEMP_PREFIX, GroupCommitWriter
-from registry.errors import InvalidInput
-from registry.ids import validate_id
+from registry import InvalidInput, MessageStatus, validate_id
 
 _WORKSPACE_PREFIX = "workspace_"
 _META = "meta.json"
@@ -78,12 +77,16 @@ class OutboxEntry:
     client_message_id: str
     to: str
     text: str
-    status: str
-    """``QUEUED``, ``SENT``, ``DELIVERED``, ``READ`` or ``FAILED``."""
+    status: MessageStatus
+    """Where the message is on its way (stored as its name, ``QUEUED``…)."""
     accepted_at_unix: float
     seq: int
     """Acceptance order within the session: delivery follows it."""
     accepted_by_node_id: str = ""
+
+    def __post_init__(self) -> None:
+        # Read back from JSON the status is a plain string: hold it as the enum.
+        object.__setattr__(self, "status", MessageStatus(self.status))
 
 
 def _from_dict(cls: type[Any], raw: dict[str, Any]) -> Any:
@@ -222,20 +225,6 @@ class SessionStorage:
 
         return await asyncio.to_thread(read_all)
 
-    async def list_workspaces(self) -> list[str]:
-        """Every workspace with a folder, sorted."""
-
-        def scan() -> list[str]:
-            if not self._root.is_dir():
-                return []
-            return sorted(
-                entry.name[len(_WORKSPACE_PREFIX) :]
-                for entry in self._root.iterdir()
-                if entry.is_dir() and entry.name.startswith(_WORKSPACE_PREFIX)
-            )
-
-        return await asyncio.to_thread(scan)
-
     async def list_sessions(self, workspace_id: str) -> list[str]:
         """Every session of a workspace that has a ``meta.json``, sorted."""
         directory = self.workspace_dir(workspace_id)
@@ -248,25 +237,6 @@ class SessionStorage:
                 for entry in directory.iterdir()
                 if entry.is_dir() and (entry / _META).is_file()
             )
-
-        return await asyncio.to_thread(scan)
-
-    async def load_all_meta(self) -> list[SessionMeta]:
-        """The meta of every stored session (a full scan: for restores at start)."""
-
-        def scan() -> list[SessionMeta]:
-            found: list[SessionMeta] = []
-            if not self._root.is_dir():
-                return found
-            for workspace in sorted(self._root.iterdir()):
-                if not workspace.name.startswith(_WORKSPACE_PREFIX) or not workspace.is_dir():
-                    continue
-                for session in sorted(workspace.iterdir()):
-                    is_session = session.is_dir()
-                    raw = _read_json(session / _META, self._root) if is_session else None
-                    if raw is not None:
-                        found.append(_from_dict(SessionMeta, raw))
-            return found
 
         return await asyncio.to_thread(scan)
 

@@ -12,13 +12,13 @@
     └── Unavailable           UNAVAILABLE         no node alive, or a handoff in progress
                                                   (retry hint in trailing metadata)
 
-Servers turn a ``MeshError`` into a status in one place (:func:`abort_with`);
-clients turn a status back in one place (:func:`from_rpc_error`).
+Servers turn a ``MeshError`` into a status at one boundary, and clients turn a status back in
+one place: both in :mod:`registry.status`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, NoReturn, cast
+from typing import ClassVar
 
 import grpc
 
@@ -26,7 +26,7 @@ OWNER_METADATA_KEY = "sessionmesh-owner"
 """Trailing metadata: the node id (and address, ``id@host:port``) that owns the workspace."""
 
 RETRY_AFTER_METADATA_KEY = "sessionmesh-retry-after-ms"
-"""Trailing metadata: how long to wait before retrying an ``UNAVAILABLE`` call."""
+"""Trailing metadata: how long to wait before retrying (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``)."""
 
 
 class MeshError(Exception):
@@ -34,10 +34,21 @@ class MeshError(Exception):
 
     status_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: tuple[tuple[str, str], ...] = (),
+        retry_after_ms: int = 0,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after_ms = retry_after_ms
+        """How long the server asks the caller to wait before retrying (0: no hint)."""
+        if retry_after_ms:
+            metadata = (*metadata, (RETRY_AFTER_METADATA_KEY, str(retry_after_ms)))
         self.metadata = metadata
+        """Trailing metadata the status carries (owner, retry hint)."""
 
 
 class InvalidInput(MeshError):
@@ -81,43 +92,4 @@ class Unavailable(MeshError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
-        metadata = ((RETRY_AFTER_METADATA_KEY, str(retry_after_ms)),) if retry_after_ms else ()
-        super().__init__(message, metadata=metadata)
-        self.retry_after_ms = retry_after_ms
-
-
-_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
-    cls.status_code: cls
-    for cls in (InvalidInput, NotFound, AlreadyExists, CapacityExhausted, NotOwner, Unavailable)
-}
-
-
-async def abort_with(
-    context: grpc.aio.ServicerContext[object, object], error: MeshError
-) -> NoReturn:
-    """End the RPC with the status, message and trailing metadata of ``error``."""
-    if error.metadata:
-        context.set_trailing_metadata(error.metadata)
-    await context.abort(error.status_code, error.message)
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
-
-
-def _trailing(error: grpc.aio.AioRpcError, key: str) -> str:
-    # grpc.aio's Metadata yields (key, value) pairs; the stubs type them loosely.
-    for item in error.trailing_metadata() or ():
-        item_key, value = cast("tuple[str, str | bytes]", item)
-        if item_key == key:
-            return value if isinstance(value, str) else value.decode()
-    return ""
-
-
-def from_rpc_error(error: grpc.aio.AioRpcError) -> MeshError:
-    """The ``MeshError`` a failed call stands for (``MeshError`` itself for other codes)."""
-    message = error.details() or error.code().name
-    cls = _BY_CODE.get(error.code(), MeshError)
-    if cls is NotOwner:
-        return NotOwner(message, owner=_trailing(error, OWNER_METADATA_KEY))
-    if cls is Unavailable:
-        hint = _trailing(error, RETRY_AFTER_METADATA_KEY)
-        return Unavailable(message, retry_after_ms=int(hint) if hint.isdigit() else 0)
-    return cls(message)
+        super().__init__(message, retry_after_ms=retry_after_ms)

@@ -7,33 +7,24 @@ deletes the key only if its create revision is still the releaser's epoch, so a
 stale owner cannot delete a successor's key. Pins (``pins/<ws>``, no lease) are an
 operator's override; the pinned node owns ``pinned-owners/<ws>`` the same way.
 ``drain/<node_id>`` (no lease) is an operator's request that a node drain.
-``catalog/<slot>/<ws>`` (no lease) lists the workspaces a slot holds, with the number of
-sessions each had when last recorded (``{"sessions": n}``), so a new owner restores them
-without scanning the storage tree. An entry with 0 sessions stays: removing it is the
-owning node's decision (:func:`remove_from_catalog`).
+:class:`OwnershipView` is the watch-fed copy of all of it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aetcd
+import structlog
 
-from registry.background import stop_task
-from registry.errors import Unavailable
+from registry.etcd import etcd_errors
 from registry.keys import ClusterKeys
-from registry.slots import DEFAULT_SLOT_COUNT, slot_of
+from registry.mirror import WatchMirror
+from registry.slots import DEFAULT_SLOT_COUNT
 
-_log = logging.getLogger(__name__)
-
-_RETRY_FIRST_SECONDS = 0.1
-_RETRY_MAX_SECONDS = 2.0
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,15 +36,6 @@ class Owner:
     """Create revision of the key: grows with every new owner; the fencing token."""
 
 
-@contextlib.contextmanager
-def _etcd_errors(action: str) -> Iterator[None]:
-    # Callers handle one error family; etcd's own errors become Unavailable at this boundary.
-    try:
-        yield
-    except aetcd.ClientError as error:
-        raise Unavailable(f"cannot {action}: {error}") from error
-
-
 def _owner_value(node_id: str) -> bytes:
     return json.dumps({"node_id": node_id}).encode()
 
@@ -62,7 +44,7 @@ def _parse_owner(key: bytes, value: bytes, create_revision: int) -> Owner | None
     try:
         node_id = json.loads(value)["node_id"]
     except (ValueError, TypeError, KeyError) as error:
-        _log.warning("owner_record_invalid key=%r error=%r", key, error)
+        _log.warning("owner_record_invalid", key=key, error=error)
         return None
     return Owner(node_id=str(node_id), epoch=int(create_revision))
 
@@ -70,7 +52,7 @@ def _parse_owner(key: bytes, value: bytes, create_revision: int) -> Owner | None
 async def _acquire(
     client: aetcd.Client, key: bytes, *, node_id: str, lease_id: int
 ) -> tuple[bool, Owner | None]:
-    with _etcd_errors(f"acquire {key!r}"):
+    with etcd_errors(f"acquire {key!r}"):
         succeeded, responses = await client.transaction(
             compare=[client.transactions.create(key) == 0],
             success=[client.transactions.put(key, _owner_value(node_id), lease=lease_id)],
@@ -87,7 +69,7 @@ async def _acquire(
 
 
 async def _release(client: aetcd.Client, key: bytes, owner: Owner) -> bool:
-    with _etcd_errors(f"release {key!r}"):
+    with etcd_errors(f"release {key!r}"):
         succeeded, _ = await client.transaction(
             compare=[client.transactions.create(key) == owner.epoch],
             success=[client.transactions.delete(key)],
@@ -127,112 +109,26 @@ async def release_pinned(
 
 async def set_pin(client: aetcd.Client, keys: ClusterKeys, workspace_id: str, node_id: str) -> None:
     """Pin ``workspace_id`` to ``node_id`` (operator intent; no lease)."""
-    with _etcd_errors(f"pin {workspace_id}"):
+    with etcd_errors(f"pin {workspace_id}"):
         await client.put(keys.pin(workspace_id), node_id.encode())
 
 
 async def clear_pin(client: aetcd.Client, keys: ClusterKeys, workspace_id: str) -> None:
     """Remove the pin of ``workspace_id``; it goes back to its slot."""
-    with _etcd_errors(f"unpin {workspace_id}"):
+    with etcd_errors(f"unpin {workspace_id}"):
         await client.delete(keys.pin(workspace_id))
 
 
 async def request_drain(client: aetcd.Client, keys: ClusterKeys, node_id: str) -> None:
     """Ask ``node_id`` to drain (operator intent; no lease, so it survives the node's restart)."""
-    with _etcd_errors(f"request a drain of {node_id}"):
+    with etcd_errors(f"request a drain of {node_id}"):
         await client.put(keys.drain(node_id), node_id.encode())
 
 
 async def cancel_drain(client: aetcd.Client, keys: ClusterKeys, node_id: str) -> None:
     """Withdraw the drain request of ``node_id``."""
-    with _etcd_errors(f"cancel the drain of {node_id}"):
+    with etcd_errors(f"cancel the drain of {node_id}"):
         await client.delete(keys.drain(node_id))
-
-
-def _catalog_value(session_count: int) -> bytes:
-    return json.dumps({"sessions": session_count}).encode()
-
-
-async def add_to_catalog(
-    client: aetcd.Client,
-    keys: ClusterKeys,
-    workspace_id: str,
-    *,
-    slot_count: int = DEFAULT_SLOT_COUNT,
-) -> None:
-    """Record that the slot of ``workspace_id`` holds it (idempotent).
-
-    Creates the entry with 0 sessions only if it is absent, so a recorded count is kept.
-    """
-    key = keys.catalog(slot_of(workspace_id, slot_count), workspace_id)
-    with _etcd_errors(f"catalog {workspace_id}"):
-        await client.transaction(
-            compare=[client.transactions.create(key) == 0],
-            success=[client.transactions.put(key, _catalog_value(0))],
-            failure=[],
-        )
-
-
-async def update_catalog(
-    client: aetcd.Client,
-    keys: ClusterKeys,
-    workspace_id: str,
-    *,
-    session_count: int,
-    slot_count: int = DEFAULT_SLOT_COUNT,
-) -> None:
-    """Record that the slot of ``workspace_id`` holds it with ``session_count`` sessions.
-
-    A count of 0 keeps the entry (see the module docstring).
-    """
-    key = keys.catalog(slot_of(workspace_id, slot_count), workspace_id)
-    with _etcd_errors(f"catalog {workspace_id}"):
-        await client.put(key, _catalog_value(session_count))
-
-
-async def remove_from_catalog(
-    client: aetcd.Client,
-    keys: ClusterKeys,
-    workspace_id: str,
-    *,
-    slot_count: int = DEFAULT_SLOT_COUNT,
-) -> None:
-    """Forget that the slot of ``workspace_id`` holds it (idempotent)."""
-    with _etcd_errors(f"uncatalog {workspace_id}"):
-        await client.delete(keys.catalog(slot_of(workspace_id, slot_count), workspace_id))
-
-
-async def catalog_counts_of(client: aetcd.Client, keys: ClusterKeys, slot: int) -> dict[str, int]:
-    """The workspaces the slot holds, each with its last recorded session count."""
-    prefix = keys.catalog_prefix(slot)
-    with _etcd_errors(f"read the catalog of slot {slot}"):
-        response = await client.get_prefix(prefix)
-    counts: dict[str, int] = {}
-    for item in response:
-        workspace_id = item.key[len(prefix) :].decode()
-        try:
-            counts[workspace_id] = int(json.loads(item.value)["sessions"])
-        except (ValueError, TypeError, KeyError):
-            # An unreadable count still means the slot holds the workspace.
-            counts[workspace_id] = 0
-    return counts
-
-
-async def catalog_of(client: aetcd.Client, keys: ClusterKeys, slot: int) -> list[str]:
-    """The workspaces the slot holds, sorted."""
-    return sorted(await catalog_counts_of(client, keys, slot))
-
-
-async def catalogued_slots(client: aetcd.Client, keys: ClusterKeys) -> set[int]:
-    """The slots that hold at least one workspace: one keys-only range read."""
-    with _etcd_errors("read the catalog"):
-        response = await client.get_prefix(keys.catalog_root, keys_only=True)
-    slots: set[int] = set()
-    for item in response:
-        slot = keys.catalog_slot_of(item.key)
-        if slot is not None:
-            slots.add(slot)
-    return slots
 
 
 _Key = TypeVar("_Key")
@@ -249,37 +145,25 @@ def _store(table: dict[_Key, _Value], name: _Key, entry: _Value | None) -> bool:
     return True
 
 
-class OwnershipView:
+class OwnershipView(WatchMirror["OwnershipView"]):
     """A watch-fed copy of ``owners/``, ``pins/``, ``pinned-owners/`` and ``drain/``: never an etcd
-    read per lookup; resyncs after a broken watch or compaction."""
+    read per lookup; resyncs after a broken watch or compaction. Its snapshot is itself."""
 
     def __init__(
         self, client: aetcd.Client, keys: ClusterKeys, *, slot_count: int = DEFAULT_SLOT_COUNT
     ) -> None:
-        self._client = client
+        # One watch over the cluster root; the few node and catalog events are skipped.
+        super().__init__(client, watch_prefix=keys.root, name="ownership")
         self._keys = keys
         self._slot_count = slot_count
         self._slot_owners: dict[int, Owner] = {}
         self._pins: dict[str, str] = {}
         self._pinned_owners: dict[str, Owner] = {}
         self._drains: dict[str, bool] = {}
-        self._subscribers: list[Callable[[], None]] = []
-        self._changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Load the current state, then follow changes.
-
-        Raises ``Unavailable`` if the first read fails.
-        """
-        with _etcd_errors("read the ownership state"):
-            revision = await self._load()
-        self._task = asyncio.create_task(self._follow(revision), name="ownership-watch")
-
-    async def stop(self) -> None:
-        """Stop watching."""
-        await stop_task(self._task)
-        self._task = None
+    def snapshot(self) -> OwnershipView:
+        """The view itself: read it through its lookups."""
+        return self
 
     def owner_of_slot(self, slot: int) -> Owner | None:
         """Who holds ``owners/<slot>`` now (None: orphan)."""
@@ -309,49 +193,14 @@ class OwnershipView:
         """Whether an operator asked ``node_id`` to drain."""
         return node_id in self._drains
 
-    def drain_requests(self) -> frozenset[str]:
-        """The nodes an operator asked to drain."""
-        return frozenset(self._drains)
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` now and after every change (owners, pins, pinned owners, drains)."""
-        self._subscribers.append(callback)
-        callback()
-
-    def unsubscribe(self, callback: Callable[[], None]) -> None:
-        """Stop calling ``callback``."""
-        self._subscribers.remove(callback)
-
-    async def wait_until(
-        self, predicate: Callable[[OwnershipView], bool], *, timeout_seconds: float
-    ) -> None:
-        """Return once ``predicate(self)`` holds; ``TimeoutError`` at the deadline."""
-        async with asyncio.timeout(timeout_seconds):
-            while True:
-                changed = self._changed
-                if predicate(self):
-                    return
-                await changed.wait()
-
-    def _notify(self) -> None:
-        # A fresh event per change, so a waiter that saw the old state always wakes up.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-        for callback in list(self._subscribers):
-            try:
-                callback()
-            except Exception:
-                # A failing subscriber must not end the watch everyone else relies on.
-                _log.exception("ownership_callback_failed callback=%r", callback)
-
     def _slot_of_key(self, key: bytes) -> int | None:
         text = key[len(self._keys.owners_prefix) :].decode()
         if not text.isdigit() or int(text) >= self._slot_count:
-            _log.warning("owner_key_invalid key=%r", key)
+            _log.warning("owner_key_invalid", key=key)
             return None
         return int(text)
 
-    def _apply(self, key: bytes, value: bytes | None, create_revision: int) -> bool:
+    def _store_key(self, key: bytes, value: bytes | None, create_revision: int) -> bool:
         """Apply one key's new value (None: deleted); True if the copy changed.
 
         An unreadable owner record counts as absent: nobody can be routed to it.
@@ -375,61 +224,25 @@ class OwnershipView:
             return _store(self._drains, node_id, None if value is None else True)
         return False  # nodes/, catalog/: followed elsewhere or read on demand
 
-    def _snapshot(self) -> tuple[object, ...]:
-        # The tables themselves, not copies: _load replaces them with new dicts, never mutates.
+    def _apply(self, event: Any) -> bool:
+        value = event.kv.value if event.kind == aetcd.EventKind.PUT else None
+        return self._store_key(event.kv.key, value, event.kv.create_revision)
+
+    def _tables(self) -> tuple[object, ...]:
+        # The tables themselves, not copies: _reload replaces them with new dicts.
         return (self._slot_owners, self._pins, self._pinned_owners, self._drains)
 
-    async def _load(self) -> int:
-        """Replace the copy with a fresh read; return the revision to watch after.
-
-        One read per sub-prefix (the catalog and node records are not loaded); the watch starts
-        after the first read, so events the later reads already reflect are replayed, which is
-        harmless: applying a key's events in order ends at its latest value.
-        """
+    async def _reload(self) -> tuple[int, bool]:
+        """One read per sub-prefix (the catalog and node records are not loaded); the watch
+        starts after the first read, so events the later reads already reflect are replayed,
+        which is harmless: applying a key's events in order ends at its latest value."""
         keys = self._keys
         prefixes = (keys.owners_prefix, keys.pins_prefix, keys.pinned_owners_prefix)
         responses = [await self._client.get_prefix(prefix) for prefix in prefixes]
         responses.append(await self._client.get_prefix(keys.drain_prefix))
-        before = self._snapshot()
+        before = self._tables()
         self._slot_owners, self._pins, self._pinned_owners, self._drains = {}, {}, {}, {}
         for response in responses:
             for item in response:
-                self._apply(item.key, item.value, item.create_revision)
-        if self._snapshot() != before:
-            self._notify()
-        return int(responses[0].header.revision)
-
-    async def _follow(self, revision: int) -> None:
-        loop = asyncio.get_running_loop()
-        delay_seconds = _RETRY_FIRST_SECONDS
-        while True:
-            started_at = loop.time()
-            try:
-                await self._watch_from(revision + 1)
-            except Exception as error:
-                # etcd restarted, the stream broke or the revision was compacted.
-                _log.warning("ownership_watch_broken error=%r", error)
-            if loop.time() - started_at > _RETRY_MAX_SECONDS:
-                # The watch was healthy for a while: this is a new outage, not the same one.
-                delay_seconds = _RETRY_FIRST_SECONDS
-            while True:
-                await asyncio.sleep(delay_seconds)
-                delay_seconds = min(delay_seconds * 2, _RETRY_MAX_SECONDS)
-                try:
-                    revision = await self._load()
-                except aetcd.ClientError as error:
-                    _log.warning("ownership_resync_failed error=%r", error)
-                    continue
-                break
-
-    async def _watch_from(self, start_revision: int) -> None:
-        # One watch over the cluster root; the few node and catalog events are skipped in _apply.
-        watch = await self._client.watch_prefix(self._keys.root, start_revision=start_revision)
-        try:
-            async for event in watch:
-                is_put = event.kind == aetcd.EventKind.PUT
-                value = event.kv.value if is_put else None
-                if self._apply(event.kv.key, value, event.kv.create_revision):
-                    self._notify()
-        finally:
-            await watch.cancel()
+                self._store_key(item.key, item.value, item.create_revision)
+        return int(responses[0].header.revision), self._tables() != before

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
-import resource
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from simnet.server import SimNet
+import structlog
 
-_log = logging.getLogger("simnet")
+from registry import InvalidInput, parse_host_port
+from simnet.server import SimNet
+from telemetry import configure_logging, raise_open_file_limit
+
+_log = structlog.get_logger("simnet")
 
 DEFAULT_LISTEN = "127.0.0.1:7100"
-_UNLIMITED_OPEN_FILES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,10 @@ class SimNetSettings:
 
 
 def _host_port(value: str) -> tuple[str, int]:
-    host, separator, port = value.rpartition(":")
-    if not separator or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{value!r} is invalid: use HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(value, field="--listen")
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(error.message) from None
 
 
 def _integer(value: str) -> int:
@@ -82,19 +83,6 @@ def load_settings(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Sim
     )
 
 
-def _raise_open_files_limit() -> None:
-    # Thousands of sessions are thousands of sockets; the default soft limit is often 1024.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # Linux refuses an unlimited soft limit for open files; take a large finite one instead.
-    target = _UNLIMITED_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError) as error:
-        _log.warning("could not raise RLIMIT_NOFILE from %d to %d: %s", soft, target, error)
-
-
 async def _serve(settings: SimNetSettings) -> None:
     simnet = SimNet(
         pair_delay_ms=settings.pair_delay_ms,
@@ -106,22 +94,23 @@ async def _serve(settings: SimNetSettings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop_requested.set)
     await simnet.start(settings.listen_host, settings.listen_port)
-    _log.info("simnet listening on %s", simnet.address)
+    _log.info("simnet_listening", address=simnet.address)
     try:
         await stop_requested.wait()
     finally:
         await simnet.stop()
-        _log.info("simnet stopped")
+        _log.info("simnet_exited")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m simnet`` and ``sessionmesh-simnet``."""
     settings = load_settings(argv, os.environ)
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
+    configure_logging(
+        "sessionmesh-simnet",
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        log_format=os.environ.get("LOG_FORMAT", "text").lower(),
     )
-    _raise_open_files_limit()
+    raise_open_file_limit()
     asyncio.run(_serve(settings))
 
 

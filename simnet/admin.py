@@ -7,6 +7,7 @@ import contextlib
 from types import TracebackType
 from typing import Any
 
+from registry import parse_host_port
 from simnet import protocol as p
 
 
@@ -22,8 +23,7 @@ class SimNetAdmin:
     """One admin connection to a running simnet; use as ``async with SimNetAdmin(addr):``."""
 
     def __init__(self, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        self._host, self._port = host.strip("[]"), int(port)
+        self._host, self._port = parse_host_port(address, field="simnet address")
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()

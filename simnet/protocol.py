@@ -60,11 +60,7 @@ EV_STATS: Final = "stats"
 EV_PUSHED: Final = "pushed"
 EV_DROPPED: Final = "dropped"
 
-# Ack statuses, in the order a message reaches them.
-STATUS_SENT: Final = "SENT"
-STATUS_DELIVERED: Final = "DELIVERED"
-STATUS_READ: Final = "READ"
-ACK_STATUSES: Final = (STATUS_SENT, STATUS_DELIVERED, STATUS_READ)
+# Ack statuses are registry.MessageStatus values (SENT, DELIVERED, READ), spelled as such.
 
 # Error reasons.
 REASON_NOT_READY: Final = "not_ready"

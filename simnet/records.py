@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from registry import MessageStatus
+
 MAX_IDS_PER_ACCOUNT_IN_STATS = 10_000
 """The ``stats`` answer lists at most this many delivered ids per account (keeps it bounded)."""
 
@@ -89,7 +91,7 @@ class Ledger:
             self.resend_count += 1
             self._resends[account] += 1
             return False
-        self._status[key] = "SENT"
+        self._status[key] = MessageStatus.SENT.value
         delivery = Delivery(account, message_id, to, text, time.time())
         self.deliveries.append(delivery)
         self._deliveries_by_account.setdefault(account, []).append(delivery)

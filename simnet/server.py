@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import enum
 import itertools
-import logging
 import secrets
 import time
 from collections import Counter
@@ -22,10 +21,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from registry import MessageStatus
 from simnet import protocol as p
 from simnet.records import Delivery, Ledger, LiveInterval, ReplacedEvent
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 
 
 class _State(enum.Enum):
@@ -230,7 +232,7 @@ class SimNet:
         previous = self._live.get(account)
         if previous is not None and previous is not connection:
             # What the real network does to a second device session of one account.
-            _log.info("connection_replaced account=%s", account)
+            _log.info("connection_replaced", account=account)
             self._ledger.record_replaced(account)
             self._end_live(previous)
             previous.send({"ev": p.EV_REPLACED})
@@ -262,13 +264,13 @@ class SimNet:
             status = self._ledger.status_of(account, message_id)
             connection.send({"ev": p.EV_ACK, "id": message_id, "status": status})
             return
-        connection.send({"ev": p.EV_ACK, "id": message_id, "status": p.STATUS_SENT})
+        connection.send({"ev": p.EV_ACK, "id": message_id, "status": MessageStatus.SENT.value})
         self._spawn(self._advance_acks(account, message_id))
 
     async def _advance_acks(self, account: str, message_id: str) -> None:
         # The message progresses on the network even if its sender is away; receipts go
         # to whichever connection of the account is live when they happen.
-        for status in (p.STATUS_DELIVERED, p.STATUS_READ):
+        for status in (MessageStatus.DELIVERED.value, MessageStatus.READ.value):
             await asyncio.sleep(self._ack_delay_ms / 1000)
             self._ledger.set_status(account, message_id, status)
             live = self._live.get(account)

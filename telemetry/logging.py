@@ -1,58 +1,121 @@
-"""Structured logs: one line per event, with the trace and span ids when there are any."""
+"""Structured logs with structlog: one event per line, its fields as fields.
+
+Modules log events, not sentences: ``_log.info("slot_acquired", slot=7, epoch=42)``. Entry
+points call :func:`configure_logging` once; it renders every event — ours and those of the
+libraries underneath (grpc, alembic), which log through the standard library — on stderr as
+
+- ``key=value`` pairs (logfmt) by default: ``ts=… level=info service=… logger=…
+  event=slot_acquired slot=7 epoch=42 trace_id=… span_id=…``;
+- one JSON object per line with ``LOG_FORMAT=json`` (``--log-format json``), for log
+  shippers.
+
+``trace_id`` and ``span_id`` are added as fields whenever a span is current. Tests assert on
+events with ``structlog.testing.capture_logs()``, never on rendered text.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
+from collections.abc import MutableMapping
+from typing import Any
 
+import structlog
 from opentelemetry import trace
 
+LOG_FORMATS = ("text", "json")
+"""What ``--log-format`` / ``LOG_FORMAT`` accept."""
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""What ``--log-level`` / ``LOG_LEVEL`` accept."""
 _HANDLER_MARK = "_sessionmesh_handler"
+_KEY_ORDER = ("ts", "level", "service", "logger", "event")
+
+EventDict = MutableMapping[str, Any]
 
 
-def _quoted(text: str) -> str:
-    # One event per line: newlines and quotes inside the message are escaped.
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+def add_trace_ids(_logger: object, _method: str, event: EventDict) -> EventDict:
+    """Add ``trace_id`` and ``span_id`` of the current span, if one is valid."""
+    span_context = trace.get_current_span().get_span_context()
+    if span_context.is_valid:
+        event["trace_id"] = trace.format_trace_id(span_context.trace_id)
+        event["span_id"] = trace.format_span_id(span_context.span_id)
+    return event
 
 
-class KeyValueFormatter(logging.Formatter):
-    """``ts=… level=… service=… logger=… msg="…" trace_id=… span_id=…`` on one line."""
+def _errors_as_repr(_logger: object, _method: str, event: EventDict) -> EventDict:
+    # str() of many exceptions is empty (TimeoutError()); the repr names the type.
+    for key, value in event.items():
+        if isinstance(value, BaseException):
+            event[key] = repr(value)
+    return event
 
+
+class _AddService:
     def __init__(self, service_name: str) -> None:
-        super().__init__()
         self._service_name = service_name
 
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one ``key=value`` line (trace ids only inside a valid span)."""
-        timestamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields = [
-            f"ts={timestamp}.{int(record.msecs):03d}Z",
-            f"level={record.levelname.lower()}",
-            f"service={self._service_name}",
-            f"logger={record.name}",
-            f"msg={_quoted(record.getMessage())}",
-        ]
-        span_context = trace.get_current_span().get_span_context()
-        if span_context.is_valid:
-            fields.append(f"trace_id={trace.format_trace_id(span_context.trace_id)}")
-            fields.append(f"span_id={trace.format_span_id(span_context.span_id)}")
-        if record.exc_info:
-            fields.append(f"error={_quoted(self.formatException(record.exc_info))}")
-        return " ".join(fields)
+    def __call__(self, _logger: object, _method: str, event: EventDict) -> EventDict:
+        event.setdefault("service", self._service_name)
+        return event
 
 
-def configure_logging(service_name: str, *, level: str = "INFO") -> None:
-    """Route the root logger to stderr as one ``key=value`` line per event, with
-    ``service``, ``trace_id`` and ``span_id`` fields. Idempotent."""
+def _shared_processors(service_name: str) -> list[Any]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        structlog.stdlib.add_log_level,
+        _AddService(service_name),
+        structlog.stdlib.add_logger_name,
+        add_trace_ids,
+    ]
+
+
+def _renderer(log_format: str) -> Any:
+    if log_format == "json":
+        return structlog.processors.JSONRenderer(sort_keys=False, default=repr)
+    return structlog.processors.LogfmtRenderer(key_order=list(_KEY_ORDER), bool_as_flag=False)
+
+
+def configure_logging(
+    service_name: str,
+    *,
+    level: str = "INFO",
+    log_format: str = "text",
+    cache_loggers: bool = True,
+) -> None:
+    """Render every log event of the process on stderr, one line each (see the module
+    docstring); idempotent. ``cache_loggers=False`` keeps loggers unbound, so that
+    ``structlog.testing.capture_logs`` sees every one of them (tests)."""
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    shared = _shared_processors(service_name)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=cache_loggers,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _errors_as_repr,
+            _renderer(log_format),
+        ],
+    )
     root = logging.getLogger()
     root.setLevel(level.upper())
     for handler in root.handlers:
         if getattr(handler, _HANDLER_MARK, False):
-            handler.setFormatter(KeyValueFormatter(service_name))
+            handler.setFormatter(formatter)
             return
     handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _HANDLER_MARK, True)
-    handler.setFormatter(KeyValueFormatter(service_name))
+    handler.setFormatter(formatter)
     root.addHandler(handler)

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import prometheus_client
 
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, separator, port_text = listen.rpartition(":")
-    if not separator or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"metrics listen address {listen!r} is not host:port")
-    return host.strip("[]") or "0.0.0.0", int(port_text)
+from registry import parse_host_port
 
 
 def start_metrics_server(listen: str) -> str:
@@ -18,7 +13,8 @@ def start_metrics_server(listen: str) -> str:
     returns ``""``."""
     if not listen:
         return ""
-    host, port = _split_listen(listen)
+    host, port = parse_host_port(listen, field="metrics listen address", allow_empty_host=True)
+    host = host or "0.0.0.0"
     # prometheus_client >= 0.20 returns (server, thread); the server knows the bound port.
     server, _thread = prometheus_client.start_http_server(port, addr=host)
     bound_port = int(server.server_port)

@@ -12,11 +12,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from deploy.ports import free_port
 from tests.waiting import EtcdServer
 
 pytest_plugins = ["tests.hang_report"]
+
+# Events go to the standard library's logging (pytest shows them with a failed test), and no
+# logger is cached, so structlog.testing.capture_logs() sees every one of them.
+structlog.configure(
+    processors=[
+        structlog.stdlib.filter_by_level,
+        structlog.stdlib.add_log_level,
+        structlog.processors.format_exc_info,
+        structlog.processors.KeyValueRenderer(key_order=["event"]),
+    ],
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    wrapper_class=structlog.stdlib.BoundLogger,
+    cache_logger_on_first_use=False,
+)
 
 BIN_DIR = Path(sys.executable).parent
 

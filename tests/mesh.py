@@ -13,16 +13,13 @@ from sqlmodel import Session, select
 import gateway
 import node
 from protos import session_pb2, session_pb2_grpc
+from registry import ClusterKeys, RingTable, place_slot, slot_of
 from registry.accounts import WhatsappAccount, make_engine, upgrade
-from registry.keys import ClusterKeys
-from registry.placement import place_slot
-from registry.routing import RoutingTable
-from registry.slots import slot_of
 from simnet import SimNet
 from tests.waiting import eventually
 
 
-def routed_nodes(table: RoutingTable) -> dict[str, str]:
+def routed_nodes(table: RingTable) -> dict[str, str]:
     """Every node a routing table sends some slot to, with the address it would dial."""
     found: dict[str, str] = {}
     for slot in range(table.slot_count):
@@ -85,7 +82,7 @@ class Mesh:
         expected = {server.node_id: server.address for server in self.nodes.values()}
 
         def converged() -> bool:
-            tables = [self.gateway.router.routing, *(s.routing for s in self.nodes.values())]
+            tables = [self.gateway.router.ring, *(s.ring for s in self.nodes.values())]
             return all(routed_nodes(table) == expected for table in tables)
 
         await eventually(converged, timeout_seconds=15, message=f"ring of {sorted(expected)}")
@@ -132,14 +129,14 @@ class Mesh:
         """Slot → node, from what every running node says it owns (a slot twice: assert)."""
         found: dict[int, str] = {}
         for server in self.nodes.values():
-            for slot in server.ownership.owned:
+            for slot in server.slots.slots():
                 assert slot not in found, f"slot {slot} owned by {found[slot]} and {server.node_id}"
                 found[slot] = server.node_id
         return found
 
     def placement(self, slot: int) -> str | None:
         """Where placement puts ``slot``, as the gateway's membership sees it."""
-        return place_slot(self.gateway.router.routing, self.gateway.router.nodes, slot)
+        return place_slot(self.gateway.router.ring, self.gateway.router.nodes, slot)
 
     async def wait_placed(self, workspaces: list[str], *, timeout_seconds: float = 20) -> None:
         """Wait until every slot of ``workspaces`` is owned by its placement, nothing moving."""

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from sqlmodel import Session, select
 
+from registry import Unavailable
 from registry.accounts import AccountStore, WhatsappAccount, downgrade, upgrade
 from registry.accounts.engine import make_engine
 from registry.accounts.models import utc_now
-from registry.errors import Unavailable
 from tests.test_migrations import server_database
 from tests.waiting import eventually
 
@@ -231,18 +231,16 @@ class TestWriting:
         finally:
             await store.stop()
 
-    async def test_failed_write_is_logged_and_retried(
-        self, sqlite_url: str, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    async def test_failed_write_is_logged_and_retried(self, sqlite_url: str) -> None:
         store = AccountStore(sqlite_url, flush_interval_seconds=60)
         await store.start()
         try:
             create(store)
             assign(store, "node-b")
             downgrade(sqlite_url, "base")
-            with caplog.at_level(logging.WARNING, logger="registry.accounts.store"):
+            with structlog.testing.capture_logs() as events:
                 await store.flush()
-            assert "accounts_flush_failed" in caplog.text
+            assert "accounts_flush_failed" in [event["event"] for event in events], events
             assert store.pending_count == 1
             assign(store, "node-c")
             upgrade(sqlite_url)

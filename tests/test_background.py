@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 import pytest
+import structlog.testing
 
-from registry.background import stop_task
+from registry import stop_task
 
 
 class TestStopTask:
@@ -35,17 +35,18 @@ class TestStopTask:
         assert time.monotonic() - started_at < 1.5
         await stop_task(task)
 
-    async def test_a_failure_of_the_task_is_logged_not_raised(
-        self, caplog: pytest.LogCaptureFixture
-    ) -> None:
+    async def test_a_failure_of_the_task_is_logged_not_raised(self) -> None:
         async def fails() -> None:
             raise RuntimeError("broken")
 
         task = asyncio.create_task(fails(), name="failing")
         await asyncio.sleep(0)
-        with caplog.at_level(logging.WARNING):
+        with structlog.testing.capture_logs() as events:
             await stop_task(task)
-        assert "background_task_failed task=failing" in caplog.text
+        assert [(e["event"], e["log_level"], e["task"]) for e in events] == [
+            ("background_task_failed", "warning", "failing")
+        ]
+        assert "broken" in repr(events[0]["error"])
 
     async def test_none_is_nothing_to_stop(self) -> None:
         await stop_task(None)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from protos import session_pb2
-from registry.slots import slot_of
+from registry import slot_of
 from tests.mesh import Mesh, running_mesh
 from tests.waiting import eventually
 
@@ -68,7 +68,7 @@ class TestEndToEnd:
                 nodes_of[ws].add(node_id)
             assert all(len(nodes) == 1 for nodes in nodes_of.values()), nodes_of
             for ws, nodes in nodes_of.items():
-                owner = mesh.gateway.router.routing.node_for_slot(slot_of(ws))
+                owner = mesh.gateway.router.ring.node_for_slot(slot_of(ws))
                 assert owner is not None and nodes == {owner.node_id}
             # Both nodes get some.
             assert set(placed.values()) == {"node-1", "node-2"}

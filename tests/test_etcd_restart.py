@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from protos import session_pb2, session_pb2_grpc
-from registry.background import stop_task
+from registry import stop_task
 from tests.cluster import (
     LoadClient,
     MeshSettings,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from protos import session_pb2
-from registry.membership import connect_etcd
+from registry import connect_etcd
 from tests.mesh import running_mesh
 from tests.waiting import eventually
 

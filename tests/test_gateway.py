@@ -18,12 +18,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from gateway import GatewayConfig, GatewayServer, load_config, start_gateway
-from gateway.retry import DEFAULT_RETRY_POLICY, RetryPolicy, next_delay_seconds
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
-from registry.errors import OWNER_METADATA_KEY, RETRY_AFTER_METADATA_KEY
-from registry.keys import ClusterKeys
-from registry.membership import NodeRecord, NodeRegistration, connect_etcd
-from registry.routing import RoutingTable
+from registry import (
+    OWNER_METADATA_KEY,
+    RETRY_AFTER_METADATA_KEY,
+    Backoff,
+    ClusterKeys,
+    NodeRecord,
+    NodeRegistration,
+    RingTable,
+    connect_etcd,
+)
+from registry.status import retry_after_ms
+from routing import DEFAULT_RETRY_POLICY, RetryPolicy
 from telemetry.tracing import server_interceptors
 from tests.waiting import eventually
 
@@ -189,7 +196,7 @@ async def two_nodes(
     """Two echo nodes, both seen by the gateway."""
     nodes = {node.node_id: node for node in [await node_factory("n1"), await node_factory("n2")]}
     await eventually(
-        lambda: gateway.router.routing.ring.node_ids == ["n1", "n2"],
+        lambda: gateway.router.ring.ring.node_ids == ["n1", "n2"],
         message="the gateway sees both nodes",
     )
     return nodes
@@ -210,7 +217,7 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def workspace_on(routing: RoutingTable, node_id: str) -> str:
+def workspace_on(routing: RingTable, node_id: str) -> str:
     """A workspace the routing table gives ``node_id``."""
     for index in range(1000):
         workspace_id = f"ws-{index}"
@@ -233,7 +240,7 @@ class TestRouting:
                 session_pb2.GetSessionRequest(workspace_id=workspace_id, session_id="s1"),
                 timeout=5,
             )
-            expected = gateway.router.routing.route(workspace_id)
+            expected = gateway.router.ring.route(workspace_id)
             assert expected is not None
             assert session.node_id == expected.node_id
             assert session.workspace_id == workspace_id
@@ -246,17 +253,17 @@ class TestRouting:
     async def test_deregistered_node_loses_its_workspaces(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        workspace_id = workspace_on(gateway.router.routing, "n2")
+        workspace_id = workspace_on(gateway.router.ring, "n2")
         await two_nodes["n2"].registration.stop()
         await eventually(
-            lambda: gateway.router.routing.ring.node_ids == ["n1"],
+            lambda: gateway.router.ring.ring.node_ids == ["n1"],
             message="the gateway drops n2",
         )
         session = await stub_of(channel).GetSession(
             session_pb2.GetSessionRequest(workspace_id=workspace_id, session_id="s1"), timeout=5
         )
         assert session.node_id == "n1"
-        assert "n2:" not in " ".join(gateway.router._channels)  # its channel is closed
+        assert "n2:" not in " ".join(gateway.router.channels._channels)  # its channel is closed
 
     async def test_no_node_is_unavailable_with_a_clear_message(
         self, gateway: GatewayServer, channel: grpc.aio.Channel, cluster_name: str
@@ -302,7 +309,7 @@ class TestPassThrough:
     async def test_status_details_and_trailers_come_back(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        node = gateway.router.route("ws-missing")
+        node = gateway.router.resolve("ws-missing")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub_of(channel).GetSession(
                 session_pb2.GetSessionRequest(workspace_id="ws-missing", session_id="missing"),
@@ -336,12 +343,12 @@ class TestPassThrough:
         )
         await call
         trailing = dict(cast("Any", await call.trailing_metadata()))
-        assert trailing["x-served-by"] == gateway.router.route("ws-ok").node_id
+        assert trailing["x-served-by"] == gateway.router.resolve("ws-ok").node_id
 
     async def test_watch_session_streams_through(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        node_id = gateway.router.route("ws-watch").node_id
+        node_id = gateway.router.resolve("ws-watch").node_id
         events = [
             event
             async for event in stub_of(channel).WatchSession(
@@ -360,7 +367,7 @@ class TestRecovery:
     async def test_failed_precondition_with_owner_is_rerouted_once(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        workspace_id = workspace_on(gateway.router.routing, "n1")
+        workspace_id = workspace_on(gateway.router.ring, "n1")
         n1, n2 = two_nodes["n1"], two_nodes["n2"]
         n1.servicer.redirects[workspace_id] = f"n2@{n2.address}"
         session = await stub_of(channel).CreateSession(
@@ -377,7 +384,7 @@ class TestRecovery:
     async def test_nodes_naming_each_other_end_at_the_deadline(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        workspace_id = workspace_on(gateway.router.routing, "n1")
+        workspace_id = workspace_on(gateway.router.ring, "n1")
         n1, n2 = two_nodes["n1"], two_nodes["n2"]
         n1.servicer.redirects[workspace_id] = f"n2@{n2.address}"
         n2.servicer.redirects[workspace_id] = f"n1@{n1.address}"
@@ -401,7 +408,7 @@ class TestRecovery:
     async def test_views_that_converge_are_followed(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        workspace_id = workspace_on(gateway.router.routing, "n1")
+        workspace_id = workspace_on(gateway.router.ring, "n1")
         n1, n2 = two_nodes["n1"], two_nodes["n2"]
         n1.servicer.redirects[workspace_id] = f"n2@{n2.address}"
         n2.servicer.redirects[workspace_id] = f"n1@{n1.address}"
@@ -421,7 +428,7 @@ class TestRecovery:
     async def test_unavailable_is_retried_within_the_deadline(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        node = two_nodes[gateway.router.route("ws-handoff").node_id]
+        node = two_nodes[gateway.router.resolve("ws-handoff").node_id]
         node.servicer.unavailable_left["ws-handoff"] = 2
         session = await stub_of(channel).DeleteSession(
             session_pb2.DeleteSessionRequest(workspace_id="ws-handoff", session_id="s1"),
@@ -435,7 +442,7 @@ class TestRecovery:
     async def test_dead_node_is_retried_until_the_deadline(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        workspace_id = workspace_on(gateway.router.routing, "n2")
+        workspace_id = workspace_on(gateway.router.ring, "n2")
         await two_nodes["n2"].server.stop(None)  # still registered: its lease lives on
         started_at = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -458,7 +465,7 @@ class TestRecovery:
     async def test_without_a_deadline_retries_are_bounded(
         self, gateway: GatewayServer, two_nodes: dict[str, RunningNode], channel: grpc.aio.Channel
     ) -> None:
-        workspace_id = workspace_on(gateway.router.routing, "n2")
+        workspace_id = workspace_on(gateway.router.ring, "n2")
         await two_nodes["n2"].server.stop(None)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub_of(channel).GetSession(
@@ -605,39 +612,31 @@ class TestRetryPolicy:
     """Retry delays grow with jitter, follow the server's hint and respect the deadline."""
 
     def test_backoff_grows_to_its_cap_within_the_jitter(self) -> None:
-        policy = RetryPolicy(initial_backoff_ms=20, max_backoff_ms=100, multiplier=2.0, jitter=0.2)
-        assert [policy.backoff_ms(attempt, random_unit=0.5) for attempt in (1, 2, 3, 4)] == [
-            20,
-            40,
-            80,
-            100,
-        ]
-        assert policy.backoff_ms(1, random_unit=0.0) == pytest.approx(16)
-        assert policy.backoff_ms(1, random_unit=0.999999) == pytest.approx(24, rel=1e-4)
+        backoff = Backoff(initial_seconds=0.02, max_seconds=0.1, multiplier=2.0, jitter=0.2)
+        assert [
+            backoff.delay_seconds(attempt, random_unit=0.5) for attempt in (1, 2, 3, 4)
+        ] == pytest.approx([0.02, 0.04, 0.08, 0.1])
+        assert backoff.delay_seconds(1, random_unit=0.0) == pytest.approx(0.016)
+        assert backoff.delay_seconds(1, random_unit=0.999999) == pytest.approx(0.024, rel=1e-4)
 
     def test_server_hint_wins_over_the_backoff(self) -> None:
-        delay = next_delay_seconds(
-            RetryPolicy(),
-            attempt=1,
-            code=grpc.StatusCode.UNAVAILABLE,
-            trailing_metadata=((RETRY_AFTER_METADATA_KEY, "250"),),
+        trailers = ((RETRY_AFTER_METADATA_KEY, "250"),)
+        hint_ms = retry_after_ms(trailers)
+        assert hint_ms == 250
+        delay = RetryPolicy().delay_seconds(
+            attempt=1, code=grpc.StatusCode.UNAVAILABLE, hint_ms=hint_ms
         )
         assert delay == 0.25
 
     def test_no_retry_past_the_deadline_or_for_other_codes(self) -> None:
         policy = RetryPolicy()
         unavailable = grpc.StatusCode.UNAVAILABLE
-        hint = ((RETRY_AFTER_METADATA_KEY, "250"),)
         assert (
-            next_delay_seconds(
-                policy,
-                attempt=1,
-                code=unavailable,
-                trailing_metadata=hint,
-                time_remaining_seconds=0.2,
+            policy.delay_seconds(
+                attempt=1, code=unavailable, hint_ms=250, time_remaining_seconds=0.2
             )
             is None
         )
-        assert next_delay_seconds(policy, attempt=1, code=grpc.StatusCode.NOT_FOUND) is None
-        assert next_delay_seconds(policy, attempt=policy.max_attempts, code=unavailable) is None
-        assert next_delay_seconds(policy, attempt=policy.max_attempts - 1, code=unavailable)
+        assert policy.delay_seconds(attempt=1, code=grpc.StatusCode.NOT_FOUND) is None
+        assert policy.delay_seconds(attempt=policy.max_attempts, code=unavailable) is None
+        assert policy.delay_seconds(attempt=policy.max_attempts - 1, code=unavailable)

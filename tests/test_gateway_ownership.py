@@ -14,19 +14,19 @@ import pytest
 from gateway import GatewayConfig, GatewayServer, start_gateway
 from protos import session_pb2, session_pb2_grpc
 from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc
-from registry.keys import ClusterKeys
-from registry.membership import connect_etcd
-from registry.ownership import (
+from registry import (
+    ClusterKeys,
     Owner,
     OwnershipView,
     acquire_pinned,
     acquire_slot,
+    connect_etcd,
+    place_slot,
     release_slot,
     set_pin,
+    slot_of,
     update_catalog,
 )
-from registry.placement import place_slot
-from registry.slots import slot_of
 from tests.test_gateway import RunningNode, start_echo_node
 from tests.waiting import eventually
 
@@ -87,7 +87,7 @@ def ownership_of(gateway: GatewayServer) -> OwnershipView:
 
 def workspace_placed_on(gateway: GatewayServer, node_id: str) -> str:
     """A workspace whose slot placement (and the ring) gives ``node_id``."""
-    routing = gateway.router.routing
+    routing = gateway.router.ring
     for index in range(1000):
         workspace_id = f"ws-{index}"
         slot = slot_of(workspace_id, routing.slot_count)

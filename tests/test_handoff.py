@@ -9,9 +9,7 @@ import itertools
 from pathlib import Path
 
 from protos import session_pb2
-from registry.membership import connect_etcd
-from registry.ownership import cancel_drain, clear_pin, request_drain, set_pin
-from registry.slots import slot_of
+from registry import cancel_drain, clear_pin, connect_etcd, request_drain, set_pin, slot_of
 from tests.mesh import Mesh, running_mesh
 from tests.waiting import eventually
 
@@ -36,10 +34,7 @@ class _ViewMonitor:
         self._seen.update(self.mesh.nodes)
         serving: dict[int, str] = {}
         for node_id, server in list(self._seen.items()):
-            ownership = server.ownership
-            if not ownership.has_lease:
-                continue
-            for slot in set(ownership.owned) - ownership.handing_off:
+            for slot in server.slots.serving_slots():
                 other = serving.setdefault(slot, node_id)
                 if other != node_id:
                     self.violations.append(f"slot {slot} served by {other} and {node_id}")
@@ -197,7 +192,7 @@ class TestDrainAndPin:
                     return set((await mesh.wait_ready(SESSIONS)).values()) == {"node-2"}
 
                 await eventually(all_on_node_2, timeout_seconds=20, message="node-1 drained")
-                assert mesh.nodes["node-1"].ownership.owned == {}
+                assert mesh.nodes["node-1"].slots.slots() == {}
                 await cancel_drain(client, keys, "node-1")
                 router = mesh.gateway.router
                 await eventually(lambda: router.nodes["node-1"].is_active, message="active")

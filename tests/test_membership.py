@@ -14,13 +14,14 @@ import aetcd
 import pytest
 
 from deploy.ports import free_port
-from registry.errors import InvalidInput, Unavailable
-from registry.keys import ClusterKeys
-from registry.membership import (
+from registry import (
     DRAINING,
+    ClusterKeys,
+    InvalidInput,
     MembershipWatcher,
     NodeRecord,
     NodeRegistration,
+    Unavailable,
     connect_etcd,
     parse_endpoints,
 )
@@ -173,13 +174,13 @@ class TestRegistration:
         self, etcd: aetcd.Client, keys: ClusterKeys, watcher: MembershipWatcher
     ) -> None:
         events: list[str] = []
+
+        def lease_changed() -> None:
+            has_lease, lease_id = registration.has_lease, registration.lease_id
+            events.append(f"regained {lease_id}" if has_lease else "lost")
+
         registration = NodeRegistration(
-            etcd,
-            keys,
-            make_node("node-a"),
-            lease_ttl_seconds=2,
-            on_lease_lost=lambda: events.append("lost"),
-            on_lease_regained=lambda lease_id: events.append(f"regained {lease_id}"),
+            etcd, keys, make_node("node-a"), lease_ttl_seconds=2, on_lease_change=lease_changed
         )
         await registration.start()
         try:
@@ -260,7 +261,11 @@ class TestEtcdRestart:
         watcher = MembershipWatcher(client, keys)
         lost = asyncio.Event()
         registration = NodeRegistration(
-            client, keys, make_node("node-a"), lease_ttl_seconds=2, on_lease_lost=lost.set
+            client,
+            keys,
+            make_node("node-a"),
+            lease_ttl_seconds=2,
+            on_lease_change=lambda: None if registration.has_lease else lost.set(),
         )
         late: NodeRegistration | None = None
         try:

@@ -16,11 +16,8 @@ import aetcd
 import pytest
 
 from protos import session_pb2
+from registry import DEFAULT_SLOT_COUNT, ClusterKeys, OwnershipView, connect_etcd, slot_of
 from registry.accounts import WhatsappAccount
-from registry.keys import ClusterKeys
-from registry.membership import connect_etcd
-from registry.ownership import OwnershipView
-from registry.slots import DEFAULT_SLOT_COUNT, slot_of
 from tests.mesh import Mesh, running_mesh
 from tests.waiting import eventually
 

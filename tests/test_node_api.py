@@ -20,9 +20,14 @@ from node import NodeServer, load_config, start_node
 from node.drivers.base import Driver, DriverFactory
 from node.events import Broadcaster, EventKind, SessionEvent
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
-from registry.errors import OWNER_METADATA_KEY, Unavailable
-from registry.keys import ClusterKeys
-from registry.membership import NodeRecord, NodeRegistration, connect_etcd
+from registry import (
+    OWNER_METADATA_KEY,
+    ClusterKeys,
+    NodeRecord,
+    NodeRegistration,
+    Unavailable,
+    connect_etcd,
+)
 from simnet import SimNet
 from tests.waiting import eventually
 
@@ -473,7 +478,7 @@ class TestServing:
 
     async def test_published_load_follows_hosted_sessions(self, node: RunningNode) -> None:
         def published_load() -> int:
-            record = node.server.routing.route("ws-1")
+            record = node.server.ring.route("ws-1")
             return record.load if record is not None else -1
 
         await eventually(lambda: published_load() == 0, message="node registered")
@@ -493,7 +498,7 @@ class TestServing:
         )
         await other.start()
         try:
-            routing = node.server.routing
+            routing = node.server.ring
             await eventually(lambda: {"node-1", "node-2"} <= set(routing.ring.node_ids))
 
             def owner(workspace_id: str) -> str:

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 
 import aetcd
 import pytest
+import structlog
+import structlog.testing
 
 from node.catalog import CatalogCounts
-from registry.keys import ClusterKeys
-from registry.membership import connect_etcd
-from registry.ownership import (
+from registry import (
+    ClusterKeys,
     Owner,
     OwnershipView,
     acquire_pinned,
@@ -22,14 +23,15 @@ from registry.ownership import (
     catalog_of,
     catalogued_slots,
     clear_pin,
+    connect_etcd,
     release_pinned,
     release_slot,
     remove_from_catalog,
     request_drain,
     set_pin,
+    slot_of,
     update_catalog,
 )
-from registry.slots import slot_of
 from tests.waiting import eventually
 
 SLOT_COUNT = 64
@@ -210,7 +212,7 @@ class TestOwnershipView:
         self, etcd: aetcd.Client, keys: ClusterKeys, view: OwnershipView
     ) -> None:
         calls: list[int] = []
-        view.subscribe(lambda: calls.append(len(view.slot_owners())))
+        view.subscribe(lambda v: calls.append(len(v.slot_owners())))
         assert calls == [0]
         lease = await lease_id(etcd)
         _, owner = await acquire_slot(etcd, keys, 8, node_id="n1", lease_id=lease)
@@ -235,7 +237,7 @@ class TestOwnershipView:
         self, etcd: aetcd.Client, keys: ClusterKeys, view: OwnershipView
     ) -> None:
         calls: list[None] = []
-        view.subscribe(lambda: calls.append(None))
+        view.subscribe(lambda v: calls.append(None))
         await etcd.put(keys.node("n1"), b"{}")
         await add_to_catalog(etcd, keys, "ws-1", slot_count=SLOT_COUNT)
         await set_pin(etcd, keys, "ws-marker", "n1")
@@ -247,12 +249,12 @@ class TestOwnershipView:
             await view.wait_until(lambda v: v.owner_of_slot(0) is not None, timeout_seconds=0.1)
 
     async def test_resyncs_after_the_watch_history_was_compacted(
-        self, etcd: aetcd.Client, keys: ClusterKeys, caplog: pytest.LogCaptureFixture
+        self, etcd: aetcd.Client, keys: ClusterKeys
     ) -> None:
         lease = await lease_id(etcd)
         _, stale_owner = await acquire_slot(etcd, keys, 1, node_id="n1", lease_id=lease)
         ownership = OwnershipView(etcd, keys, slot_count=SLOT_COUNT)
-        stale_revision = await ownership._load()
+        stale_revision, _ = await ownership._reload()
         # While nobody watched: the slot changed hands, a pin appeared, history was compacted.
         assert stale_owner is not None
         assert await release_slot(etcd, keys, 1, stale_owner)
@@ -262,13 +264,15 @@ class TestOwnershipView:
         assert latest is not None
         await etcd.compact(latest.mod_revision)
         # Resuming the watch from before the compaction fails; the view must reload instead.
-        task = asyncio.create_task(ownership._follow(stale_revision))
-        try:
+        with structlog.testing.capture_logs() as events:
+            task = asyncio.create_task(ownership._follow(stale_revision))
             await ownership.wait_until(
                 lambda v: v.owner_of_slot(1) == new_owner and v.pin_of("ws-1") == "n2",
                 timeout_seconds=WAIT_SECONDS,
             )
-            assert "RevisionCompactedError" in caplog.text
+        try:
+            broken = [event for event in events if event["event"] == "watch_broken"]
+            assert broken and "RevisionCompactedError" in repr(broken[0]["error"]), events
             # And it follows changes again after the resync.
             await clear_pin(etcd, keys, "ws-1")
             await ownership.wait_until(lambda v: not v.pins(), timeout_seconds=WAIT_SECONDS)

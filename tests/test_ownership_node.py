@@ -9,12 +9,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-import node.ownership
+import node.moves
+from node.slot_table import Unit
 from protos import session_pb2, session_pb2_grpc
-from registry.errors import OWNER_METADATA_KEY, RETRY_AFTER_METADATA_KEY
-from registry.membership import connect_etcd
-from registry.ownership import catalog_counts_of
-from registry.slots import slot_of
+from registry import (
+    OWNER_METADATA_KEY,
+    RETRY_AFTER_METADATA_KEY,
+    catalog_counts_of,
+    connect_etcd,
+    slot_of,
+)
 from tests.mesh import Mesh, running_mesh
 from tests.waiting import eventually
 
@@ -42,15 +46,15 @@ class TestOwnership:
         async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             await _create_all(mesh)
             await mesh.wait_placed(WORKSPACES)
-            owned = {i: set(s.ownership.owned) for i, s in mesh.nodes.items()}
+            owned = {i: set(s.slots.slots()) for i, s in mesh.nodes.items()}
             assert not owned["node-1"] & owned["node-2"]
             owners = mesh.owners()
             assert {owners[slot_of(ws)] for ws in WORKSPACES} == {"node-1", "node-2"}
             # Every node's view agrees: one key per slot, held under the owner's epoch.
             for server in mesh.nodes.values():
                 for slot, node_id in owners.items():
-                    held = server.ownership.view.owner_of_slot(slot)
-                    mine = mesh.nodes[node_id].ownership.owned[slot]
+                    held = server.ownership_view.owner_of_slot(slot)
+                    mine = mesh.nodes[node_id].slots.slots()[slot]
                     assert held == mine, (slot, held, mine)
 
             ws = WORKSPACES[0]
@@ -118,14 +122,14 @@ class TestBusySlot:
         cluster_name: str,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        monkeypatch.setattr(node.ownership, "ON_DEMAND_TIMEOUT_SECONDS", 0.2)
+        monkeypatch.setattr(node.moves, "ON_DEMAND_TIMEOUT_SECONDS", 0.2)
         async with running_mesh(tmp_path, etcd_url, cluster_name, node_count=1) as mesh:
             await _create_all(mesh)
             server = mesh.nodes["node-1"]
             ws = WORKSPACES[0]
             # As if a restore of the slot were still running: its lock is held.
             async with (
-                server.ownership._lock(("slot", slot_of(ws))),
+                server.slots.step(Unit.slot(slot_of(ws))),
                 grpc.aio.insecure_channel(server.address) as channel,
             ):
                 stub = session_pb2_grpc.SessionServiceStub(channel)

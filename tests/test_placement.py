@@ -7,9 +7,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.membership import DRAINING, NodeRecord
-from registry.placement import can_take_work, place_slot
-from registry.routing import RoutingTable
+from registry import DRAINING, NodeRecord, RingTable, can_take_work, place_slot
 
 SLOT_COUNT = 64
 PLACEMENT_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)
@@ -22,13 +20,13 @@ def make_nodes(count: int, *, capacity: int = 10) -> dict[str, NodeRecord]:
     }
 
 
-def routing_for(nodes: dict[str, NodeRecord]) -> RoutingTable:
-    routing = RoutingTable(slot_count=SLOT_COUNT)
+def routing_for(nodes: dict[str, NodeRecord]) -> RingTable:
+    routing = RingTable(slot_count=SLOT_COUNT)
     routing.update(nodes)
     return routing
 
 
-def preference(routing: RoutingTable, slot: int) -> list[str]:
+def preference(routing: RingTable, slot: int) -> list[str]:
     return routing.ring.preference_list(slot, len(routing.ring.node_ids))
 
 
@@ -93,7 +91,7 @@ class TestPlaceSlot:
         assert all(place_slot(routing, nodes, slot) is None for slot in range(SLOT_COUNT))
 
     def test_none_on_an_empty_ring(self) -> None:
-        assert place_slot(RoutingTable(slot_count=SLOT_COUNT), {}, 0) is None
+        assert place_slot(RingTable(slot_count=SLOT_COUNT), {}, 0) is None
 
     def test_can_take_work(self) -> None:
         record = make_nodes(1)["n0"]

@@ -12,7 +12,7 @@ import pytest
 
 from client.proxyless import ProxylessClient
 from protos import session_pb2 as pb
-from registry.slots import slot_of
+from registry import slot_of
 from tests.mesh import Mesh, running_mesh
 from tests.test_gateway_ownership import etcd_range_count
 from tests.waiting import eventually

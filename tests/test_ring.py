@@ -9,9 +9,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry.membership import DRAINING, NodeRecord
-from registry.routing import Ring, RoutingTable
-from registry.slots import DEFAULT_SLOT_COUNT, slot_of
+from registry import DEFAULT_SLOT_COUNT, DRAINING, NodeRecord, Ring, RingTable, slot_of
 
 # Derandomized so the suite is deterministic; few examples because each builds whole rings.
 RING_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True)
@@ -27,7 +25,7 @@ def assignment(ring: Ring, slot_count: int = DEFAULT_SLOT_COUNT) -> list[str | N
     return [ring.node_for_slot(slot) for slot in range(slot_count)]
 
 
-def routed_ids(table: RoutingTable) -> list[str | None]:
+def routed_ids(table: RingTable) -> list[str | None]:
     records = map(table.node_for_slot, range(table.slot_count))
     return [record.node_id if record else None for record in records]
 
@@ -121,11 +119,11 @@ class TestRingSpecification:
         assert ring.preference_list(0, 2) == []
 
 
-class TestRoutingTable:
+class TestRingTable:
     """Slot → node array, rebuilt only when the active set or its weights change."""
 
     def test_routes_by_slot_and_counts_rebuilds(self) -> None:
-        table = RoutingTable()
+        table = RingTable()
         assert table.version == 0
         assert table.route("ws-1") is None
         nodes = {node_id: make_node(node_id) for node_id in ("a", "b")}
@@ -137,7 +135,7 @@ class TestRoutingTable:
         assert table.node_for_slot(slot_of("ws-1")) == routed
 
     def test_load_change_refreshes_records_without_rebuilding(self) -> None:
-        table = RoutingTable()
+        table = RingTable()
         nodes = {node_id: make_node(node_id) for node_id in ("a", "b")}
         table.update(nodes)
         before = routed_ids(table)
@@ -153,7 +151,7 @@ class TestRoutingTable:
         assert routed_ids(table) == before
 
     def test_capacity_change_or_new_node_rebuilds(self) -> None:
-        table = RoutingTable()
+        table = RingTable()
         nodes = {node_id: make_node(node_id) for node_id in ("a", "b")}
         table.update(nodes)
         table.update({**nodes, "a": replace(nodes["a"], capacity=200)})
@@ -164,7 +162,7 @@ class TestRoutingTable:
         assert table.version == 3
 
     def test_draining_node_leaves_the_table(self) -> None:
-        table = RoutingTable(slot_count=256)
+        table = RingTable(slot_count=256)
         nodes = {node_id: make_node(node_id) for node_id in ("a", "b")}
         table.update(nodes)
         assert table.slots_of("b")
@@ -174,7 +172,7 @@ class TestRoutingTable:
         assert set(routed_ids(table)) == {"a"}
 
     def test_no_active_node_routes_nowhere(self) -> None:
-        table = RoutingTable()
+        table = RingTable()
         table.update({"a": make_node("a")})
         table.update({"a": make_node("a", state=DRAINING)})
         assert table.route("ws-1") is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.slots import slot_of
+from registry import slot_of
 from tests.cluster import (
     LoadClient,
     MeshSettings,

@@ -11,7 +11,7 @@ import pytest
 
 from deploy.ports import free_port
 from node.drivers import Driver, DriverEvent, DriverEventKind, SimDriver, SimDriverFactory
-from registry.errors import InvalidInput, Unavailable
+from registry import InvalidInput, Unavailable
 from simnet import SimNet
 from tests.waiting import eventually
 

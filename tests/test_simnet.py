@@ -4,6 +4,7 @@ acks, injection and the admin ops — over real sockets, as its clients see it."
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import os
 import signal
@@ -345,21 +346,27 @@ class TestProcess:
             "--pair-delay-ms",
             "10",
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "SIMNET_PAIR_DELAY_MS": "nonsense-but-overridden"},
+            env={
+                **os.environ,
+                "SIMNET_PAIR_DELAY_MS": "nonsense-but-overridden",
+                "LOG_FORMAT": "json",
+            },
         )
         try:
             assert process.stderr is not None
             async with asyncio.timeout(20):
-                line = (await process.stderr.readline()).decode()
-            assert "simnet listening on 127.0.0.1:" in line, line
-            address = line.rsplit("simnet listening on ", 1)[1].strip()
+                first = json.loads(await process.stderr.readline())
+            assert first["event"] == "simnet_listening", first
+            address = first["address"]
+            assert address.startswith("127.0.0.1:"), first
             async with SimNetAdmin(address) as admin:
                 assert (await admin.stats())["deliveries"] == 0
             process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(20):
                 _, rest = await process.communicate()
             assert process.returncode == 0, rest.decode()
-            assert "simnet stopped" in rest.decode()
+            events = [json.loads(line)["event"] for line in rest.decode().splitlines()]
+            assert events[-1] == "simnet_exited", events
         finally:
             if process.returncode is None:
                 process.kill()

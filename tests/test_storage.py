@@ -10,7 +10,7 @@ import pytest
 
 from node import group_commit
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
-from registry.errors import InvalidInput
+from registry import InvalidInput, MessageStatus
 
 BAD_IDS = ["../x", "a/b", "..", ".", "x" * 65, "", "ünïcode", "a\x00b", "/abs", "a b"]
 
@@ -38,7 +38,7 @@ def _entry(client_message_id: str, seq: int, status: str = "QUEUED") -> OutboxEn
         client_message_id=client_message_id,
         to="+14155550199",
         text=f"hello {seq}",
-        status=status,
+        status=MessageStatus(status),
         accepted_at_unix=1_700_000_002.0 + seq,
         seq=seq,
         accepted_by_node_id="node-1",
@@ -88,19 +88,17 @@ class TestRoundTrips:
         await storage.save_meta(_meta(session_id="s-2"))
         await storage.save_meta(_meta(workspace_id="ws-2", session_id="s-9"))
         await storage.save_outbox_entry("ws-1", "s-1", _entry("m-1", 1))
-        assert await storage.list_workspaces() == ["ws-1", "ws-2"]
         assert await storage.list_sessions("ws-1") == ["s-1", "s-2"]
+        assert await storage.list_sessions("ws-2") == ["s-9"]
         assert await storage.list_sessions("ws-3") == []
-        found = {(meta.workspace_id, meta.session_id) for meta in await storage.load_all_meta()}
-        assert found == {("ws-1", "s-1"), ("ws-1", "s-2"), ("ws-2", "s-9")}
         expected = sum(path.stat().st_size for path in (tmp_path / "workspace_ws-1/s-1").rglob("*")
                        if path.is_file())  # fmt: skip
         assert await storage.size_bytes("ws-1", "s-1") == expected > 0
 
     async def test_empty_root(self, tmp_path: Path) -> None:
         storage = SessionStorage(tmp_path / "not-yet")
-        assert await storage.list_workspaces() == []
-        assert await storage.load_all_meta() == []
+        assert await storage.list_sessions("ws-1") == []
+        assert await storage.load_meta("ws-1", "s-1") is None
 
 
 class TestAtomicWrites:

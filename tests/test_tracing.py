@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Iterator
 
 import aetcd
 import grpc
 import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -23,7 +25,7 @@ import telemetry.tracing
 from client.proxyless import ProxylessClient
 from gateway import GatewayConfig, GatewayServer, start_gateway
 from protos import session_pb2
-from registry.membership import connect_etcd
+from registry import connect_etcd
 from telemetry import (
     build_tracer_provider,
     client_interceptors,
@@ -82,7 +84,7 @@ async def traced_cluster(
     gateway = await start_gateway(
         GatewayConfig(listen_address="127.0.0.1:0", etcd_endpoints=etcd_url, cluster=cluster_name)
     )
-    await eventually(lambda: gateway.router.routing.ring.node_ids == ["n1"])
+    await eventually(lambda: gateway.router.ring.ring.node_ids == ["n1"])
     yield gateway, node
     await gateway.stop(grace_seconds=0.5)
     await node.stop()
@@ -312,22 +314,36 @@ class TestLogsAndMetrics:
     ) -> None:
         root = logging.getLogger()
         saved_handlers, saved_level = list(root.handlers), root.level
+        saved_structlog = structlog.get_config()
         try:
             configure_logging("sessionmesh-gateway", level="INFO")
             configure_logging("sessionmesh-gateway", level="INFO")
             with trace.get_tracer("test").start_as_current_span("work") as span:
-                logging.getLogger("gateway.test").info('routed "ws-1"')
+                structlog.get_logger("gateway.test").info("routed", workspace_id='ws "1"')
+                logging.getLogger("grpc.test").info("from a library")
             context = span.get_span_context()
+            configure_logging("sessionmesh-gateway", level="INFO", log_format="json")
+            structlog.get_logger("gateway.test").info("routed", workspace_id="ws-2")
         finally:
             root.handlers[:] = saved_handlers
             root.setLevel(saved_level)
+            structlog.configure(**saved_structlog)
         lines = capsys.readouterr().err.splitlines()
-        assert len(lines) == 1
+        assert len(lines) == 3
         assert lines[0].startswith("ts=")
+        ids = f"trace_id={context.trace_id:032x} span_id={context.span_id:016x}"
         assert (
-            ' level=info service=sessionmesh-gateway logger=gateway.test msg="routed \\"ws-1\\""'
-            f" trace_id={context.trace_id:032x} span_id={context.span_id:016x}"
+            " level=info service=sessionmesh-gateway logger=gateway.test event=routed"
+            f' workspace_id="ws \\"1\\"" {ids}'
         ) in lines[0]
+        assert f"logger=grpc.test event=\"from a library\" {ids}" in lines[1]
+        record = json.loads(lines[2])
+        assert {key: record[key] for key in ("event", "level", "workspace_id", "service")} == {
+            "event": "routed",
+            "level": "info",
+            "workspace_id": "ws-2",
+            "service": "sessionmesh-gateway",
+        }
 
     def test_empty_metrics_listen_is_off(self) -> None:
         assert start_metrics_server("") == ""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.wire import workspace_id_of
 from protos import session_pb2
-from registry.errors import InvalidInput
+from registry import InvalidInput
 from registry.ids import MAX_ID_LENGTH
 
 SERVICE = session_pb2.DESCRIPTOR.services_by_name["SessionService"]

@@ -13,17 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import random
 from typing import Any
 
+import structlog
 from opentelemetry import trace
 
 from node.drivers.base import DriverEvent, DriverEventKind, EventCallback
-from registry.errors import InvalidInput, Unavailable
+from registry import InvalidInput, Unavailable
 from simnet import protocol as p
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 MAX_RECONNECT_BACKOFF_MS = 5_000
@@ -152,7 +152,7 @@ class SimDriver:
                 )
                 await self._write_connect()
         except (OSError, TimeoutError) as error:
-            _log.debug("simnet_unreachable account=%s error=%r", self._account, error)
+            _log.debug("simnet_unreachable", account=self._account, error=error)
             await self._close_socket()
             return False
         self._is_down_reported = False
@@ -175,7 +175,7 @@ class SimDriver:
                     event = p.decode_line(line)
                     ending = await self._handle(event)
                 except (p.ProtocolError, KeyError, TypeError, ValueError) as error:
-                    _log.warning("simnet_bad_event account=%s error=%r", self._account, error)
+                    _log.warning("simnet_bad_event", account=self._account, error=error)
                     continue
                 if ending is not None:
                     return ending
@@ -228,7 +228,7 @@ class SimDriver:
             self._emit(DriverEvent(kind=DriverEventKind.DISCONNECTED, reason="connection_replaced"))
             return _Ending.REPLACED
         else:
-            _log.info("simnet_event_ignored account=%s event=%s", self._account, event)
+            _log.info("simnet_event_ignored", account=self._account, simnet_event=event)
         return None
 
     def _emit(self, event: DriverEvent) -> None:
@@ -238,7 +238,7 @@ class SimDriver:
             self._on_event(event)
         except Exception:
             # The callback's failure must not end the connection loop.
-            _log.exception("driver_event_callback_failed account=%s", self._account)
+            _log.exception("driver_event_callback_failed", account=self._account)
 
     def _report_down(self) -> None:
         """Report a network loss once per outage (not once per failed reconnect)."""

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import structlog
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -33,7 +33,7 @@ from registry.accounts.models import (
 from registry.accounts.schema import current_revision, head_revision
 from registry.errors import Unavailable
 
-_log = logging.getLogger(__name__)
+_log = structlog.get_logger(__name__)
 
 _SELECT_CHUNK = 500
 """Sessions per ``IN (...)`` query, under every backend's bound-parameter limit."""
@@ -141,7 +141,7 @@ class AccountStore:
         try:
             revision = await asyncio.to_thread(self._read_revision)
         except SQLAlchemyError as error:
-            _log.warning("accounts_db_unreachable error=%r", error)
+            _log.warning("accounts_db_unreachable", error=error)
         else:
             expected = head_revision()
             if revision != expected:
@@ -163,7 +163,7 @@ class AccountStore:
             self._task = None
         await self.flush()
         if self._pending:
-            _log.error("accounts_changes_dropped sessions=%d", len(self._pending))
+            _log.error("accounts_changes_dropped", sessions=len(self._pending))
         if self._engine is not None:
             await asyncio.to_thread(self._engine.dispose)
             self._engine = None
@@ -181,7 +181,7 @@ class AccountStore:
                 await asyncio.to_thread(self._write, batch)
             except Exception as error:
                 # Not only SQLAlchemyError: whatever fails, the changes must not be lost.
-                _log.warning("accounts_flush_failed sessions=%d error=%r", len(batch), error)
+                _log.warning("accounts_flush_failed", sessions=len(batch), error=error)
                 for key, newer in self._pending.items():
                     if key in batch:
                         batch[key].absorb(newer)
@@ -295,12 +295,11 @@ class AccountStore:
                 if pending.epoch and pending.epoch < row.owner_epoch:
                     # A stale owner's late write: a newer owner already wrote this row.
                     _log.warning(
-                        "accounts_stale_write_refused workspace_id=%s session_id=%s"
-                        " epoch=%d row_epoch=%d",
-                        workspace_id,
-                        session_id,
-                        pending.epoch,
-                        row.owner_epoch,
+                        "accounts_stale_write_refused",
+                        workspace_id=workspace_id,
+                        session_id=session_id,
+                        epoch=pending.epoch,
+                        row_epoch=row.owner_epoch,
                     )
                     continue
                 row.owner_epoch = max(row.owner_epoch, pending.epoch)

@@ -1,4 +1,4 @@
-"""The consistent-hash ring and the slot routing table built from it.
+"""The consistent-hash ring, and the slot → ring node table built from it.
 
 The ring is uhashring in ketama-compatible mode: one ring node per active node, weighted by
 its capacity, with slots (``slot-<n>``) as keys. Adding the (N+1)th equal node moves about
@@ -66,8 +66,9 @@ class Ring:
         return [str(conf["nodename"]) for conf in self._ring.range(_ring_key(slot), size=count)]
 
 
-class RoutingTable:
-    """Slot → node as a fixed-size array, rebuilt only when membership changes.
+class RingTable:
+    """Slot → the node the ring gives it, as a fixed-size array, rebuilt only when membership
+    changes. Placement reads it; routing goes by owners first (:mod:`routing`).
 
     A change of ``load`` (or address, zone…) alone keeps the ring and the slot assignment; it
     only refreshes the records the table hands out.

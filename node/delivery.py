@@ -1,0 +1,185 @@
+"""One session's durable outbox and its delivery to the network.
+
+A message is written to the outbox before ``accept`` returns (an acknowledged send is on
+disk), deduplicated by ``client_message_id``. One delivery task hands queued messages to the
+driver in ``seq`` order whenever the session is READY — again after every reconnect: the
+network dedupes by id. Acks only move a message forward and are written before they are
+published. Every write first passes the session's fence guard: a stale owner writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from opentelemetry import trace
+
+from node.drivers.base import Driver
+from node.outbox import Outbox
+from node.storage import OutboxEntry, SessionStorage
+from registry import MessageStatus, Unavailable
+
+_log = structlog.get_logger(__name__)
+_tracer = trace.get_tracer(__name__)
+
+ACK_FENCE_MAX_AGE_SECONDS = 1.0
+"""An ack's outbox update trusts an epoch check this recent (a send always re-checks)."""
+STOPPING_RETRY_AFTER_MS = 200
+"""Retry hint of a send to a session that is stopping (it restarts elsewhere)."""
+
+Guard = Callable[[float], Awaitable[None]]
+"""``guard(max_age_seconds)``: raises ``Fenced`` if a newer owner took the session."""
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The answer to ``accept``: the outbox entry, and whether it was a replay."""
+
+    entry: OutboxEntry
+    is_duplicate: bool
+
+
+class OutboxDelivery:
+    """Accepts, delivers and acknowledges one session's messages (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: str,
+        session_id: str,
+        storage: SessionStorage,
+        driver: Driver,
+        entries: list[OutboxEntry],
+        guard: Guard,
+        span_attributes: Callable[[], dict[str, str]],
+    ) -> None:
+        self._workspace_id = workspace_id
+        self._session_id = session_id
+        self._storage = storage
+        self._driver = driver
+        self._outbox = Outbox(entries)
+        self._guard = guard
+        self._span_attributes = span_attributes
+        self._send_lock = asyncio.Lock()
+        self._handed_to_driver: set[str] = set()
+        self._wanted = asyncio.Event()
+        self._is_closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, is_ready: Callable[[], bool]) -> None:
+        """Start delivering whenever ``is_ready()`` (the session is READY) after a wake-up."""
+        self._task = asyncio.create_task(
+            self._deliver(is_ready),
+            name=f"session-delivery-{self._workspace_id}/{self._session_id}",
+        )
+
+    def close(self) -> asyncio.Task[None] | None:
+        """Accept nothing more and hand nothing more to the driver; the delivery task (ending)."""
+        self._is_closed = True
+        if self._task is not None:
+            self._task.cancel()
+        return self._task
+
+    def connected(self) -> None:
+        """The session is READY (again): deliver everything still queued, from the start."""
+        self._handed_to_driver.clear()
+        self._wanted.set()
+
+    async def accept(
+        self, client_message_id: str, to: str, text: str, *, node_id: str
+    ) -> SendResult:
+        """Accept a message: on disk in the outbox before this returns, deduped by id.
+
+        A repeated ``client_message_id`` returns the first answer and sends nothing.
+        Raises ``Unavailable`` once the session is stopping.
+        """
+        async with self._send_lock:
+            existing = self._outbox.get(client_message_id)
+            if existing is not None:
+                return SendResult(entry=existing, is_duplicate=True)
+            if self._is_closed:
+                raise Unavailable("the session is stopping", retry_after_ms=STOPPING_RETRY_AFTER_MS)
+            entry = OutboxEntry(
+                client_message_id=client_message_id,
+                to=to,
+                text=text,
+                status=MessageStatus.QUEUED,
+                accepted_at_unix=time.time(),
+                seq=self._outbox.next_seq(),
+                accepted_by_node_id=node_id,
+            )
+            await self._guard(0.0)  # a stale owner must not accept: the new one would not see it
+            await self._storage.save_outbox_entry(self._workspace_id, self._session_id, entry)
+            self._outbox.put(entry)
+        self._wanted.set()
+        return SendResult(entry=entry, is_duplicate=False)
+
+    async def acknowledged(self, message_id: str, status: str) -> OutboxEntry | None:
+        """The network acknowledged ``message_id`` with ``status``: the updated entry, written,
+        or None when that is not a step forward."""
+        updated = self._outbox.advanced(message_id, status)
+        if updated is None:
+            return None
+        # Acks are frequent: a check a second old is fresh enough for a status update.
+        await self._guard(ACK_FENCE_MAX_AGE_SECONDS)
+        await self._storage.save_outbox_entry(self._workspace_id, self._session_id, updated)
+        self._outbox.put(updated)
+        return updated
+
+    async def fail_unsent(self, reason: str) -> None:
+        """Mark every message not yet acknowledged FAILED (the session is being deleted)."""
+        async with self._send_lock:  # a send that passed its check lands first
+            unsent = self._outbox.queued()
+            for entry in unsent:
+                failed = self._outbox.advanced(entry.client_message_id, MessageStatus.FAILED)
+                if failed is not None:
+                    await self._guard(0.0)
+                    await self._storage.save_outbox_entry(
+                        self._workspace_id, self._session_id, failed
+                    )
+                    self._outbox.put(failed)
+        if unsent:
+            _log.info(
+                "outbox_unsent_failed",
+                workspace_id=self._workspace_id,
+                session_id=self._session_id,
+                count=len(unsent),
+                reason=reason,
+            )
+
+    def _next_to_deliver(self) -> OutboxEntry | None:
+        for entry in self._outbox.queued():
+            if entry.client_message_id not in self._handed_to_driver:
+                return entry
+        return None
+
+    async def _deliver(self, is_ready: Callable[[], bool]) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            while is_ready():
+                entry = self._next_to_deliver()
+                if entry is None:
+                    break
+                try:
+                    with _tracer.start_as_current_span(
+                        "driver.send",
+                        attributes={
+                            **self._span_attributes(),
+                            "sessionmesh.client_message_id": entry.client_message_id,
+                        },
+                    ):
+                        await self._driver.send(entry.client_message_id, entry.to, entry.text)
+                except Exception as error:
+                    # Not connected after all: the next READY tries again.
+                    _log.info(
+                        "driver_send_deferred",
+                        workspace_id=self._workspace_id,
+                        session_id=self._session_id,
+                        error=error,
+                    )
+                    break
+                self._handed_to_driver.add(entry.client_message_id)

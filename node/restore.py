@@ -1,0 +1,131 @@
+"""The restore pipeline: stored sessions started on this node from their credentials (READY
+without a QR), when it acquires a slot or a pinned workspace.
+
+At most ``restore_concurrency`` restores run at once across the whole node — every slot being
+acquired shares them — so a failover or a cold start does not spike the CPU. A session whose
+meta says another node still runs it gets up to ``LET_GO_TIMEOUT_SECONDS`` to stop there first
+(a pin move or a fenced owner), so it never runs twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+
+from node.epoch_fence import Fenced
+from node.metrics import NodeMetrics
+from node.reporting import SessionReporter
+from node.session_factory import SessionFactory
+from node.session_table import SessionTable
+from node.storage import SessionMeta, SessionStorage
+
+_log = structlog.get_logger(__name__)
+
+RESTORE_START_TIMEOUT_SECONDS = 10.0
+"""How long one restore may hold a restore slot while its driver connects."""
+LET_GO_TIMEOUT_SECONDS = 1.0
+"""How long a restore waits for a session's previous node to record it stopped. A node that
+hands off or fences itself stops first; one that crashed never records it, so this bounds
+what a crash adds to the failover time."""
+LET_GO_POLL_SECONDS = 0.02
+_LET_GO_STATES = frozenset({"stopped", "failed"})
+
+
+class RestorePipeline:
+    """Restores stored sessions into the session table (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        storage: SessionStorage,
+        table: SessionTable,
+        factory: SessionFactory,
+        reporter: SessionReporter,
+        metrics: NodeMetrics,
+        restore_concurrency: int,
+        is_stopping: Callable[[], bool],
+    ) -> None:
+        self._node_id = node_id
+        self._storage = storage
+        self._table = table
+        self._factory = factory
+        self._reporter = reporter
+        self._metrics = metrics
+        self._restore_slots = asyncio.Semaphore(restore_concurrency)
+        self._is_stopping = is_stopping
+
+    async def restore_workspaces(
+        self, workspace_ids: Iterable[str], *, epoch: int, is_takeover: bool = False
+    ) -> int:
+        """Start every stored, not deleted session of these workspaces that is not hosted yet,
+        under ``epoch``; return how many started (``is_takeover``: see
+        :meth:`SessionFactory.open`)."""
+        metas: list[SessionMeta] = []
+        for workspace_id in workspace_ids:
+            for session_id in await self._storage.list_sessions(workspace_id):
+                meta = await self._storage.load_meta(workspace_id, session_id)
+                if meta is not None and not meta.deleted:
+                    metas.append(meta)
+        results = await asyncio.gather(
+            *(self._restore(meta, epoch, is_takeover) for meta in metas),
+            return_exceptions=True,
+        )
+        for meta, result in zip(metas, results, strict=True):
+            if isinstance(result, BaseException):
+                _log.error(
+                    "session_restore_failed",
+                    workspace_id=meta.workspace_id,
+                    session_id=meta.session_id,
+                    error=result,
+                )
+        return sum(1 for result in results if result is True)
+
+    async def _wait_let_go(self, meta: SessionMeta) -> None:
+        deadline = time.monotonic() + LET_GO_TIMEOUT_SECONDS
+        stored: SessionMeta | None = meta
+        while (
+            stored is not None
+            and stored.node_id not in ("", self._node_id)
+            and stored.state not in _LET_GO_STATES
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(LET_GO_POLL_SECONDS)
+            stored = await self._storage.load_meta(meta.workspace_id, meta.session_id)
+
+    async def _restore(self, meta: SessionMeta, epoch: int, is_takeover: bool) -> bool:
+        key = (meta.workspace_id, meta.session_id)
+        if self._table.get(key) is not None:
+            return False
+        await self._wait_let_go(meta)
+        async with self._restore_slots:
+            async with self._table.locked(key):
+                if self._table.get(key) is not None or self._is_stopping():
+                    return False
+                # Re-read: the previous runner wrote its last state while we waited.
+                meta = await self._storage.load_meta(*key) or meta
+                if meta.deleted:
+                    return False
+                try:
+                    session = await self._factory.open(
+                        meta, restore_credentials=True, epoch=epoch, is_takeover=is_takeover
+                    )
+                except Fenced:
+                    return False  # a newer owner restored it already: we are the stale one
+                self._table.adopt(session)
+                self._reporter.assigned(session)
+            self._metrics.session_restored()
+            try:
+                # Bounds the restores in flight, not the start itself: a slow one goes on.
+                async with asyncio.timeout(RESTORE_START_TIMEOUT_SECONDS):
+                    await session.wait_started()
+            except TimeoutError:
+                _log.warning(
+                    "session_restore_slow",
+                    workspace_id=meta.workspace_id,
+                    session_id=meta.session_id,
+                )
+            return True

@@ -1,0 +1,73 @@
+"""Opening a session on this node: its driver, outbox, credentials and epoch fence, its meta
+written as STARTING here under the epoch its call or move was authorized under."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from node.drivers.base import DriverFactory
+from node.epoch_fence import EpochFence
+from node.session import HostedSession, SessionObserver
+from node.storage import SessionMeta, SessionStorage
+
+
+class SessionFactory:
+    """Builds :class:`HostedSession` objects for this node (not started yet)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        storage: SessionStorage,
+        driver_factory: DriverFactory,
+        observer: SessionObserver,
+        on_fenced: Callable[[HostedSession], None],
+    ) -> None:
+        self._node_id = node_id
+        self._storage = storage
+        self._driver_factory = driver_factory
+        self._observer = observer
+        self._on_fenced = on_fenced
+
+    async def open(
+        self,
+        meta: SessionMeta,
+        *,
+        restore_credentials: bool,
+        epoch: int,
+        is_takeover: bool = False,
+    ) -> HostedSession:
+        """A new session for ``meta`` with its outbox (and credentials), its meta written to
+        storage as STARTING on this node under ``epoch``.
+
+        Raises ``Fenced`` if the stored meta already names a newer owner epoch — unless
+        ``is_takeover``: the workspace comes back from a pinned owner whose epoch (another
+        key's) may be newer than this slot's, and the stored epoch is overwritten.
+        """
+        workspace_id, session_id = meta.workspace_id, meta.session_id
+        fence = EpochFence(self._storage, workspace_id, session_id, epoch=epoch)
+        if not is_takeover:
+            await fence.check()
+        credentials = (
+            await self._storage.load_credentials(workspace_id, session_id)
+            if restore_credentials
+            else None
+        )
+        session = HostedSession(
+            meta=meta.changed(
+                node_id=self._node_id,
+                deleted=False,
+                updated_at_unix=time.time(),
+                owner_epoch=epoch,
+            ),
+            storage=self._storage,
+            driver=self._driver_factory(workspace_id, session_id),
+            outbox_entries=await self._storage.load_outbox(workspace_id, session_id),
+            credentials=credentials,
+            observer=self._observer,
+            fence=fence,
+            on_fenced=self._on_fenced,
+        )
+        await self._storage.save_meta(session.meta)
+        return session

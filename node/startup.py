@@ -1,0 +1,310 @@
+"""Starting a node: every part wired to the ones it needs, in an order that lets each start.
+
+Bind the port (port 0: any free one), open the accounts DB (migrating it first), connect etcd
+and follow membership into the ring and ownership into a view, start serving, register in
+etcd, then run the reconciler's first pass to completion (it acquires the slots placement
+gives this node and restores their sessions) and keep it running. Whatever was opened before
+a failure is closed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import aetcd
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from node.catalog import CatalogBook
+from node.config import NodeConfig
+from node.drivers.base import DriverFactory
+from node.lease_fence import LeaseFence
+from node.manager import SessionManager
+from node.metrics import NodeMetrics
+from node.moves import Moves
+from node.placement import NodePlacement
+from node.reconciler import Reconciler
+from node.server import NodeParts, NodeServer
+from node.service import SessionService
+from node.serving import ServingCheck
+from node.slot_table import SlotTable
+from node.storage import SessionStorage
+from protos import SESSION_SERVICE_NAME, session_pb2_grpc
+from registry import (
+    ACTIVE,
+    DRAINING,
+    ClusterKeys,
+    MembershipWatcher,
+    NodeRecord,
+    NodeRegistration,
+    OwnershipView,
+    RingTable,
+    Unavailable,
+    connect_etcd,
+    parse_host_port,
+)
+from registry.accounts import AccountStore, upgrade
+from telemetry import HealthServicer, new_health_servicer, server_interceptors
+
+_log = structlog.get_logger(__name__)
+
+START_TIMEOUT_SECONDS = 10.0
+"""How long a starting node waits to see its own record in etcd."""
+_MIGRATION_RETRY_MAX_DELAY_SECONDS = 0.5
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("sessionmesh")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+async def _migrate(database_url: str) -> None:
+    """Bring the accounts schema to head; one retry, because two nodes starting at once on
+    one SQLite file can collide on the migration itself."""
+    try:
+        await asyncio.to_thread(upgrade, database_url)
+    except Exception as error:
+        _log.warning("accounts_migration_retry", error=error)
+        # Jittered, so the two colliding nodes do not collide again.
+        await asyncio.sleep(random.uniform(0.05, _MIGRATION_RETRY_MAX_DELAY_SECONDS))
+        await asyncio.to_thread(upgrade, database_url)
+
+
+def _dialable_address(listen_address: str, bound_port: int) -> str:
+    """The listen host with the bound port; a wildcard host becomes this machine's name."""
+    host, _ = parse_host_port(listen_address, field="--listen")
+    if host in _WILDCARD_HOSTS:
+        host = socket.gethostname()
+    return f"{host}:{bound_port}"
+
+
+def _default_driver_factory(config: NodeConfig) -> DriverFactory:
+    from node.drivers.sim import SimDriverFactory  # noqa: PLC0415 - only when no factory given
+
+    factory: DriverFactory = SimDriverFactory(simnet_address=config.simnet_address)
+    return factory
+
+
+def _add_services(server: grpc.aio.Server, service: SessionService) -> HealthServicer:
+    # The generated grpc module has no type annotations.
+    session_pb2_grpc.add_SessionServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    health_servicer = new_health_servicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SESSION_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return health_servicer
+
+
+def _own_record(config: NodeConfig, address: str) -> NodeRecord:
+    return NodeRecord(
+        node_id=config.node_id,
+        address=address,
+        capacity=config.max_sessions,
+        zone=config.zone,
+        load=0,
+        version=_version(),
+        metrics_address=config.metrics_listen,
+    )
+
+
+async def _bind(
+    config: NodeConfig, cleanup: contextlib.AsyncExitStack
+) -> tuple[grpc.aio.Server, str]:
+    """The gRPC server with its port bound, and the address others dial."""
+    server = grpc.aio.server(interceptors=server_interceptors())
+    cleanup.push_async_callback(server.stop, None)
+    try:
+        port = server.add_insecure_port(config.listen_address)
+    except RuntimeError as error:
+        raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
+    return server, config.advertise_address or _dialable_address(config.listen_address, port)
+
+
+async def _open_accounts(
+    config: NodeConfig, cleanup: contextlib.AsyncExitStack
+) -> AccountStore | None:
+    if not config.database_url:
+        return None
+    await _migrate(config.database_url)
+    accounts = AccountStore(config.database_url)
+    await accounts.start()
+    cleanup.push_async_callback(accounts.stop)
+    return accounts
+
+
+async def _follow_etcd(
+    config: NodeConfig, cleanup: contextlib.AsyncExitStack
+) -> tuple[aetcd.Client, ClusterKeys, MembershipWatcher, RingTable, OwnershipView]:
+    """etcd, and the watch-fed membership (into the ring) and ownership views."""
+    etcd = await connect_etcd(config.etcd_endpoints)
+    cleanup.push_async_callback(etcd.close)
+    keys = ClusterKeys(config.cluster)
+    ring = RingTable()
+    membership = MembershipWatcher(etcd, keys)
+    membership.subscribe(ring.update)
+    await membership.start()
+    cleanup.push_async_callback(membership.stop)
+    view = OwnershipView(etcd, keys, slot_count=ring.slot_count)
+    await view.start()
+    cleanup.push_async_callback(view.stop)
+    return etcd, keys, membership, ring, view
+
+
+async def start_node(
+    config: NodeConfig, *, driver_factory: DriverFactory | None = None
+) -> NodeServer:
+    """Start a node as ``config`` says; raises ``Unavailable`` if etcd or the port is not
+    there. Whatever was opened before a failure is closed again."""
+    async with contextlib.AsyncExitStack() as cleanup:
+        storage = SessionStorage(config.storage_path)
+        await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
+        server, address = await _bind(config, cleanup)
+        accounts = await _open_accounts(config, cleanup)
+        etcd, keys, membership, ring, view = await _follow_etcd(config, cleanup)
+
+        metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
+        slots = SlotTable(metrics=metrics)
+        placement = NodePlacement(
+            node_id=config.node_id, membership=membership, ring=ring, slots=slots
+        )
+        serving = ServingCheck(node_id=config.node_id, slots=slots, view=view, placement=placement)
+        manager = SessionManager(
+            node_id=config.node_id,
+            node_address=address,
+            storage=storage,
+            driver_factory=driver_factory or _default_driver_factory(config),
+            max_sessions=config.max_sessions,
+            metrics=metrics,
+            admits=serving.admits,
+            restore_concurrency=config.restore_concurrency,
+            accounts=accounts,
+        )
+        cleanup.push_async_callback(manager.stop_all)
+        catalog = CatalogBook(
+            etcd,
+            keys,
+            slot_count=ring.slot_count,
+            session_count=manager.session_count,
+            node_id=config.node_id,
+        )
+
+        def lease_changed() -> None:
+            lease_fence.lease_changed()
+
+        registration = NodeRegistration(
+            etcd,
+            keys,
+            _own_record(config, address),
+            lease_ttl_seconds=config.lease_ttl_seconds,
+            on_lease_change=lease_changed,
+        )
+        moves = Moves(
+            node_id=config.node_id,
+            etcd=etcd,
+            keys=keys,
+            slots=slots,
+            view=view,
+            placement=placement,
+            serving=serving,
+            catalog=catalog,
+            manager=manager,
+            registration=registration,
+            metrics=metrics,
+            accounts=accounts,
+        )
+        reconciler = Reconciler(
+            node_id=config.node_id,
+            slots=slots,
+            view=view,
+            placement=placement,
+            moves=moves,
+            catalog=catalog,
+            interval_seconds=config.reconcile_interval_seconds,
+            max_moves_in_flight=config.max_moves_in_flight,
+            publish_draining=_draining_publisher(registration, manager),
+        )
+        cleanup.push_async_callback(reconciler.stop)
+        lease_fence = LeaseFence(
+            registration, slots, stop_everything=moves.fence_all, on_recovered=reconciler.poke
+        )
+
+        service = SessionService(manager, serving=serving, moves=moves, catalog=catalog)
+        health_servicer = _add_services(server, service)
+        await server.start()
+        for service_name in ("", SESSION_SERVICE_NAME):
+            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+
+        await registration.start()
+        cleanup.push_async_callback(registration.stop)
+        lease_fence.start()
+        cleanup.push_async_callback(lease_fence.stop)
+        await _first_pass(config.node_id, membership, view, reconciler)
+        _log.info(
+            "node_started",
+            node_id=config.node_id,
+            slots=len(slots.slots()),
+            sessions=manager.hosted_count,
+        )
+        cleanup.pop_all()  # started: from here NodeServer.stop closes everything
+    parts = NodeParts(
+        server=server,
+        health=health_servicer,
+        etcd=etcd,
+        membership=membership,
+        ring=ring,
+        view=view,
+        registration=registration,
+        slots=slots,
+        catalog=catalog,
+        manager=manager,
+        reconciler=reconciler,
+        lease_fence=lease_fence,
+        accounts=accounts,
+    )
+    return NodeServer(config=config, address=address, parts=parts)
+
+
+def _draining_publisher(
+    registration: NodeRegistration, manager: SessionManager
+) -> Callable[[bool], Awaitable[None]]:
+    async def publish_draining(is_draining: bool) -> None:
+        state = DRAINING if is_draining else ACTIVE
+        try:
+            record = replace(registration.record, state=state, load=manager.hosted_count)
+            await registration.update(record)
+        except Unavailable as error:
+            _log.warning("node_state_publish_failed", state=state, error=error)
+
+    return publish_draining
+
+
+async def _first_pass(
+    node_id: str, membership: MembershipWatcher, view: OwnershipView, reconciler: Reconciler
+) -> None:
+    """Run the reconciler's first pass to completion, then keep it running."""
+    # Placement must see this node before the first pass, or it gives it nothing.
+    try:
+        await membership.wait_until(
+            lambda nodes: node_id in nodes, timeout_seconds=START_TIMEOUT_SECONDS
+        )
+    except TimeoutError as error:
+        raise Unavailable(f"node {node_id} never saw itself in etcd") from error
+    membership.subscribe(reconciler.poke)
+    view.subscribe(reconciler.poke)
+    # A started node already serves (and has restored) what placement gives it.
+    await reconciler.run_once()
+    await reconciler.settle()
+    reconciler.start()

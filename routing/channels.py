@@ -1,0 +1,96 @@
+"""One pooled ``grpc.aio`` channel per node address, and cached raw-bytes callables on it.
+
+Channels open on first use and close when their node leaves the membership (calls still in
+flight get a short grace) or the pool closes. Callables carry bytes both ways: the gateway
+forwards what it received, the proxyless client serializes itself, so one cache serves both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+import grpc
+import structlog
+
+_log = structlog.get_logger(__name__)
+
+DEPARTED_GRACE_SECONDS = 1.0
+"""How long calls in flight on a departed node's channel may take before it closes."""
+
+UnaryCaller = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
+StreamCaller = grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+class ChannelPool:
+    """Channels by ``host:port`` (see the module docstring). No interceptors: hops trace
+    themselves (:mod:`telemetry.hop`)."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._unary_callers: dict[tuple[str, str], UnaryCaller] = {}
+        self._stream_callers: dict[tuple[str, str], StreamCaller] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def channel_for(self, address: str) -> grpc.aio.Channel:
+        """The pooled channel to ``address``, opened on first use."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address)
+            self._channels[address] = channel
+        return channel
+
+    def unary_caller(self, address: str, path: str) -> UnaryCaller:
+        """A cached raw-bytes unary callable of method ``path`` on ``address``."""
+        caller = self._unary_callers.get((address, path))
+        if caller is None:
+            caller = self.channel_for(address).unary_unary(
+                path, request_serializer=_identity, response_deserializer=_identity
+            )
+            self._unary_callers[(address, path)] = caller
+        return caller
+
+    def stream_caller(self, address: str, path: str) -> StreamCaller:
+        """A cached raw-bytes server-streaming callable of method ``path`` on ``address``."""
+        caller = self._stream_callers.get((address, path))
+        if caller is None:
+            caller = self.channel_for(address).unary_stream(
+                path, request_serializer=_identity, response_deserializer=_identity
+            )
+            self._stream_callers[(address, path)] = caller
+        return caller
+
+    def keep_only(self, live_addresses: Iterable[str]) -> None:
+        """Close the channels to every address not in ``live_addresses`` (nodes that left)."""
+        live = set(live_addresses)
+        for address in [address for address in self._channels if address not in live]:
+            channel = self._channels.pop(address)
+            for callers in (self._unary_callers, self._stream_callers):
+                for key in [key for key in callers if key[0] == address]:
+                    del callers[key]
+            _log.info("channel_closed", address=address, reason="node_left")
+            # Called from membership callbacks, which cannot await: the close runs as a task
+            # that close() waits for.
+            task = asyncio.get_running_loop().create_task(self._close_departed(channel))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        channels, self._channels = self._channels, {}
+        self._unary_callers.clear()
+        self._stream_callers.clear()
+        for channel in channels.values():
+            await channel.close(None)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    @staticmethod
+    async def _close_departed(channel: grpc.aio.Channel) -> None:
+        with contextlib.suppress(Exception):
+            await channel.close(grace=DEPARTED_GRACE_SECONDS)
