@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc
+from protos import admin_pb2, admin_pb2_grpc
 
 CALL_TIMEOUT_SECONDS = 10.0
 """Deadline of one admin call."""

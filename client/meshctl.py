@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from client._progress import CALL_TIMEOUT_SECONDS, locate, wait_for_drain, wait_for_owner
-from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc
+from protos import admin_pb2, admin_pb2_grpc
 from registry import InvalidInput, parse_host_port
 
 DEFAULT_GATEWAY = "127.0.0.1:7000"

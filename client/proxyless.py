@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import aetcd
@@ -105,12 +104,7 @@ class ProxylessClient:
     async def __aenter__(self) -> ProxylessClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     @property

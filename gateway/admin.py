@@ -18,7 +18,7 @@ import structlog
 
 from gateway import metrics
 from gateway.probes import health_of
-from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc
+from protos import admin_pb2, admin_pb2_grpc
 from registry import (
     ClusterKeys,
     InvalidInput,
@@ -37,8 +37,6 @@ from registry import (
     validate_id,
 )
 from routing import Router
-
-ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

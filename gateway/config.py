@@ -7,12 +7,18 @@ with a message naming it and exit code 2 (argparse's convention).
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from registry import DEFAULT_CLUSTER, InvalidInput, parse_endpoints, parse_host_port
-from telemetry import LOG_FORMATS, LOG_LEVELS
+from registry import (
+    DEFAULT_CLUSTER,
+    InvalidInput,
+    parse_endpoints,
+    parse_flags,
+    parse_host_port,
+    parse_log_format,
+    parse_log_level,
+)
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
 DEFAULT_ETCD_ENDPOINTS = "http://127.0.0.1:2379"
@@ -81,21 +87,13 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
     parse_endpoints(args.etcd)
     if not args.cluster or "/" in args.cluster:
         raise InvalidInput(f"--cluster {args.cluster!r} must be non-empty and contain no '/'")
-    log_level = args.log_level.upper()
-    if log_level not in LOG_LEVELS:
-        raise InvalidInput(f"--log-level {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
-    log_format = args.log_format.lower()
-    if log_format not in LOG_FORMATS:
-        raise InvalidInput(
-            f"--log-format {args.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
-        )
     return GatewayConfig(
         listen_address=args.listen,
         etcd_endpoints=args.etcd,
         cluster=args.cluster,
         metrics_listen=args.metrics_listen,
-        log_level=log_level,
-        log_format=log_format,
+        log_level=parse_log_level(args.log_level),
+        log_format=parse_log_format(args.log_format),
     )
 
 
@@ -104,9 +102,4 @@ def load_config(
 ) -> GatewayConfig:
     """The configuration from ``argv`` (default ``sys.argv[1:]``) and ``environ`` (default
     ``os.environ``). A bad value exits with a message naming it and code 2."""
-    parser = _build_parser(os.environ if environ is None else environ)
-    args = parser.parse_args(argv)
-    try:
-        return _config_from(args)
-    except InvalidInput as error:
-        parser.error(error.message)  # exits with code 2
+    return parse_flags(_build_parser, _config_from, argv, environ)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 
@@ -106,10 +106,8 @@ class ForwardingHandler(_GenericRpcHandler):
         """The forwarding behaviour for a ``SessionService`` method, None for anything else."""
         return self._handlers.get(handler_call_details.method)
 
-    async def _start(
-        self, request: bytes, context: Context, method: _Method
-    ) -> tuple[str, str, MetadataPairs, Hop]:
-        """Route the call and split its metadata: (workspace, address, metadata, spans)."""
+    def _start(self, request: bytes, context: Context, method: _Method) -> _Forwarding:
+        """Route the call, split its metadata and open its spans."""
         fields = self._tracer.fields
         carrier: dict[str, str] = {}
         pairs: list[tuple[str, str | bytes]] = []
@@ -128,79 +126,38 @@ class ForwardingHandler(_GenericRpcHandler):
             hop.end(error.status_code, error.message)
             raise  # the boundary answers with the error's status
         pairs.extend(hop.headers)
-        return workspace_id, address, tuple(pairs), hop
-
-    async def _next_attempt(
-        self,
-        attempts: Attempts | None,
-        error: grpc.aio.AioRpcError,
-        *,
-        workspace_id: str,
-        address: str,
-        context: Context,
-        method: _Method,
-    ) -> tuple[Attempts, NextAttempt | None]:
-        """After a failed attempt: the retry state (built on the first failure only) and
-        where to send the call next, None to give up."""
-        if attempts is None:
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
-            attempts = self._router.attempts(workspace_id, address=address, deadline=deadline)
-        next_attempt = await attempts.after_failure(error)
-        if next_attempt is not None:
-            (method.rerouted if next_attempt.is_reroute else method.retried)()
-        return attempts, next_attempt
-
-    async def _give_up(
-        self, error: grpc.aio.AioRpcError, context: Context, method: _Method, hop: Hop
-    ) -> None:
-        """End the caller's call exactly as the node ended ours."""
-        code = error.code()
-        method.count(code)
-        hop.end(code, error.details() or "")
-        trailing = forwardable_metadata(error.trailing_metadata())
-        if trailing:
-            context.set_trailing_metadata(trailing)
-        await context.abort(code, error.details() or "")
+        return _Forwarding(
+            router=self._router,
+            method=method,
+            context=context,
+            workspace_id=workspace_id,
+            address=address,
+            metadata=tuple(pairs),
+            hop=hop,
+        )
 
     def _unary_behavior(self, method: _Method) -> Callable[[bytes, Context], Any]:
         channels = self._router.channels
-        path = method.path
 
         @rpc_boundary
         async def forward(request: bytes, context: Context) -> bytes:
             started_at = time.perf_counter()
-            workspace_id, address, metadata, hop = await self._start(request, context, method)
-            attempts: Attempts | None = None
+            call_state = self._start(request, context, method)
             try:
                 while True:
-                    call = channels.unary_caller(address, path)(
-                        request, timeout=context.time_remaining(), metadata=metadata
+                    call = channels.unary_caller(call_state.address, method.path)(
+                        request, timeout=context.time_remaining(), metadata=call_state.metadata
                     )
                     try:
                         response = await call
                     except grpc.aio.AioRpcError as error:
-                        attempts, next_attempt = await self._next_attempt(
-                            attempts,
-                            error,
-                            workspace_id=workspace_id,
-                            address=address,
-                            context=context,
-                            method=method,
-                        )
-                        if next_attempt is not None:
-                            address = next_attempt.address
+                        if await call_state.should_retry(error):
                             continue
-                        await self._give_up(error, context, method, hop)
-                        raise AssertionError("context.abort returned") from error
-                    trailing = forwardable_metadata(await call.trailing_metadata())
-                    if trailing:
-                        context.set_trailing_metadata(trailing)
-                    method.ok.inc()
-                    hop.end(grpc.StatusCode.OK)
+                        await call_state.give_up(error)
+                    call_state.succeeded(await call.trailing_metadata())
                     return response
             except asyncio.CancelledError:
-                hop.end(grpc.StatusCode.CANCELLED)  # the caller went away
+                call_state.hop.end(grpc.StatusCode.CANCELLED)  # the caller went away
                 raise
             finally:
                 method.latency.observe(time.perf_counter() - started_at)
@@ -209,17 +166,15 @@ class ForwardingHandler(_GenericRpcHandler):
 
     def _stream_behavior(self, method: _Method) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
         channels = self._router.channels
-        path = method.path
 
         @rpc_boundary
         async def forward(request: bytes, context: Context) -> AsyncIterator[bytes]:
             started_at = time.perf_counter()
-            workspace_id, address, metadata, hop = await self._start(request, context, method)
-            attempts: Attempts | None = None
+            call_state = self._start(request, context, method)
             has_sent_message = False
             while True:
-                call = channels.stream_caller(address, path)(
-                    request, timeout=context.time_remaining(), metadata=metadata
+                call = channels.stream_caller(call_state.address, method.path)(
+                    request, timeout=context.time_remaining(), metadata=call_state.metadata
                 )
                 try:
                     async for message in call:
@@ -229,34 +184,81 @@ class ForwardingHandler(_GenericRpcHandler):
                         yield message
                 except grpc.aio.AioRpcError as error:
                     # Once a message went out the stream cannot be replayed elsewhere.
-                    if not has_sent_message:
-                        attempts, next_attempt = await self._next_attempt(
-                            attempts,
-                            error,
-                            workspace_id=workspace_id,
-                            address=address,
-                            context=context,
-                            method=method,
-                        )
-                        if next_attempt is not None:
-                            address = next_attempt.address
-                            continue
-                    await self._give_up(error, context, method, hop)
-                    raise AssertionError("context.abort returned") from error
+                    if not has_sent_message and await call_state.should_retry(error):
+                        continue
+                    await call_state.give_up(error)
                 except BaseException:
                     # The caller went away: end the spans (the node's stream is cancelled below).
-                    hop.end(grpc.StatusCode.CANCELLED)
+                    call_state.hop.end(grpc.StatusCode.CANCELLED)
                     raise
                 finally:
                     # The caller went away (or we gave up): stop the node's stream too.
                     call.cancel()
-                trailing = forwardable_metadata(await call.trailing_metadata())
-                if trailing:
-                    context.set_trailing_metadata(trailing)
                 if not has_sent_message:
                     method.latency.observe(time.perf_counter() - started_at)
-                method.ok.inc()
-                hop.end(grpc.StatusCode.OK)
+                call_state.succeeded(await call.trailing_metadata())
                 return
 
         return forward
+
+
+class _Forwarding:
+    """One forwarded call: where it goes, its retry state (built on its first failure only),
+    its spans, and how it ends for the caller."""
+
+    __slots__ = ("_attempts", "_context", "_method", "_router", "address", "hop", "metadata",
+                 "workspace_id")  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        method: _Method,
+        context: Context,
+        workspace_id: str,
+        address: str,
+        metadata: MetadataPairs,
+        hop: Hop,
+    ) -> None:
+        self._router = router
+        self._method = method
+        self._context = context
+        self._attempts: Attempts | None = None
+        self.workspace_id = workspace_id
+        self.address = address
+        self.metadata = metadata
+        self.hop = hop
+
+    async def should_retry(self, error: grpc.aio.AioRpcError) -> bool:
+        """After a failed attempt: whether to send the call again (to ``address``, updated)."""
+        if self._attempts is None:
+            remaining = self._context.time_remaining()
+            deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+            self._attempts = self._router.attempts(
+                self.workspace_id, address=self.address, deadline=deadline
+            )
+        next_attempt: NextAttempt | None = await self._attempts.after_failure(error)
+        if next_attempt is None:
+            return False
+        (self._method.rerouted if next_attempt.is_reroute else self._method.retried)()
+        self.address = next_attempt.address
+        return True
+
+    async def give_up(self, error: grpc.aio.AioRpcError) -> NoReturn:
+        """End the caller's call exactly as the node ended ours."""
+        code = error.code()
+        self._method.count(code)
+        self.hop.end(code, error.details() or "")
+        trailing = forwardable_metadata(error.trailing_metadata())
+        if trailing:
+            self._context.set_trailing_metadata(trailing)
+        await self._context.abort(code, error.details() or "")
+        raise AssertionError("context.abort returned") from error
+
+    def succeeded(self, trailing_metadata: Any) -> None:
+        """The node answered: hand its trailers back, count and end the spans."""
+        trailing = forwardable_metadata(trailing_metadata)
+        if trailing:
+            self._context.set_trailing_metadata(trailing)
+        self._method.ok.inc()
+        self.hop.end(grpc.StatusCode.OK)

@@ -12,11 +12,10 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway.admin import ADMIN_SERVICE_NAME, AdminServicer
+from gateway.admin import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.forwarder import ForwardingHandler
-from protos import SESSION_SERVICE_NAME, session_pb2  # noqa: F401 - registers the descriptors
-from protos.sessionmesh.v1 import admin_pb2_grpc
+from protos import ADMIN_SERVICE_NAME, SESSION_SERVICE_NAME, admin_pb2_grpc
 from registry import (
     ClusterKeys,
     MembershipWatcher,

@@ -56,6 +56,21 @@ class CatalogCounts:
         self._flush_timer: asyncio.Task[None] | None = None
         self._is_closed = False
 
+    @property
+    def etcd(self) -> aetcd.Client:
+        """The etcd client it writes with."""
+        return self._etcd
+
+    @property
+    def keys(self) -> ClusterKeys:
+        """The cluster's key layout."""
+        return self._keys
+
+    @property
+    def slot_count(self) -> int:
+        """Slots of the cluster."""
+        return self._slot_count
+
     async def note(self, workspace_id: str) -> None:
         """The workspace's session count changed (or may have): record it."""
         count = self._session_count(workspace_id)
@@ -114,23 +129,13 @@ class CatalogBook:
     """The workspaces this node runs, the workspaces of each slot it owns (read from the
     catalog when the slot is acquired, kept up to date by creates), and the counts it writes."""
 
-    def __init__(
-        self,
-        etcd: aetcd.Client,
-        keys: ClusterKeys,
-        *,
-        slot_count: int,
-        session_count: Callable[[str], int],
-        node_id: str,
-    ) -> None:
-        self._etcd = etcd
-        self._keys = keys
-        self._slot_count = slot_count
+    def __init__(self, counts: CatalogCounts) -> None:
+        self._etcd = counts.etcd
+        self._keys = counts.keys
+        self._slot_count = counts.slot_count
         self._served: set[str] = set()
         self._by_slot: dict[int, set[str]] = {}
-        self.counts = CatalogCounts(
-            etcd, keys, slot_count=slot_count, session_count=session_count, node_id=node_id
-        )
+        self.counts = counts
         """The session counts this node writes to the catalog."""
 
     def served(self) -> set[str]:

@@ -26,15 +26,24 @@ A bad value ends the process with a message naming it and exit code 2.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry import DEFAULT_CLUSTER, InvalidInput, parse_endpoints, parse_host_port, validate_id
-from telemetry import LOG_FORMATS, LOG_LEVELS
+from registry import (
+    DEFAULT_CLUSTER,
+    first_set,
+    parse_endpoints,
+    parse_flags,
+    parse_host_port,
+    parse_log_format,
+    parse_log_level,
+    positive_seconds,
+    validate_id,
+    whole_number,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -97,10 +106,7 @@ def default_node_id() -> str:
 
 def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     def env(*names: str, default: str = "") -> str:
-        for name in names:
-            if environ.get(name):
-                return environ[name]
-        return default
+        return first_set(environ, *names, default=default)
 
     parser = argparse.ArgumentParser(
         prog="sessionmesh-node", description="Host sessionmesh sessions and serve their API."
@@ -143,26 +149,6 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(value: str, *, field: str, minimum: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidInput(f"{field} {value!r} is not a whole number") from None
-    if number < minimum:
-        raise InvalidInput(f"{field} must be at least {minimum} (got {number})")
-    return number
-
-
-def _positive_seconds(value: str, *, field: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise InvalidInput(f"{field} {value!r} is not a number of seconds") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise InvalidInput(f"{field} must be a positive number of seconds (got {value})")
-    return seconds
-
-
 def _config_from(args: argparse.Namespace) -> NodeConfig:
     node_id = validate_id(args.node_id or default_node_id(), field="--node-id")
     parse_host_port(args.listen, field="--listen")
@@ -173,12 +159,6 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         parse_host_port(args.metrics_listen, field="--metrics-listen")
     validate_id(args.cluster, field="--cluster")
     parse_endpoints(args.etcd)
-    log_level = args.log_level.upper()
-    if log_level not in LOG_LEVELS:
-        raise InvalidInput(f"--log-level {args.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
-    log_format = args.log_format.lower()
-    if log_format not in LOG_FORMATS:
-        raise InvalidInput(f"--log-format {args.log_format!r}: use one of {', '.join(LOG_FORMATS)}")
     return NodeConfig(
         node_id=node_id,
         listen_address=args.listen,
@@ -186,25 +166,25 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         etcd_endpoints=args.etcd,
         cluster=args.cluster,
         storage_path=Path(args.storage),
-        max_sessions=_positive_int(args.max_sessions, field="--max-sessions", minimum=1),
+        max_sessions=whole_number(args.max_sessions, field="--max-sessions", minimum=1),
         database_url=args.database_url,
         simnet_address=args.simnet,
         metrics_listen=args.metrics_listen,
-        lease_ttl_seconds=_positive_int(
+        lease_ttl_seconds=whole_number(
             args.lease_ttl_seconds, field="--lease-ttl-seconds", minimum=MIN_LEASE_TTL_SECONDS
         ),
         zone=args.zone,
-        restore_concurrency=_positive_int(
+        restore_concurrency=whole_number(
             args.restore_concurrency, field="--restore-concurrency", minimum=1
         ),
-        reconcile_interval_seconds=_positive_seconds(
+        reconcile_interval_seconds=positive_seconds(
             args.reconcile_interval_seconds, field="--reconcile-interval-seconds"
         ),
-        max_moves_in_flight=_positive_int(
+        max_moves_in_flight=whole_number(
             args.max_moves_in_flight, field="--max-moves-in-flight", minimum=1
         ),
-        log_level=log_level,
-        log_format=log_format,
+        log_level=parse_log_level(args.log_level),
+        log_format=parse_log_format(args.log_format),
     )
 
 
@@ -213,9 +193,4 @@ def load_config(
 ) -> NodeConfig:
     """Build the config from ``argv`` (default: ``sys.argv[1:]``) and ``environ`` (default:
     ``os.environ``). A bad value exits with a message naming it and code 2."""
-    parser = _build_parser(os.environ if environ is None else environ)
-    args = parser.parse_args(argv)
-    try:
-        return _config_from(args)
-    except InvalidInput as error:
-        parser.error(error.message)  # exits with code 2
+    return parse_flags(_build_parser, _config_from, argv, environ)

@@ -21,6 +21,11 @@ class NodePlacement:
         self._slots = slots
 
     @property
+    def node_id(self) -> str:
+        """This node's id."""
+        return self._node_id
+
+    @property
     def ring(self) -> RingTable:
         """The ring's slot table this node places by."""
         return self._ring

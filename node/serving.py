@@ -53,15 +53,8 @@ class Authorization:
 class ServingCheck:
     """Answers "may this call run here?" (see the module docstring)."""
 
-    def __init__(
-        self,
-        *,
-        node_id: str,
-        slots: SlotTable,
-        view: OwnershipView,
-        placement: NodePlacement,
-    ) -> None:
-        self._node_id = node_id
+    def __init__(self, *, slots: SlotTable, view: OwnershipView, placement: NodePlacement) -> None:
+        self._node_id = placement.node_id
         self._slots = slots
         self._view = view
         self._placement = placement

@@ -24,7 +24,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from node.catalog import CatalogBook
+from node.catalog import CatalogBook, CatalogCounts
 from node.config import NodeConfig
 from node.drivers.base import DriverFactory
 from node.lease_fence import LeaseFence
@@ -180,7 +180,7 @@ async def start_node(
         placement = NodePlacement(
             node_id=config.node_id, membership=membership, ring=ring, slots=slots
         )
-        serving = ServingCheck(node_id=config.node_id, slots=slots, view=view, placement=placement)
+        serving = ServingCheck(slots=slots, view=view, placement=placement)
         manager = SessionManager(
             node_id=config.node_id,
             node_address=address,
@@ -194,11 +194,13 @@ async def start_node(
         )
         cleanup.push_async_callback(manager.stop_all)
         catalog = CatalogBook(
-            etcd,
-            keys,
-            slot_count=ring.slot_count,
-            session_count=manager.session_count,
-            node_id=config.node_id,
+            CatalogCounts(
+                etcd,
+                keys,
+                slot_count=ring.slot_count,
+                session_count=manager.session_count,
+                node_id=config.node_id,
+            )
         )
 
         def lease_changed() -> None:

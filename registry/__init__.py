@@ -9,11 +9,9 @@ from registry.addresses import parse_host_port
 from registry.background import call_safely, stop_task
 from registry.backoff import Backoff, Retries
 from registry.catalog import (
-    add_to_catalog,
     catalog_counts_of,
     catalog_of,
     catalogued_slots,
-    remove_from_catalog,
     update_catalog,
 )
 from registry.errors import (
@@ -27,7 +25,16 @@ from registry.errors import (
     NotOwner,
     Unavailable,
 )
-from registry.etcd import connect_etcd, etcd_errors, parse_endpoints
+from registry.etcd import connect_etcd, parse_endpoints
+from registry.flags import (
+    LOG_FORMATS,
+    first_set,
+    parse_flags,
+    parse_log_format,
+    parse_log_level,
+    positive_seconds,
+    whole_number,
+)
 from registry.ids import (
     validate_id,
     validate_labels,
@@ -37,7 +44,7 @@ from registry.ids import (
 )
 from registry.keys import DEFAULT_CLUSTER, ClusterKeys
 from registry.membership import ACTIVE, DRAINING, MembershipWatcher, NodeRecord, NodeRegistration
-from registry.messages import ACK_STATUSES, MessageStatus
+from registry.messages import MessageStatus
 from registry.ownership import (
     Owner,
     OwnershipView,
@@ -50,17 +57,17 @@ from registry.ownership import (
     request_drain,
     set_pin,
 )
-from registry.placement import can_take_work, place_slot
+from registry.placement import place_slot
 from registry.ring import Ring, RingTable
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
-from registry.status import abort_with, from_rpc_error, owner_address, rpc_boundary
+from registry.status import from_rpc_error, owner_address, rpc_boundary
 
 __all__ = [
-    "ACK_STATUSES",
     "ACTIVE",
     "DEFAULT_CLUSTER",
     "DEFAULT_SLOT_COUNT",
     "DRAINING",
+    "LOG_FORMATS",
     "OWNER_METADATA_KEY",
     "RETRY_AFTER_METADATA_KEY",
     "AlreadyExists",
@@ -81,27 +88,27 @@ __all__ = [
     "Ring",
     "RingTable",
     "Unavailable",
-    "abort_with",
     "acquire_pinned",
     "acquire_slot",
-    "add_to_catalog",
     "call_safely",
-    "can_take_work",
     "cancel_drain",
     "catalog_counts_of",
     "catalog_of",
     "catalogued_slots",
     "clear_pin",
     "connect_etcd",
-    "etcd_errors",
+    "first_set",
     "from_rpc_error",
     "owner_address",
     "parse_endpoints",
+    "parse_flags",
     "parse_host_port",
+    "parse_log_format",
+    "parse_log_level",
     "place_slot",
+    "positive_seconds",
     "release_pinned",
     "release_slot",
-    "remove_from_catalog",
     "request_drain",
     "rpc_boundary",
     "set_pin",
@@ -113,4 +120,5 @@ __all__ = [
     "validate_phone_number",
     "validate_recipient",
     "validate_text",
+    "whole_number",
 ]

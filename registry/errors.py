@@ -93,3 +93,10 @@ class Unavailable(MeshError):
 
     def __init__(self, message: str, *, retry_after_ms: int = 0) -> None:
         super().__init__(message, retry_after_ms=retry_after_ms)
+
+
+ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
+    cls.status_code: cls
+    for cls in (InvalidInput, NotFound, AlreadyExists, CapacityExhausted, NotOwner, Unavailable)
+}
+"""The class of each status code that has one (the way back from a status to an error)."""

@@ -35,6 +35,3 @@ class MessageStatus(enum.StrEnum):
 
 
 _PROGRESS = {status: index for index, status in enumerate(MessageStatus)}
-
-ACK_STATUSES = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ)
-"""What the network acknowledges, in the order a message reaches them."""

@@ -20,13 +20,10 @@ import grpc
 import structlog
 
 from registry.errors import (
+    ERRORS_BY_CODE,
     OWNER_METADATA_KEY,
     RETRY_AFTER_METADATA_KEY,
-    AlreadyExists,
-    CapacityExhausted,
-    InvalidInput,
     MeshError,
-    NotFound,
     NotOwner,
     Unavailable,
 )
@@ -37,10 +34,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 MetadataPairs = Iterable[tuple[str, str | bytes]]
 _Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
-_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
-    cls.status_code: cls
-    for cls in (InvalidInput, NotFound, AlreadyExists, CapacityExhausted, NotOwner, Unavailable)
-}
 INTERNAL_MESSAGE = "internal error"
 """What a caller sees of an unexpected failure (the details are logged)."""
 
@@ -153,7 +146,7 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> MeshError:
     (``retry_after_ms``) parsed from its trailers: the one place a client reads them."""
     trailers = _trailers(error)
     message = error.details() or error.code().name
-    cls = _BY_CODE.get(error.code(), MeshError)
+    cls = ERRORS_BY_CODE.get(error.code(), MeshError)
     if cls is NotOwner:
         return NotOwner(message, owner=trailing_value(trailers, OWNER_METADATA_KEY) or "")
     hint_ms = retry_after_ms(trailers) or 0

@@ -1,5 +1,7 @@
-"""simnet: the stand-in messaging network that the ``sim`` driver talks to."""
+"""simnet: the stand-in messaging network that the ``sim`` driver talks to (its wire format is
+:mod:`simnet.protocol`)."""
 
+from simnet import protocol
 from simnet.admin import SimNetAdmin, SimNetAdminError
 from simnet.protocol import ProtocolError, decode_line, encode_line
 from simnet.records import Delivery, InboundMessage, LiveInterval, ReplacedEvent
@@ -16,4 +18,5 @@ __all__ = [
     "SimNetAdminError",
     "decode_line",
     "encode_line",
+    "protocol",
 ]

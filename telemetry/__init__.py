@@ -4,7 +4,7 @@ configure the SDK; libraries only ask for interceptors and tracers)."""
 from telemetry.health import HealthServicer, new_health_servicer
 from telemetry.hop import Hop, HopTracer, rpc_attributes, with_trace_context
 from telemetry.limits import raise_open_file_limit
-from telemetry.logging import LOG_FORMATS, LOG_LEVELS, configure_logging
+from telemetry.logging import configure_logging
 from telemetry.metrics import start_metrics_server
 from telemetry.tracing import (
     build_tracer_provider,
@@ -14,8 +14,6 @@ from telemetry.tracing import (
 )
 
 __all__ = [
-    "LOG_FORMATS",
-    "LOG_LEVELS",
     "HealthServicer",
     "Hop",
     "HopTracer",

@@ -23,10 +23,8 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-LOG_FORMATS = ("text", "json")
-"""What ``--log-format`` / ``LOG_FORMAT`` accept."""
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-"""What ``--log-level`` / ``LOG_LEVEL`` accept."""
+from registry import LOG_FORMATS
+
 _HANDLER_MARK = "_sessionmesh_handler"
 _KEY_ORDER = ("ts", "level", "service", "logger", "event")
 

@@ -17,7 +17,6 @@ from registry import (
     OwnershipView,
     acquire_pinned,
     acquire_slot,
-    add_to_catalog,
     cancel_drain,
     catalog_counts_of,
     catalog_of,
@@ -26,12 +25,12 @@ from registry import (
     connect_etcd,
     release_pinned,
     release_slot,
-    remove_from_catalog,
     request_drain,
     set_pin,
     slot_of,
     update_catalog,
 )
+from registry.catalog import add_to_catalog, remove_from_catalog
 from tests.waiting import eventually
 
 SLOT_COUNT = 64

@@ -7,7 +7,8 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from registry import DRAINING, NodeRecord, RingTable, can_take_work, place_slot
+from registry import DRAINING, NodeRecord, RingTable, place_slot
+from registry.placement import can_take_work
 
 SLOT_COUNT = 64
 PLACEMENT_SETTINGS = settings(max_examples=40, deadline=None, derandomize=True)

@@ -4,8 +4,8 @@ acks, injection and the admin ops — over real sockets, as its clients see it."
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import os
 import signal
 import sys

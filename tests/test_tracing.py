@@ -336,7 +336,7 @@ class TestLogsAndMetrics:
             " level=info service=sessionmesh-gateway logger=gateway.test event=routed"
             f' workspace_id="ws \\"1\\"" {ids}'
         ) in lines[0]
-        assert f"logger=grpc.test event=\"from a library\" {ids}" in lines[1]
+        assert f'logger=grpc.test event="from a library" {ids}' in lines[1]
         record = json.loads(lines[2])
         assert {key: record[key] for key in ("event", "level", "workspace_id", "service")} == {
             "event": "routed",

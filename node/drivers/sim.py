@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import random
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
 from node.drivers.base import DriverEvent, DriverEventKind, EventCallback
-from registry import InvalidInput, Unavailable
+from registry import Backoff, Retries, Unavailable, call_safely, parse_host_port
 from simnet import protocol as p
 
 _log = structlog.get_logger(__name__)
@@ -39,10 +38,7 @@ class _Ending(enum.Enum):
 
 
 def _parse_address(address: str) -> tuple[str, int]:
-    host, separator, port = address.rpartition(":")
-    if not separator or not host or not port.isdigit() or int(port) > 65535:
-        raise InvalidInput(f"simnet address {address!r} is invalid: use HOST:PORT")
-    return host.strip("[]"), int(port)
+    return parse_host_port(address, field="simnet address")
 
 
 class SimDriver:
@@ -60,8 +56,15 @@ class SimDriver:
         self._session_id = session_id
         self._account = f"{workspace_id}/{session_id}"
         self._host, self._port = _parse_address(simnet_address)
-        self._backoff_ms = max(reconnect_backoff_ms, 1)
-        self._failed_attempts = 0
+        # Exponential, capped, with jitter so that a simnet restart is not hit by every
+        # session in the same millisecond.
+        self._reconnects = Retries(
+            Backoff(
+                initial_seconds=max(reconnect_backoff_ms, 1) / 1000,
+                max_seconds=MAX_RECONNECT_BACKOFF_MS / 1000,
+                jitter=0.5,
+            )
+        )
         self._on_event: EventCallback | None = None
         self._token: str | None = None
         self._reader: asyncio.StreamReader | None = None
@@ -132,7 +135,7 @@ class SimDriver:
     async def _run(self) -> None:
         while True:
             if self._writer is None:
-                await asyncio.sleep(self._next_backoff_seconds())
+                await asyncio.sleep(self._reconnects.next_delay_seconds())
                 if not await self._open():
                     self._report_down()
                     continue
@@ -198,7 +201,7 @@ class SimDriver:
             self._emit(DriverEvent(kind=DriverEventKind.PAIRED, credentials={"token": self._token}))
         elif kind == p.EV_READY:
             self._is_ready = True
-            self._failed_attempts = 0
+            self._reconnects.reset()
             self._emit(DriverEvent(kind=DriverEventKind.READY))
         elif kind == p.EV_ACK:
             self._emit(
@@ -234,11 +237,7 @@ class SimDriver:
     def _emit(self, event: DriverEvent) -> None:
         if self._is_stopped or self._on_event is None:
             return
-        try:
-            self._on_event(event)
-        except Exception:
-            # The callback's failure must not end the connection loop.
-            _log.exception("driver_event_callback_failed", account=self._account)
+        call_safely(self._on_event, event)  # its failure must not end the connection loop
 
     def _report_down(self) -> None:
         """Report a network loss once per outage (not once per failed reconnect)."""
@@ -246,13 +245,6 @@ class SimDriver:
         if not self._is_down_reported:
             self._is_down_reported = True
             self._emit(DriverEvent(kind=DriverEventKind.DISCONNECTED, reason="network"))
-
-    def _next_backoff_seconds(self) -> float:
-        # Exponential, capped, with jitter so that a simnet restart is not hit by every
-        # session in the same millisecond.
-        ceiling_ms = min(MAX_RECONNECT_BACKOFF_MS, self._backoff_ms * 2**self._failed_attempts)
-        self._failed_attempts = min(self._failed_attempts + 1, 16)
-        return random.uniform(ceiling_ms / 2, ceiling_ms) / 1000
 
     async def _close_socket(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None

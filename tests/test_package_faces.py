@@ -1,0 +1,208 @@
+"""Each product package shows a small public face, and the packages use each other only
+through those faces and only along DESIGN.md's arrows."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FACES: dict[str, list[str]] = {
+    "protos": [
+        "ADMIN_SERVICE_NAME",
+        "SESSION_SERVICE_NAME",
+        "admin_pb2",
+        "admin_pb2_grpc",
+        "session_pb2",
+        "session_pb2_grpc",
+    ],
+    "registry": [
+        "ACTIVE",
+        "DEFAULT_CLUSTER",
+        "DEFAULT_SLOT_COUNT",
+        "DRAINING",
+        "LOG_FORMATS",
+        "OWNER_METADATA_KEY",
+        "RETRY_AFTER_METADATA_KEY",
+        "AlreadyExists",
+        "Backoff",
+        "CapacityExhausted",
+        "ClusterKeys",
+        "InvalidInput",
+        "MembershipWatcher",
+        "MeshError",
+        "MessageStatus",
+        "NodeRecord",
+        "NodeRegistration",
+        "NotFound",
+        "NotOwner",
+        "Owner",
+        "OwnershipView",
+        "Retries",
+        "Ring",
+        "RingTable",
+        "Unavailable",
+        "acquire_pinned",
+        "acquire_slot",
+        "call_safely",
+        "cancel_drain",
+        "catalog_counts_of",
+        "catalog_of",
+        "catalogued_slots",
+        "clear_pin",
+        "connect_etcd",
+        "first_set",
+        "from_rpc_error",
+        "owner_address",
+        "parse_endpoints",
+        "parse_flags",
+        "parse_host_port",
+        "parse_log_format",
+        "parse_log_level",
+        "place_slot",
+        "positive_seconds",
+        "release_pinned",
+        "release_slot",
+        "request_drain",
+        "rpc_boundary",
+        "set_pin",
+        "slot_of",
+        "stop_task",
+        "update_catalog",
+        "validate_id",
+        "validate_labels",
+        "validate_phone_number",
+        "validate_recipient",
+        "validate_text",
+        "whole_number",
+    ],
+    "registry.accounts": [
+        "DEFAULT_DATABASE_URL",
+        "AccountStore",
+        "WhatsappAccount",
+        "current",
+        "downgrade",
+        "head_revision",
+        "make_engine",
+        "upgrade",
+    ],
+    "routing": [
+        "DEFAULT_RETRY_POLICY",
+        "Attempts",
+        "ChannelPool",
+        "NextAttempt",
+        "Resolver",
+        "RetryPolicy",
+        "Router",
+    ],
+    "node": ["NodeConfig", "NodeServer", "load_config", "start_node"],
+    "gateway": ["GatewayConfig", "GatewayServer", "load_config", "start_gateway"],
+    "client": ["ProxylessClient"],
+    "simnet": [
+        "Delivery",
+        "InboundMessage",
+        "LiveInterval",
+        "ProtocolError",
+        "ReplacedEvent",
+        "SimNet",
+        "SimNetAdmin",
+        "SimNetAdminError",
+        "decode_line",
+        "encode_line",
+        "protocol",
+    ],
+    "telemetry": [
+        "HealthServicer",
+        "Hop",
+        "HopTracer",
+        "build_tracer_provider",
+        "client_interceptors",
+        "configure_logging",
+        "configure_tracing",
+        "new_health_servicer",
+        "raise_open_file_limit",
+        "rpc_attributes",
+        "server_interceptors",
+        "start_metrics_server",
+        "with_trace_context",
+    ],
+}
+"""Every package's ``__all__``, pinned: a change to a face is a deliberate change here."""
+
+ARROWS: dict[str, set[str]] = {
+    "protos": set(),
+    "registry": set(),
+    "telemetry": {"registry"},
+    "routing": {"registry"},
+    "simnet": {"registry", "telemetry"},
+    "node": {"registry", "protos", "telemetry", "simnet"},
+    "gateway": {"routing", "registry", "protos", "telemetry"},
+    "client": {"routing", "registry", "protos", "telemetry"},
+}
+"""Which packages each product package may use (DESIGN.md's arrows)."""
+
+SUBPACKAGE_FACES = frozenset({"registry.accounts"})
+"""Subpackages with a face of their own, importable by other packages."""
+
+
+def _imports_of_other_packages(package: str) -> list[tuple[str, int, str, list[str]]]:
+    """(file, line, module, names) of every import of another package of ours."""
+    found: list[tuple[str, int, str, list[str]]] = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                top = node.module.split(".")[0]
+                if (top in ARROWS and top != package) or top in ("testkit", "tests", "bench"):
+                    names = [alias.name for alias in node.names]
+                    found.append((str(path.relative_to(ROOT)), node.lineno, node.module, names))
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    top = alias.name.split(".")[0]
+                    if (top in ARROWS and top != package) or top in ("testkit", "tests", "bench"):
+                        found.append((str(path.relative_to(ROOT)), node.lineno, alias.name, []))
+    return found
+
+
+class TestFaces:
+    """Each package exports exactly its pinned names, and every one of them exists."""
+
+    @pytest.mark.parametrize("package", sorted(FACES))
+    def test_all_is_the_pinned_face(self, package: str) -> None:
+        module = importlib.import_module(package)
+        assert sorted(module.__all__) == sorted(FACES[package])
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert not missing, f"{package} lists names it does not define: {missing}"
+
+
+class TestArrows:
+    """Packages use each other only along the design's arrows, through each other's faces."""
+
+    @pytest.mark.parametrize("package", sorted(ARROWS))
+    def test_imports_follow_the_arrows_through_faces(self, package: str) -> None:
+        wrong: list[str] = []
+        for file, line, module, names in _imports_of_other_packages(package):
+            top = module.split(".")[0]
+            where = f"{file}:{line} imports {module}"
+            if top not in ARROWS[package]:
+                wrong.append(f"{where}: {package} may not use {top}")
+                continue
+            if module != top and module not in SUBPACKAGE_FACES:
+                wrong.append(f"{where}: use the face ({top}), not a module inside it")
+                continue
+            face = set(importlib.import_module(module).__all__)
+            hidden = sorted(set(names) - face)
+            if hidden:
+                wrong.append(f"{where}: {hidden} are not in its face")
+        assert not wrong, "\n".join(wrong)
+
+    def test_the_check_sees_imports(self) -> None:
+        # The gateway forwards with routing: if this finds nothing, the scan is broken.
+        modules = {module for _, _, module, _ in _imports_of_other_packages("gateway")}
+        assert {"routing", "registry", "protos", "telemetry"} <= modules
