@@ -10,7 +10,6 @@ import pytest
 
 from node.catalog import CatalogCounts
 from registry.keys import ClusterKeys
-from registry.membership import connect_etcd
 from registry.ownership import (
     Owner,
     OwnershipView,
@@ -30,22 +29,10 @@ from registry.ownership import (
     update_catalog,
 )
 from registry.slots import slot_of
-from tests.waiting import eventually
+from testkit import eventually
 
 SLOT_COUNT = 64
 WAIT_SECONDS = 5.0
-
-
-@pytest.fixture
-async def etcd(etcd_url: str) -> AsyncIterator[aetcd.Client]:
-    client = await connect_etcd(etcd_url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def keys(cluster_name: str) -> ClusterKeys:
-    return ClusterKeys(cluster_name)
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from deploy.ports import free_port
 from node.drivers import Driver, DriverEvent, DriverEventKind, SimDriver, SimDriverFactory
 from registry.errors import InvalidInput, Unavailable
 from simnet import SimNet
-from tests.waiting import eventually
+from testkit import eventually, free_port
 
 ACCOUNT = "ws-1/s-1"
 QR, PAIRED, READY = DriverEventKind.QR, DriverEventKind.PAIRED, DriverEventKind.READY

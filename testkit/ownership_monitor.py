@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from bench.process_mesh import ProcessMesh
-from bench.workload import SessionKey, create_sessions, wait_all_ready
 from registry.background import stop_task
 from registry.routing import Ring
 from registry.slots import slot_of
+from testkit.process_mesh import ProcessMesh
+from testkit.workload import SessionKey, create_sessions, wait_all_ready
 
 
 @dataclass(frozen=True)
