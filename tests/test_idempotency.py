@@ -64,8 +64,7 @@ class TestSendMessage:
 
 
 class TestDeleteSession:
-    """A delete records why, ends watches, hides the session from listings; a second delete
-    (or one of a session never created) answers without changing anything."""
+    """A delete records why; deleting again, or what never existed, changes nothing."""
 
     async def test_a_delete_records_its_reason_and_a_second_delete_answers_the_first(
         self, node: RunningNode

@@ -130,8 +130,7 @@ class TestTheGatewayFollowsRedirects:
 
 
 class TestTheGatewayRetries:
-    """UNAVAILABLE (a handoff, a dead node) is retried within the caller's deadline, bounded
-    without one."""
+    """UNAVAILABLE is retried within the caller's deadline, a bounded number of times without."""
 
     async def test_unavailable_is_retried_within_the_deadline(
         self,
