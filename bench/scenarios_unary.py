@@ -63,8 +63,6 @@ TRACED_ENVIRONMENT = (
 )
 """Tracing on: every root sampled at 10 %, children follow their parent."""
 UNTRACED_ENVIRONMENT = (("OTEL_SDK_DISABLED", "true"),)
-THROUGHPUT_ROUNDS = 2
-"""h2load throughput phases per path, taken in turns with the other paths."""
 
 
 @dataclass(frozen=True)
