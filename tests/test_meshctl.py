@@ -75,7 +75,7 @@ async def mesh(tmp_path: Path, etcd_url: str, cluster_name: str) -> AsyncIterato
 class TestReadCommands:
     """Every read command answers in JSON, and ``nodes`` draws a table for humans."""
 
-    async def test_reads_describe_the_inprocess_mesh(self, mesh: InProcessMesh) -> None:
+    async def test_reads_describe_the_running_mesh(self, mesh: InProcessMesh) -> None:
         nodes = (await meshctl(mesh, "nodes", "--json")).json()
         assert [node["node_id"] for node in nodes["nodes"]] == NODE_IDS
         assert nodes["slot_count"] == DEFAULT_SLOT_COUNT
