@@ -1,1 +1,3 @@
-"""Benchmarks and drills that run a whole sessionmesh as real OS processes."""
+"""The benchmark's scenarios (``make bench``) and its own tools (h2load driver, bare-proxy
+baseline, statistics, failover drill, gateway profiler); the meshes and workloads they run
+come from :mod:`testkit`."""

@@ -19,9 +19,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.ownership_monitor import start_sessions
-from bench.process_mesh import MeshSettings, process_mesh
-from bench.workload import account_of, plan_sessions, wait_all_ready
+from testkit import (
+    MeshSettings,
+    account_of,
+    plan_sessions,
+    running_process_mesh,
+    start_sessions,
+    wait_all_ready,
+)
 
 
 @dataclass(frozen=True)
@@ -61,23 +66,20 @@ async def run_drill(
         max_sessions=max(MeshSettings.max_sessions, session_count),
     )
     sessions = plan_sessions(workspace_count=workspace_count, session_count=session_count)
-    async with process_mesh(state_dir, settings) as mesh:
-        try:
-            placed = await start_sessions(mesh, sessions, timeout_seconds=120)
-            victim, victim_count = Counter(placed.values()).most_common(1)[0]
-            before = await mesh.simnet_stats(include_ids=False)
+    # running_process_mesh prints every process's log tail if this fails.
+    async with running_process_mesh(state_dir, settings) as mesh:
+        placed = await start_sessions(mesh, sessions, timeout_seconds=120)
+        victim, victim_count = Counter(placed.values()).most_common(1)[0]
+        before = await mesh.simnet_stats(include_ids=False)
 
-            await mesh.kill_node(victim)
-            killed_at = time.monotonic()
-            await wait_all_ready(
-                mesh.gateway_address, sessions, timeout_seconds=timeout_seconds, not_on=victim
-            )
-            failover_seconds = time.monotonic() - killed_at
+        await mesh.kill_node(victim)
+        killed_at = time.monotonic()
+        await wait_all_ready(
+            mesh.gateway_address, sessions, timeout_seconds=timeout_seconds, not_on=victim
+        )
+        failover_seconds = time.monotonic() - killed_at
 
-            after = await mesh.simnet_stats(include_ids=False)
-        except BaseException:
-            print(mesh.all_log_tails(lines=30), file=sys.stderr)
-            raise
+        after = await mesh.simnet_stats(include_ids=False)
     moved = [account_of(key) for key, node_id in placed.items() if node_id == victim]
     new_qr = sum(
         after["accounts"][a]["qr_issued"] - before["accounts"][a]["qr_issued"] for a in moved

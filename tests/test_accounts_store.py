@@ -13,8 +13,8 @@ from registry import Unavailable
 from registry.accounts import AccountStore, WhatsappAccount, downgrade, upgrade
 from registry.accounts.engine import make_engine
 from registry.accounts.models import utc_now
+from testkit import eventually
 from tests.test_migrations import server_database
-from tests.waiting import eventually
 
 
 @pytest.fixture(

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN_DIR
-
 ROOT = Path(__file__).resolve().parent.parent
+BIN_DIR = Path(sys.executable).parent
 BASELINE = ROOT / "protos" / "api-baseline.binpb"
 SESSION_PROTO = Path("protos/sessionmesh/v1/session.proto")
 ADMIN_PROTO = Path("protos/sessionmesh/v1/admin.proto")

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from protos import session_pb2
 from registry import slot_of
-from tests.mesh import Mesh, running_mesh
-from tests.waiting import eventually
+from testkit import InProcessMesh, eventually, running_inprocess_mesh
 
 READY = session_pb2.SESSION_STATE_READY
 
@@ -18,7 +17,9 @@ WORKSPACES = [f"ws-{i}" for i in range(20)]
 SESSIONS = [(WORKSPACES[i % 20], f"s-{i}") for i in range(50)]
 
 
-async def _all_ready(mesh: Mesh, sessions: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+async def _all_ready(
+    mesh: InProcessMesh, sessions: list[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
     """Wait until every session is READY through the gateway; return where each one runs."""
     placed: dict[tuple[str, str], str] = {}
     async with mesh.stub() as stub:
@@ -46,7 +47,7 @@ class TestEndToEnd:
     async def test_sessions_spread_by_workspace_send_and_survive_a_restart(
         self, tmp_path: Path, etcd_url: str, cluster_name: str
     ) -> None:
-        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             async with mesh.stub() as stub:
                 created = await asyncio.gather(
                     *(
@@ -106,6 +107,8 @@ class TestEndToEnd:
             qr_before = {key: mesh.simnet.qr_issued(f"{key[0]}/{key[1]}") for key in on_node_1}
             await mesh.stop_node("node-1")
             await mesh.start_node("node-1")
+            # node-2 serves them until its reconciler hands the slots back: wait for that.
+            await mesh.wait_placed(WORKSPACES)
             replaced = await _all_ready(mesh, on_node_1)
             assert set(replaced.values()) == {"node-1"}
             assert {

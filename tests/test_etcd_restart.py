@@ -13,7 +13,7 @@ import pytest
 
 from protos import session_pb2, session_pb2_grpc
 from registry import stop_task
-from tests.cluster import (
+from testkit import (
     LoadClient,
     MeshSettings,
     OwnershipMonitor,
@@ -21,14 +21,14 @@ from tests.cluster import (
     account_of,
     assert_exactly_once,
     assert_never_two_live,
-    harness,
+    chaos_sizes,
+    eventually,
     plan_sessions,
-    sizes,
+    running_process_mesh,
     start_sessions,
     wait_all_delivered,
     wait_all_ready,
 )
-from tests.waiting import eventually
 
 READY = session_pb2.SESSION_STATE_READY
 # etcd's restart must stay well inside the lease TTL: a node that cannot refresh its lease
@@ -73,12 +73,12 @@ class TestEtcdRestart:
 
     @pytest.mark.timeout(180)
     async def test_sessions_stay_and_the_gateway_keeps_routing(self, tmp_path: Path) -> None:
-        size = sizes()
+        size = chaos_sizes()
         sessions = plan_sessions(
             workspace_count=size.workspace_count, session_count=size.session_count
         )
         settings = MeshSettings(node_count=size.node_count, lease_ttl_seconds=LEASE_TTL_SECONDS)
-        async with harness(tmp_path, settings) as mesh:
+        async with running_process_mesh(tmp_path / "mesh", settings) as mesh:
             placed = await start_sessions(mesh, sessions)
             before = await mesh.simnet_stats(include_ids=False)
             ownership = OwnershipMonitor(mesh)  # sampled by hand, before and after

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import (
+from testkit import (
     LoadClient,
     MeshSettings,
     OwnershipMonitor,
     account_of,
     assert_exactly_once,
     assert_never_two_live,
-    harness,
+    chaos_sizes,
     plan_sessions,
-    sizes,
+    running_process_mesh,
     start_sessions,
     wait_all_delivered,
     wait_all_ready,
@@ -34,12 +34,12 @@ class TestKillOneOfThree:
 
     @pytest.mark.timeout(180)
     async def test_survivors_take_over_within_ttl_plus_three_seconds(self, tmp_path: Path) -> None:
-        size = sizes()
+        size = chaos_sizes()
         settings = MeshSettings(node_count=size.node_count, lease_ttl_seconds=LEASE_TTL_SECONDS)
         sessions = plan_sessions(
             workspace_count=size.workspace_count, session_count=size.session_count
         )
-        async with harness(tmp_path, settings) as mesh:
+        async with running_process_mesh(tmp_path / "mesh", settings) as mesh:
             placed = await start_sessions(mesh, sessions)
             per_node = Counter(placed.values())
             assert set(per_node) == set(mesh.running_nodes), per_node

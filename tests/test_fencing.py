@@ -7,8 +7,7 @@ from pathlib import Path
 
 from protos import session_pb2
 from registry import connect_etcd
-from tests.mesh import running_mesh
-from tests.waiting import eventually
+from testkit import eventually, running_inprocess_mesh
 
 pb = session_pb2
 SESSIONS = [(f"ws-{i}", f"s-{i}") for i in range(10)]
@@ -20,7 +19,7 @@ class TestRevokedLease:
     async def test_node_stops_its_sessions_and_survivors_take_them(
         self, tmp_path: Path, etcd_url: str, cluster_name: str
     ) -> None:
-        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             async with mesh.stub() as stub:
                 for ws, sid in SESSIONS:
                     await stub.CreateSession(

@@ -10,8 +10,7 @@ from pathlib import Path
 
 from protos import session_pb2
 from registry import cancel_drain, clear_pin, connect_etcd, request_drain, set_pin, slot_of
-from tests.mesh import Mesh, running_mesh
-from tests.waiting import eventually
+from testkit import InProcessMesh, eventually, running_inprocess_mesh
 
 pb = session_pb2
 WORKSPACES = [f"ws-{i}" for i in range(16)]
@@ -23,7 +22,7 @@ class _ViewMonitor:
     """Samples every node's own view of what it serves, every few milliseconds, and records
     any moment when two nodes would both serve one slot."""
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: InProcessMesh) -> None:
         self.mesh = mesh
         self.samples = 0
         self.violations: list[str] = []
@@ -57,7 +56,7 @@ class _ViewMonitor:
 class _Load:
     """A client that keeps sending and reading through the gateway, recording every failure."""
 
-    def __init__(self, mesh: Mesh) -> None:
+    def __init__(self, mesh: InProcessMesh) -> None:
         self.mesh = mesh
         self.acked: list[tuple[str, str]] = []
         self.failures: list[str] = []
@@ -103,7 +102,7 @@ class _Load:
         self._stop.set()
 
 
-async def _all_delivered_once(mesh: Mesh, acked: list[tuple[str, str]]) -> None:
+async def _all_delivered_once(mesh: InProcessMesh, acked: list[tuple[str, str]]) -> None:
     def delivered() -> bool:
         return all(mesh.simnet.delivered_ids(acc)[mid] == 1 for acc, mid in acked)
 
@@ -117,7 +116,7 @@ class TestJoinAndStop:
     async def test_only_moved_slots_move_live_and_nothing_fails(
         self, tmp_path: Path, etcd_url: str, cluster_name: str
     ) -> None:
-        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             async with mesh.stub() as stub:
                 for ws, sid in SESSIONS:
                     await stub.CreateSession(
@@ -175,7 +174,7 @@ class TestDrainAndPin:
     """An operator's drain and pin move sessions; withdrawing them moves them back."""
 
     async def test_drain_then_pin(self, tmp_path: Path, etcd_url: str, cluster_name: str) -> None:
-        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             async with mesh.stub() as stub:
                 for ws, sid in SESSIONS:
                     await stub.CreateSession(

@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 
 from registry import slot_of
-from tests.cluster import (
+from testkit import (
     LoadClient,
     MeshSettings,
     OwnershipMonitor,
     assert_exactly_once,
     assert_never_two_live,
-    harness,
+    chaos_sizes,
     plan_sessions,
     ring_placement,
-    sizes,
+    running_process_mesh,
     start_sessions,
     wait_all_delivered,
     wait_all_ready,
@@ -31,12 +31,14 @@ class TestFourthNodeJoinsUnderLoad:
 
     @pytest.mark.timeout(180)
     async def test_only_slots_the_ring_gives_the_new_node_move(self, tmp_path: Path) -> None:
-        size = sizes()
+        size = chaos_sizes()
         sessions = plan_sessions(
             workspace_count=size.workspace_count, session_count=size.session_count
         )
         workspace_slots = sorted({slot_of(ws) for ws, _ in sessions})
-        async with harness(tmp_path, MeshSettings(node_count=size.node_count)) as mesh:
+        async with running_process_mesh(
+            tmp_path / "mesh", MeshSettings(node_count=size.node_count)
+        ) as mesh:
             await start_sessions(mesh, sessions)
 
             async with (

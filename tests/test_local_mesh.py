@@ -9,11 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
-from deploy.ports import free_port
-from tests.conftest import BIN_DIR
-from tests.waiting import eventually
+from testkit import eventually, free_port
 
 SERVICE = "sessionmesh.v1.SessionService"
+BIN_DIR = Path(sys.executable).parent
+"""Where ``make install`` put grpcurl."""
 
 
 async def _grpcurl(*args: str) -> tuple[int, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -13,7 +12,7 @@ from pathlib import Path
 import aetcd
 import pytest
 
-from deploy.ports import free_port
+from protos import session_pb2 as pb
 from registry import (
     DRAINING,
     ClusterKeys,
@@ -25,8 +24,7 @@ from registry import (
     connect_etcd,
     parse_endpoints,
 )
-from tests.conftest import start_etcd
-from tests.waiting import EtcdServer, eventually
+from testkit import EtcdProcess, RunningNode, etcd_in, eventually, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,18 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def make_node(node_id: str, **changes: object) -> NodeRecord:
     record = NodeRecord(node_id=node_id, address=f"127.0.0.1:{free_port()}", capacity=100)
     return replace(record, **changes)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def etcd(etcd_url: str) -> AsyncIterator[aetcd.Client]:
-    client = await connect_etcd(etcd_url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def keys(cluster_name: str) -> ClusterKeys:
-    return ClusterKeys(cluster_name)
 
 
 @pytest.fixture
@@ -197,6 +183,25 @@ class TestRegistration:
             await registration.stop()
 
 
+class TestPublishedLoad:
+    """A node's record in etcd carries its load: the sessions it hosts."""
+
+    async def test_published_load_follows_hosted_sessions(self, node: RunningNode) -> None:
+        def published_load() -> int:
+            record = node.server.ring.route("ws-1")
+            return record.load if record is not None else -1
+
+        await eventually(lambda: published_load() == 0, message="node registered")
+        for workspace_id, session_id in (("ws-1", "s-1"), ("ws-2", "s-2")):
+            await node.stub.CreateSession(
+                pb.CreateSessionRequest(
+                    workspace_id=workspace_id, session_id=session_id, phone_number="+14155550100"
+                ),
+                timeout=5,
+            )
+        await eventually(lambda: published_load() == 2, message="load 2 in etcd")
+
+
 class TestWatcher:
     """The watcher's copy, its subscribers and its waits."""
 
@@ -235,28 +240,21 @@ class TestWatcher:
 
 
 @pytest.fixture
-def private_etcd(tmp_path: Path) -> Iterator[list[EtcdServer]]:
-    """An etcd of this test's own, which the test may restart (last item = running one)."""
-    servers = [start_etcd(tmp_path)]
-    yield servers
-    servers[-1].stop()
-
-
-def restart(server: EtcdServer) -> EtcdServer:
-    """Stop ``server`` and start it again on the same ports and data."""
-    server.stop()
-    log = open(server.data_dir / "etcd-restarted.log", "wb")  # noqa: SIM115 - closed by stop()
-    process = subprocess.Popen(server.process.args, stdout=log, stderr=subprocess.STDOUT)
-    return EtcdServer(process=process, url=server.url, log=log, data_dir=server.data_dir)
+def private_etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    """An etcd of this test's own, which the test may restart."""
+    server = etcd_in(tmp_path)
+    server.start_blocking()
+    yield server
+    server.stop_blocking()
 
 
 class TestEtcdRestart:
     """After etcd restarts, registrations come back and watchers follow again."""
 
     async def test_registration_and_watch_survive_a_restart(
-        self, private_etcd: list[EtcdServer], keys: ClusterKeys
+        self, private_etcd: EtcdProcess, keys: ClusterKeys
     ) -> None:
-        url = private_etcd[-1].url
+        url = private_etcd.url
         client = await connect_etcd(url)
         watcher = MembershipWatcher(client, keys)
         lost = asyncio.Event()
@@ -272,10 +270,10 @@ class TestEtcdRestart:
             await registration.start()
             await watcher.start()
             await watcher.wait_until(lambda nodes: "node-a" in nodes, timeout_seconds=5)
-            await asyncio.to_thread(private_etcd[-1].stop)
+            await private_etcd.stop()
             async with asyncio.timeout(10):
                 await lost.wait()
-            private_etcd.append(await asyncio.to_thread(restart, private_etcd[-1]))
+            await private_etcd.start()  # the same ports and data
             await eventually(lambda: registration.has_lease, timeout_seconds=20)
             late = NodeRegistration(client, keys, make_node("node-b"))
             await late.start()

@@ -16,10 +16,9 @@ import aetcd
 import pytest
 
 from protos import session_pb2
-from registry import DEFAULT_SLOT_COUNT, ClusterKeys, OwnershipView, connect_etcd, slot_of
+from registry import DEFAULT_SLOT_COUNT, ClusterKeys, OwnershipView, slot_of
 from registry.accounts import WhatsappAccount
-from tests.mesh import Mesh, running_mesh
-from tests.waiting import eventually
+from testkit import InProcessMesh, eventually, running_inprocess_mesh
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_IDS = ["node-1", "node-2"]
@@ -39,7 +38,7 @@ class Result:
         return json.loads(self.stdout)
 
 
-async def meshctl(mesh: Mesh, *args: str) -> Result:
+async def meshctl(mesh: InProcessMesh, *args: str) -> Result:
     """Run ``python -m client.meshctl`` against the mesh's gateway, without blocking the loop
     the mesh runs on."""
     process = await asyncio.create_subprocess_exec(
@@ -65,24 +64,16 @@ def owner_id(view: OwnershipView, workspace_id: str) -> str | None:
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path, etcd_url: str, cluster_name: str) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path, etcd_url: str, cluster_name: str) -> AsyncIterator[InProcessMesh]:
     """Two real nodes behind a gateway."""
-    async with running_mesh(tmp_path, etcd_url, cluster_name, node_count=2) as running:
+    async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name, node_count=2) as running:
         yield running
-
-
-@pytest.fixture
-async def etcd(etcd_url: str) -> AsyncIterator[aetcd.Client]:
-    """A connected etcd client, to check what meshctl wrote."""
-    client = await connect_etcd(etcd_url)
-    yield client
-    await client.close()
 
 
 class TestReadCommands:
     """Every read command answers in JSON, and ``nodes`` draws a table for humans."""
 
-    async def test_reads_describe_the_running_mesh(self, mesh: Mesh) -> None:
+    async def test_reads_describe_the_running_mesh(self, mesh: InProcessMesh) -> None:
         nodes = (await meshctl(mesh, "nodes", "--json")).json()
         assert [node["node_id"] for node in nodes["nodes"]] == NODE_IDS
         assert nodes["slot_count"] == DEFAULT_SLOT_COUNT
@@ -109,7 +100,7 @@ class TestReadCommands:
         assert plan["slot_move_count"] == len(plan["moves"])
         assert plan["workspace_count"] == sum(len(move["workspace_ids"]) for move in plan["moves"])
 
-    async def test_nodes_prints_a_table_with_the_node_ids(self, mesh: Mesh) -> None:
+    async def test_nodes_prints_a_table_with_the_node_ids(self, mesh: InProcessMesh) -> None:
         result = await meshctl(mesh, "nodes")
         assert result.exit_code == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -123,7 +114,7 @@ class TestWriteCommands:
     """drain and migrate record the operator's intent in etcd; mistakes get clear errors."""
 
     async def test_drain_and_migrate_write_intent(
-        self, mesh: Mesh, etcd: aetcd.Client, cluster_name: str
+        self, mesh: InProcessMesh, etcd: aetcd.Client, cluster_name: str
     ) -> None:
         keys = ClusterKeys(cluster_name)
         pinned = (await meshctl(mesh, "migrate", "ws-7", "--to", "node-1", "--json")).json()
@@ -146,7 +137,9 @@ class TestWriteCommands:
         assert unpinned["previous_pinned_node_id"] == "node-1"
         assert await etcd.get(keys.pin("ws-7")) is None
 
-    async def test_wait_follows_a_drain_and_a_migration_to_the_end(self, mesh: Mesh) -> None:
+    async def test_wait_follows_a_drain_and_a_migration_to_the_end(
+        self, mesh: InProcessMesh
+    ) -> None:
         async with mesh.stub() as stub:
             for index in range(6):
                 await stub.CreateSession(
@@ -201,7 +194,7 @@ class TestWriteCommands:
             else:
                 assert row.instance_migration_count == 0, workspace_id
 
-    async def test_mistakes_exit_with_a_clear_message(self, mesh: Mesh) -> None:
+    async def test_mistakes_exit_with_a_clear_message(self, mesh: InProcessMesh) -> None:
         unknown = await meshctl(mesh, "drain", "node-9", "--json")
         assert unknown.exit_code == 1
         assert "NOT_FOUND" in unknown.stderr and "node-9" in unknown.stderr

@@ -5,58 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import grpc
 from sqlmodel import Session, select
 
-from node import NodeServer, load_config, start_node
 from protos import session_pb2, session_pb2_grpc
 from registry.accounts import WhatsappAccount, make_engine
-from simnet import SimNet
-from tests.waiting import eventually
+from testkit import eventually, running_node, running_simnet
 
 pb = session_pb2
 SESSIONS = [("ws-1", "s-1"), ("ws-1", "s-2"), ("ws-2", "s-3")]
-
-
-@asynccontextmanager
-async def running_simnet(*, pair_delay_ms: int) -> AsyncIterator[SimNet]:
-    """A simnet on port 0 whose phone scans each QR after ``pair_delay_ms``."""
-    simnet = SimNet(pair_delay_ms=pair_delay_ms, ack_delay_ms=1)
-    await simnet.start()
-    try:
-        yield simnet
-    finally:
-        await simnet.stop()
-
-
-@asynccontextmanager
-async def running_node(
-    tmp_path: Path, etcd_url: str, cluster: str, simnet: SimNet
-) -> AsyncIterator[tuple[NodeServer, session_pb2_grpc.SessionServiceStub]]:
-    """node-1 on port 0 over ``tmp_path/sessions``: the same id and storage every time."""
-    config = load_config(
-        [
-            "--node-id", "node-1",
-            "--listen", "127.0.0.1:0",
-            "--etcd", etcd_url,
-            "--cluster", cluster,
-            "--storage", str(tmp_path / "sessions"),
-            "--database-url", f"sqlite:///{tmp_path / 'accounts.db'}",
-            "--simnet", simnet.address,
-            "--lease-ttl-seconds", "2",
-        ],
-        environ={},
-    )  # fmt: skip
-    server = await start_node(config)
-    try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            yield server, session_pb2_grpc.SessionServiceStub(channel)
-    finally:
-        await server.stop(grace_seconds=1)
 
 
 async def _state(stub: session_pb2_grpc.SessionServiceStub, ws: str, sid: str) -> int:
@@ -95,7 +53,8 @@ class TestRestart:
         self, tmp_path: Path, etcd_url: str, cluster_name: str
     ) -> None:
         async with running_simnet(pair_delay_ms=20) as simnet:
-            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as (_, stub):
+            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as node:
+                stub = node.stub
                 for ws, sid in SESSIONS:
                     await stub.CreateSession(
                         pb.CreateSessionRequest(workspace_id=ws, session_id=sid), timeout=5
@@ -118,7 +77,8 @@ class TestRestart:
             qr_before = {f"{ws}/{sid}": simnet.qr_issued(f"{ws}/{sid}") for ws, sid in SESSIONS}
             assert all(count >= 1 for count in qr_before.values())
 
-            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as (server, stub):
+            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as node:
+                server, stub = node.server, node.stub
                 assert server.manager.hosted_count == len(SESSIONS)  # the deleted one stays gone
                 await _all_ready(stub)
                 qr_after = {account: simnet.qr_issued(account) for account in qr_before}
@@ -146,7 +106,8 @@ class TestRestart:
     ) -> None:
         # Nobody scans the QR until the test says so: the node stops with the message queued.
         async with running_simnet(pair_delay_ms=-1) as simnet:
-            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as (_, stub):
+            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as node:
+                stub = node.stub
                 await stub.CreateSession(
                     pb.CreateSessionRequest(workspace_id="ws-1", session_id="s-1")
                 )
@@ -161,7 +122,8 @@ class TestRestart:
             outbox = tmp_path / "sessions" / "workspace_ws-1" / "s-1" / "outbox" / "m-1.json"
             assert json.loads(outbox.read_text())["status"] == "QUEUED"
 
-            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as (_, stub):
+            async with running_node(tmp_path, etcd_url, cluster_name, simnet) as node:
+                stub = node.stub
                 # The restarted session shows a QR again (it was never paired); scan it now.
                 await eventually(lambda: simnet.pair("ws-1/s-1"), message="a QR to scan")
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import aetcd
 import pytest
-import structlog
 import structlog.testing
 
 from node.catalog import CatalogCounts
@@ -22,7 +21,6 @@ from registry import (
     catalog_of,
     catalogued_slots,
     clear_pin,
-    connect_etcd,
     release_pinned,
     release_slot,
     request_drain,
@@ -31,22 +29,10 @@ from registry import (
     update_catalog,
 )
 from registry.catalog import add_to_catalog, remove_from_catalog
-from tests.waiting import eventually
+from testkit import eventually
 
 SLOT_COUNT = 64
 WAIT_SECONDS = 5.0
-
-
-@pytest.fixture
-async def etcd(etcd_url: str) -> AsyncIterator[aetcd.Client]:
-    client = await connect_etcd(etcd_url)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def keys(cluster_name: str) -> ClusterKeys:
-    return ClusterKeys(cluster_name)
 
 
 @pytest.fixture

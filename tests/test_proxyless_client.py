@@ -13,9 +13,8 @@ import pytest
 from client.proxyless import ProxylessClient
 from protos import session_pb2 as pb
 from registry import slot_of
-from tests.mesh import Mesh, running_mesh
-from tests.test_gateway_ownership import etcd_range_count
-from tests.waiting import eventually
+from testkit import InProcessMesh, eventually, running_inprocess_mesh
+from tests.probes import etcd_range_count
 
 WORKSPACES = [f"pxws-{index}" for index in range(6)]
 SESSIONS = [(ws, f"s-{ws}") for ws in WORKSPACES]
@@ -23,9 +22,9 @@ CALLS_WITHOUT_READS = 50
 
 
 @pytest.fixture
-async def mesh(tmp_path: Path, etcd_url: str, cluster_name: str) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path, etcd_url: str, cluster_name: str) -> AsyncIterator[InProcessMesh]:
     """A two-node mesh with one session per workspace, each READY on its slot's owner."""
-    async with running_mesh(tmp_path, etcd_url, cluster_name) as running:
+    async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as running:
         async with running.stub() as stub:
             for ws, sid in SESSIONS:
                 await stub.CreateSession(
@@ -37,7 +36,7 @@ async def mesh(tmp_path: Path, etcd_url: str, cluster_name: str) -> AsyncIterato
 
 
 @pytest.fixture
-async def client(mesh: Mesh) -> AsyncIterator[ProxylessClient]:
+async def client(mesh: InProcessMesh) -> AsyncIterator[ProxylessClient]:
     """A proxyless client of the mesh's cluster."""
     async with await ProxylessClient.connect(
         etcd_endpoints=mesh.etcd_url, cluster=mesh.cluster
@@ -48,7 +47,9 @@ async def client(mesh: Mesh) -> AsyncIterator[ProxylessClient]:
 class TestSameAnswersAsTheGateway:
     """Unary calls answer what the gateway answers, from the slot's owner."""
 
-    async def test_create_get_send_list_delete(self, mesh: Mesh, client: ProxylessClient) -> None:
+    async def test_create_get_send_list_delete(
+        self, mesh: InProcessMesh, client: ProxylessClient
+    ) -> None:
         ws = WORKSPACES[0]
         owner = mesh.owners()[slot_of(ws)]
         assert client.route(ws).node_id == owner
@@ -82,7 +83,9 @@ class TestSameAnswersAsTheGateway:
             assert listed_after == await gateway.ListSessions(listing, timeout=10)
             assert [s.session_id for s in listed_after.sessions] == [f"s-{ws}"]
 
-    async def test_calls_land_on_both_owners(self, mesh: Mesh, client: ProxylessClient) -> None:
+    async def test_calls_land_on_both_owners(
+        self, mesh: InProcessMesh, client: ProxylessClient
+    ) -> None:
         owners = mesh.owners()
         answered = {
             ws: (
@@ -99,7 +102,9 @@ class TestSameAnswersAsTheGateway:
 class TestNoEtcdReadPerCall:
     """Routing is dict lookups on watch-fed views, never an etcd Range."""
 
-    async def test_fifty_calls_read_nothing(self, mesh: Mesh, client: ProxylessClient) -> None:
+    async def test_fifty_calls_read_nothing(
+        self, mesh: InProcessMesh, client: ProxylessClient
+    ) -> None:
         ws, sid = SESSIONS[0]
         request = pb.GetSessionRequest(workspace_id=ws, session_id=sid)
         reads_before = await etcd_range_count(mesh.etcd_url)
@@ -115,7 +120,7 @@ class TestNoEtcdReadPerCall:
 class TestGracefulStop:
     """A node stopping while the client calls fails no call: it retries within the deadline."""
 
-    async def test_no_call_fails(self, mesh: Mesh, client: ProxylessClient) -> None:
+    async def test_no_call_fails(self, mesh: InProcessMesh, client: ProxylessClient) -> None:
         stopping = "node-1"
         assert stopping in {mesh.owners()[slot_of(ws)] for ws in WORKSPACES}
         failures: list[BaseException] = []
@@ -161,7 +166,7 @@ class TestGracefulStop:
 class TestWatchSession:
     """WatchSession streams from the owner, a snapshot first."""
 
-    async def test_snapshot_first(self, mesh: Mesh, client: ProxylessClient) -> None:
+    async def test_snapshot_first(self, mesh: InProcessMesh, client: ProxylessClient) -> None:
         ws, sid = SESSIONS[1]
         stream = client.WatchSession(
             pb.WatchSessionRequest(workspace_id=ws, session_id=sid), timeout=10

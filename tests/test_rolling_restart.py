@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from registry import slot_of
-from tests.cluster import (
+from testkit import (
     LoadClient,
     MeshSettings,
     OwnershipMonitor,
     account_of,
     assert_exactly_once,
     assert_never_two_live,
-    harness,
+    chaos_sizes,
     plan_sessions,
-    sizes,
+    running_process_mesh,
     start_sessions,
     wait_all_delivered,
     wait_all_ready,
@@ -38,12 +38,14 @@ class TestRollingRestartUnderLoad:
     # Normally 20-45 s; a shared machine has been seen 3x slower than usual for a whole run.
     @pytest.mark.timeout(360)
     async def test_no_call_fails_and_nothing_is_lost(self, tmp_path: Path) -> None:
-        size = sizes()
+        size = chaos_sizes()
         sessions = plan_sessions(
             workspace_count=size.workspace_count, session_count=size.session_count
         )
         workspace_slots = sorted({slot_of(ws) for ws, _ in sessions})
-        async with harness(tmp_path, MeshSettings(node_count=size.node_count)) as mesh:
+        async with running_process_mesh(
+            tmp_path / "mesh", MeshSettings(node_count=size.node_count)
+        ) as mesh:
             await start_sessions(mesh, sessions)
             before = await mesh.simnet_stats(include_ids=False)
             qr_before = {

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from deploy.ports import free_port
 from node.drivers import Driver, DriverEvent, DriverEventKind, SimDriver, SimDriverFactory
 from registry import InvalidInput, Unavailable
 from simnet import SimNet
-from tests.waiting import eventually
+from testkit import eventually, free_port
 
 ACCOUNT = "ws-1/s-1"
 QR, PAIRED, READY = DriverEventKind.QR, DriverEventKind.PAIRED, DriverEventKind.READY
@@ -212,11 +210,21 @@ class TestConnectionLoss:
             lambda: first_events.has(DISCONNECTED, reason="connection_replaced"),
             message="first replaced",
         )
-        # Fighting back would show within a few backoffs (10 ms each): give it 20.
-        await asyncio.sleep(0.2)
+        # It does not fight back: its connection loop has ended, so nothing is left in it that
+        # could reconnect (no waiting for something not to happen).
+        await eventually(
+            lambda: first._run_task is not None and first._run_task.done(),
+            message="the replaced driver's connection loop ended",
+        )
+        # simnet, meanwhile, served the winner a message: the account's one connection is it.
+        message_id = await net.push_inbound(ACCOUNT, "+15550002", "for the winner")
+        await eventually(
+            lambda: second_events.has(INBOUND, message_id=message_id), message="winner got it"
+        )
         assert first_events.kinds() == [QR, PAIRED, READY, DISCONNECTED]
         assert not first.is_ready
         assert len(net.replaced_events) == 1
+        assert len(net.live_intervals) == 2  # the first connection and the second, no third
         assert net.live_accounts() == {ACCOUNT}
         assert second.is_ready
         with pytest.raises(Unavailable):

@@ -17,7 +17,7 @@ import pytest
 
 from simnet import SimNet, SimNetAdmin, SimNetAdminError, decode_line, encode_line
 from simnet.__main__ import load_settings
-from tests.waiting import eventually
+from testkit import eventually
 
 ACCOUNT = "ws-1/s-1"
 EVENT_TIMEOUT_SECONDS = 5.0

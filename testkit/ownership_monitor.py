@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from bench.process_mesh import ProcessMesh
-from bench.workload import SessionKey, create_sessions, wait_all_ready
 from registry import Ring, slot_of, stop_task
+from testkit.process_mesh import ProcessMesh
+from testkit.workload import SessionKey, create_sessions, wait_all_ready
 
 
 @dataclass(frozen=True)

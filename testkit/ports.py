@@ -1,4 +1,5 @@
-"""Free TCP ports for local processes (tests, the benchmark's process mesh).
+"""Free TCP ports for local processes that cannot take port 0 (etcd, process meshes, the
+children of ``make up`` in its test).
 
 A port the kernel hands out for ``bind(0)`` comes from its ephemeral range, the same range
 every outgoing connection takes its local port from: between picking such a port and the

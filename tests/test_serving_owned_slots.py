@@ -19,14 +19,13 @@ from registry import (
     connect_etcd,
     slot_of,
 )
-from tests.mesh import Mesh, running_mesh
-from tests.waiting import eventually
+from testkit import InProcessMesh, eventually, running_inprocess_mesh
 
 pb = session_pb2
 WORKSPACES = [f"ws-{i}" for i in range(12)]
 
 
-async def _create_all(mesh: Mesh) -> None:
+async def _create_all(mesh: InProcessMesh) -> None:
     async with mesh.stub() as stub:
         for ws in WORKSPACES:
             await stub.CreateSession(
@@ -43,7 +42,7 @@ class TestOwnership:
     async def test_owners_follow_placement_and_the_wrong_node_redirects(
         self, tmp_path: Path, etcd_url: str, cluster_name: str
     ) -> None:
-        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             await _create_all(mesh)
             await mesh.wait_placed(WORKSPACES)
             owned = {i: set(s.slots.slots()) for i, s in mesh.nodes.items()}
@@ -79,7 +78,7 @@ class TestOwnership:
     async def test_catalog_counts_follow_creates_and_deletes(
         self, tmp_path: Path, etcd_url: str, cluster_name: str
     ) -> None:
-        async with running_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
             await _create_all(mesh)
             client = await connect_etcd(etcd_url)
             keys = mesh.gateway_keys
@@ -123,7 +122,7 @@ class TestBusySlot:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         monkeypatch.setattr(node.moves, "ON_DEMAND_TIMEOUT_SECONDS", 0.2)
-        async with running_mesh(tmp_path, etcd_url, cluster_name, node_count=1) as mesh:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name, node_count=1) as mesh:
             await _create_all(mesh)
             server = mesh.nodes["node-1"]
             ws = WORKSPACES[0]

@@ -1,4 +1,6 @@
-"""A whole mesh in one event loop: simnet, N real nodes and a gateway on port 0, real etcd."""
+"""A mesh in the test's own event loop, on port 0 against a real etcd: a simnet
+(:func:`running_simnet`), one node with a stub on it (:func:`running_node`), or a whole mesh
+of N nodes behind a gateway (:func:`running_inprocess_mesh`), with handles on their internals."""
 
 from __future__ import annotations
 
@@ -12,11 +14,78 @@ from sqlmodel import Session, select
 
 import gateway
 import node
+from node.drivers.base import DriverFactory
 from protos import session_pb2, session_pb2_grpc
 from registry import ClusterKeys, RingTable, place_slot, slot_of
 from registry.accounts import WhatsappAccount, make_engine, upgrade
 from simnet import SimNet
-from tests.waiting import eventually
+from testkit.waiting import eventually
+
+LEASE_TTL_SECONDS = 2
+"""Every in-process node's lease TTL: etcd's minimum, for quick failovers."""
+
+
+@asynccontextmanager
+async def running_simnet(
+    *, pair_delay_ms: int = 20, ack_delay_ms: int = 1, qr_rotate_ms: int = 20_000
+) -> AsyncIterator[SimNet]:
+    """A simnet on port 0, stopped afterwards; a negative ``pair_delay_ms`` means nobody
+    scans the QR code until a test pairs it by hand."""
+    simnet = SimNet(
+        pair_delay_ms=pair_delay_ms, ack_delay_ms=ack_delay_ms, qr_rotate_ms=qr_rotate_ms
+    )
+    await simnet.start()
+    try:
+        yield simnet
+    finally:
+        await simnet.stop()
+
+
+@dataclass
+class RunningNode:
+    """A started node, a SessionService stub on it, and where it stores sessions."""
+
+    server: node.NodeServer
+    stub: session_pb2_grpc.SessionServiceStub
+    channel: grpc.aio.Channel
+    storage: Path
+
+
+@asynccontextmanager
+async def running_node(
+    state_dir: Path,
+    etcd_url: str,
+    cluster: str,
+    simnet: SimNet,
+    *,
+    node_id: str = "node-1",
+    max_sessions: int = 500,
+    driver_factory: DriverFactory | None = None,
+) -> AsyncIterator[RunningNode]:
+    """Start one node on port 0 over ``state_dir/sessions`` and ``state_dir/accounts.db`` (the
+    same every time: a restart finds its sessions); stop it and close the channel afterwards."""
+    storage = state_dir / "sessions"
+    config = node.load_config(
+        [
+            "--node-id", node_id,
+            "--listen", "127.0.0.1:0",
+            "--etcd", etcd_url,
+            "--cluster", cluster,
+            "--storage", str(storage),
+            "--max-sessions", str(max_sessions),
+            "--database-url", f"sqlite:///{state_dir / 'accounts.db'}",
+            "--simnet", simnet.address,
+            "--lease-ttl-seconds", str(LEASE_TTL_SECONDS),
+        ],
+        environ={},
+    )  # fmt: skip
+    server = await node.start_node(config, driver_factory=driver_factory)
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
+            yield RunningNode(server, stub, channel, storage)
+    finally:
+        await server.stop(grace_seconds=1)
 
 
 def routed_nodes(table: RingTable) -> dict[str, str]:
@@ -30,8 +99,9 @@ def routed_nodes(table: RingTable) -> dict[str, str]:
 
 
 @dataclass
-class Mesh:
-    """Handles on the running parts of an in-process mesh."""
+class InProcessMesh:
+    """Handles on the running parts of an in-process mesh; build it with
+    :func:`running_inprocess_mesh`."""
 
     tmp_path: Path
     etcd_url: str
@@ -62,7 +132,7 @@ class Mesh:
             "--max-sessions", str(self.max_sessions),
             "--database-url", self.database_url,
             "--simnet", self.simnet.address,
-            "--lease-ttl-seconds", "2",
+            "--lease-ttl-seconds", str(LEASE_TTL_SECONDS),
         ]  # fmt: skip
 
     async def start_node(self, node_id: str) -> node.NodeServer:
@@ -154,11 +224,11 @@ class Mesh:
     async def stub(self) -> AsyncIterator[session_pb2_grpc.SessionServiceStub]:
         """A SessionService stub that talks to the gateway."""
         async with grpc.aio.insecure_channel(self.gateway.address) as channel:
-            yield session_pb2_grpc.SessionServiceStub(channel)
+            yield session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
 
 
 @asynccontextmanager
-async def running_mesh(
+async def running_inprocess_mesh(
     tmp_path: Path,
     etcd_url: str,
     cluster: str,
@@ -166,30 +236,28 @@ async def running_mesh(
     node_count: int = 2,
     pair_delay_ms: int = 30,
     max_sessions: int = 500,
-) -> AsyncIterator[Mesh]:
+) -> AsyncIterator[InProcessMesh]:
     """Start simnet, a gateway and ``node_count`` nodes; stop all of them afterwards."""
-    simnet = SimNet(pair_delay_ms=pair_delay_ms, ack_delay_ms=2)
-    await simnet.start()
-    database_url = f"sqlite:///{tmp_path / 'accounts.db'}"
-    upgrade(database_url)
-    gateway_config = gateway.load_config(
-        ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster], environ={}
-    )
-    gateway_server = await gateway.start_gateway(gateway_config)
-    mesh = Mesh(
-        tmp_path=tmp_path,
-        etcd_url=etcd_url,
-        cluster=cluster,
-        simnet=simnet,
-        gateway=gateway_server,
-        max_sessions=max_sessions,
-    )
-    try:
-        for index in range(1, node_count + 1):
-            await mesh.start_node(f"node-{index}")
-        yield mesh
-    finally:
-        for server in list(mesh.nodes.values()):
-            await server.stop(grace_seconds=1)
-        await gateway_server.stop(grace_seconds=1)
-        await simnet.stop()
+    async with running_simnet(pair_delay_ms=pair_delay_ms, ack_delay_ms=2) as simnet:
+        database_url = f"sqlite:///{tmp_path / 'accounts.db'}"
+        upgrade(database_url)
+        gateway_config = gateway.load_config(
+            ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster], environ={}
+        )
+        gateway_server = await gateway.start_gateway(gateway_config)
+        mesh = InProcessMesh(
+            tmp_path=tmp_path,
+            etcd_url=etcd_url,
+            cluster=cluster,
+            simnet=simnet,
+            gateway=gateway_server,
+            max_sessions=max_sessions,
+        )
+        try:
+            for index in range(1, node_count + 1):
+                await mesh.start_node(f"node-{index}")
+            yield mesh
+        finally:
+            for server in list(mesh.nodes.values()):
+                await server.stop(grace_seconds=1)
+            await gateway_server.stop(grace_seconds=1)

@@ -1,0 +1,88 @@
+"""sessionmesh's test kit: real etcd, meshes of real processes or in one event loop,
+workloads, an ownership monitor, and the ground-truth checks against simnet's record.
+
+Used by the tests, the benchmark (``bench/``) and ``make up`` (``deploy/local_mesh.py``), in
+the spirit of ``temporalio.testing``. It runs from the checkout and is not part of the
+installed package; product packages never import it.
+"""
+
+from testkit.etcd import EtcdProcess, etcd_binary, etcd_in
+from testkit.ground_truth import (
+    assert_exactly_once,
+    assert_never_two_live,
+    undelivered,
+    wait_all_delivered,
+)
+from testkit.inprocess_mesh import (
+    InProcessMesh,
+    RunningNode,
+    routed_nodes,
+    running_inprocess_mesh,
+    running_node,
+    running_simnet,
+)
+from testkit.ownership_monitor import (
+    OwnerSample,
+    OwnershipMonitor,
+    ring_placement,
+    start_sessions,
+    wait_owners_follow_ring,
+)
+from testkit.ports import HOST, free_port
+from testkit.process_mesh import MeshSettings, ProcessMesh, running_process_mesh
+from testkit.sizes import ChaosSizes, chaos_sizes, is_full_size
+from testkit.waiting import ProcessStartError, eventually, wait_listening
+from testkit.workload import (
+    ASYNCIO_GENERATOR,
+    FailedCall,
+    LoadClient,
+    LoadReport,
+    SessionKey,
+    account_of,
+    create_sessions,
+    plan_sessions,
+    session_states,
+    wait_all_ready,
+)
+
+__all__ = [
+    "ASYNCIO_GENERATOR",
+    "HOST",
+    "ChaosSizes",
+    "EtcdProcess",
+    "FailedCall",
+    "InProcessMesh",
+    "LoadClient",
+    "LoadReport",
+    "MeshSettings",
+    "OwnerSample",
+    "OwnershipMonitor",
+    "ProcessMesh",
+    "ProcessStartError",
+    "RunningNode",
+    "SessionKey",
+    "account_of",
+    "assert_exactly_once",
+    "assert_never_two_live",
+    "chaos_sizes",
+    "create_sessions",
+    "etcd_binary",
+    "etcd_in",
+    "eventually",
+    "free_port",
+    "is_full_size",
+    "plan_sessions",
+    "ring_placement",
+    "routed_nodes",
+    "running_inprocess_mesh",
+    "running_node",
+    "running_process_mesh",
+    "running_simnet",
+    "session_states",
+    "start_sessions",
+    "undelivered",
+    "wait_all_delivered",
+    "wait_all_ready",
+    "wait_listening",
+    "wait_owners_follow_ring",
+]
