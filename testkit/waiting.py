@@ -10,6 +10,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from registry import parse_host_port
+
 POLL_INTERVAL_SECONDS = 0.05
 """How often :func:`wait_listening` tries to connect."""
 
@@ -70,14 +72,14 @@ async def wait_listening(
     None while it runs): then this fails at once instead of at the deadline. Raises
     :class:`ProcessStartError` naming ``name``, with ``log_tail()`` appended.
     """
-    host, _, port = address.rpartition(":")
+    host, port = parse_host_port(address, field="address")
     deadline = time.monotonic() + timeout_seconds
     while True:
         code = exit_code()
         if code is not None:
             raise ProcessStartError(f"{name} exited during start (code {code})\n{log_tail()}")
         try:
-            _, writer = await asyncio.open_connection(host, int(port))
+            _, writer = await asyncio.open_connection(host, port)
         except OSError:
             if time.monotonic() >= deadline:
                 raise ProcessStartError(
