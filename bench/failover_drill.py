@@ -63,7 +63,7 @@ async def run_drill(
     settings = MeshSettings(
         node_count=node_count,
         lease_ttl_seconds=lease_ttl_seconds,
-        max_sessions=max(MeshSettings.max_sessions, session_count),
+        max_sessions=max(500, session_count),
     )
     sessions = plan_sessions(workspace_count=workspace_count, session_count=session_count)
     # running_process_mesh prints every process's log tail if this fails.

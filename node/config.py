@@ -17,6 +17,7 @@
     --restore-concurrency  RESTORE_CONCURRENCY            32
     --reconcile-interval-seconds RECONCILE_INTERVAL_SECONDS 1
     --max-moves-in-flight  MAX_MOVES_IN_FLIGHT            64
+    --loop-stall-limit-seconds LOOP_STALL_LIMIT_SECONDS   10
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -55,6 +56,7 @@ DEFAULT_LEASE_TTL_SECONDS = 5
 DEFAULT_RESTORE_CONCURRENCY = 32
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 1.0
 DEFAULT_MAX_MOVES_IN_FLIGHT = 64
+DEFAULT_LOOP_STALL_LIMIT_SECONDS = 10.0
 MIN_LEASE_TTL_SECONDS = 2
 
 
@@ -92,6 +94,9 @@ class NodeConfig:
     """Seconds between two reconciler passes when nothing changes (a change wakes it at once)."""
     max_moves_in_flight: int = DEFAULT_MAX_MOVES_IN_FLIGHT
     """Slot acquires and handoffs this node runs at once: paces failovers and joins."""
+    loop_stall_limit_seconds: float = DEFAULT_LOOP_STALL_LIMIT_SECONDS
+    """How long the event loop may make no progress before the node gives its lease up (a
+    wedged node must fail over); a busy loop below this keeps its lease."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -144,6 +149,10 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--max-moves-in-flight",
         default=env("MAX_MOVES_IN_FLIGHT", default=str(DEFAULT_MAX_MOVES_IN_FLIGHT)),
     )
+    add(
+        "--loop-stall-limit-seconds",
+        default=env("LOOP_STALL_LIMIT_SECONDS", default=str(DEFAULT_LOOP_STALL_LIMIT_SECONDS)),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -182,6 +191,9 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         ),
         max_moves_in_flight=whole_number(
             args.max_moves_in_flight, field="--max-moves-in-flight", minimum=1
+        ),
+        loop_stall_limit_seconds=positive_seconds(
+            args.loop_stall_limit_seconds, field="--loop-stall-limit-seconds"
         ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),

@@ -60,6 +60,17 @@ FENCES = Counter(
     "Times this node stopped sessions because it lost a key, its lease or an epoch check.",
     ["node_id"],
 )
+LOOP_LAG = Gauge(
+    "sessionmesh_node_loop_lag_seconds",
+    "How late the node's event loop last ran a 0.25 s timer: how busy the loop is.",
+    ["node_id"],
+)
+LOOP_LAG_HISTOGRAM = Histogram(
+    "sessionmesh_node_loop_lag_distribution_seconds",
+    "How late the node's event loop ran its 0.25 s timer, every tick.",
+    ["node_id"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 OWNED_SLOTS = Gauge(
     "sessionmesh_node_owned_slots",
     "Slots this node owns now.",
@@ -112,6 +123,11 @@ class NodeMetrics:
     def fenced(self) -> None:
         """The node stopped sessions to fence itself."""
         FENCES.labels(self._node_id).inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        """The event loop ran a timer ``seconds`` late."""
+        LOOP_LAG.labels(self._node_id).set(seconds)
+        LOOP_LAG_HISTOGRAM.labels(self._node_id).observe(seconds)
 
     def owned_slots(self, count: int) -> None:
         """The node owns ``count`` slots now."""

@@ -17,6 +17,7 @@ import aetcd
 import structlog
 
 from node.catalog import CatalogBook
+from node.heartbeat import Heartbeat
 from node.manager import SessionManager
 from node.metrics import NodeMetrics
 from node.placement import NodePlacement
@@ -24,7 +25,6 @@ from node.serving import ServingCheck, moving
 from node.slot_table import SlotTable, Unit
 from registry import (
     ClusterKeys,
-    NodeRegistration,
     Owner,
     OwnershipView,
     acquire_pinned,
@@ -57,7 +57,7 @@ class Moves:
         serving: ServingCheck,
         catalog: CatalogBook,
         manager: SessionManager,
-        registration: NodeRegistration,
+        heartbeat: Heartbeat,
         metrics: NodeMetrics,
         accounts: AccountStore | None,
     ) -> None:
@@ -70,7 +70,7 @@ class Moves:
         self._serving = serving
         self._catalog = catalog
         self._manager = manager
-        self._registration = registration
+        self._heartbeat = heartbeat
         self._metrics = metrics
         self._accounts = accounts
         self._on_demand: set[asyncio.Task[None]] = set()
@@ -123,7 +123,7 @@ class Moves:
                 self._keys,
                 slot,
                 node_id=self._node_id,
-                lease_id=self._registration.lease_id,
+                lease_id=self._heartbeat.lease_id,
             )
             if not won or holder is None:
                 return
@@ -197,7 +197,7 @@ class Moves:
                 self._keys,
                 workspace_id,
                 node_id=self._node_id,
-                lease_id=self._registration.lease_id,
+                lease_id=self._heartbeat.lease_id,
             )
             if not won or holder is None:
                 return

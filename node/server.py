@@ -18,6 +18,7 @@ import structlog
 
 from node.catalog import CatalogBook
 from node.config import NodeConfig
+from node.heartbeat import Heartbeat
 from node.lease_fence import LeaseFence
 from node.manager import SessionManager
 from node.reconciler import Reconciler
@@ -25,7 +26,6 @@ from node.shutdown import run_step
 from node.slot_table import SlotTable
 from registry import (
     MembershipWatcher,
-    NodeRegistration,
     OwnershipView,
     RingTable,
     Unavailable,
@@ -52,7 +52,7 @@ class NodeParts:
     membership: MembershipWatcher
     ring: RingTable
     view: OwnershipView
-    registration: NodeRegistration
+    heartbeat: Heartbeat
     slots: SlotTable
     catalog: CatalogBook
     manager: SessionManager
@@ -93,9 +93,9 @@ class NodeServer:
         return self._parts.ring
 
     @property
-    def registration(self) -> NodeRegistration:
-        """This node's etcd membership."""
-        return self._parts.registration
+    def heartbeat(self) -> Heartbeat:
+        """This node's lease and membership record (kept alive on a thread of its own)."""
+        return self._parts.heartbeat
 
     @property
     def slots(self) -> SlotTable:
@@ -118,15 +118,15 @@ class NodeServer:
             await self._parts.accounts.flush()
 
     async def _publish_load(self) -> None:
-        registration, manager = self._parts.registration, self._parts.manager
-        published = registration.record.load
+        heartbeat, manager = self._parts.heartbeat, self._parts.manager
+        published = heartbeat.record.load
         while True:
             await asyncio.sleep(LOAD_PUBLISH_INTERVAL_SECONDS)
             load = manager.hosted_count
             if load == published:
                 continue
             try:
-                await registration.update(replace(registration.record, load=load))
+                await heartbeat.update(replace(heartbeat.record, load=load))
             except Unavailable as error:
                 _log.warning("node_load_publish_failed", node_id=self.node_id, error=error)
                 continue
@@ -156,7 +156,7 @@ class NodeServer:
             await self._step("lease_fence", parts.lease_fence.stop(), limit)
             if parts.accounts is not None:
                 await self._step("accounts_db", parts.accounts.stop(), limit)
-            await self._step("lease", parts.registration.stop(), limit)
+            await self._step("lease", parts.heartbeat.stop(), limit)
             await self._step("ownership_view", parts.view.stop(), limit)
             await self._step("membership_watch", parts.membership.stop(), limit)
             await self._step("etcd", parts.etcd.close(), limit)

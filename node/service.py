@@ -108,6 +108,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
             epoch=authorization.epoch,
         )
         await self._catalog.note_sessions(workspace_id)
+        self._serving.confirm(authorization)
         return messages.session_message(view)
 
     @rpc_boundary
@@ -141,9 +142,10 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         """Stop, log out and record why (idempotent)."""
         workspace_id, session_id = _session_key(request)
         reason, details = _validate_reason(request.reason, request.details)
-        await self._authorize(workspace_id)
+        authorization = await self._authorize(workspace_id)
         view = await self._manager.delete(workspace_id, session_id, reason=reason, details=details)
         await self._catalog.note_sessions(workspace_id)
+        self._serving.confirm(authorization)
         return messages.session_message(view)
 
     @rpc_boundary
@@ -178,6 +180,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         result = await self._manager.send(
             workspace_id, session_id, client_message_id, to, text, epoch=authorization.epoch
         )
+        self._serving.confirm(authorization)  # acknowledged only under a confirmed lease
         entry = result.entry
         return session_pb2.SendMessageResponse(
             workspace_id=workspace_id,

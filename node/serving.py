@@ -14,6 +14,7 @@ holder of ``owners/<slot>``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.placement import NodePlacement
@@ -53,8 +54,16 @@ class Authorization:
 class ServingCheck:
     """Answers "may this call run here?" (see the module docstring)."""
 
-    def __init__(self, *, slots: SlotTable, view: OwnershipView, placement: NodePlacement) -> None:
+    def __init__(
+        self,
+        *,
+        slots: SlotTable,
+        view: OwnershipView,
+        placement: NodePlacement,
+        is_lease_confirmed: Callable[[], bool],
+    ) -> None:
         self._node_id = placement.node_id
+        self._is_lease_confirmed = is_lease_confirmed
         self._slots = slots
         self._view = view
         self._placement = placement
@@ -64,10 +73,7 @@ class ServingCheck:
         """The authorization of a call for ``workspace_id``; raises ``NotOwner``,
         ``Unavailable`` or :class:`AcquireFirst` (see the module docstring)."""
         slots = self._slots
-        if not slots.has_lease:
-            raise Unavailable(
-                f"node {self._node_id} has no lease", retry_after_ms=NO_LEASE_RETRY_AFTER_MS
-            )
+        self._require_lease()
         pin = self._view.pin_of(workspace_id)
         if pin is not None:
             return self._check_pinned(workspace_id, pin)
@@ -96,6 +102,26 @@ class ServingCheck:
                 f"no node can take slot {slot} now", retry_after_ms=NO_TARGET_RETRY_AFTER_MS
             )
         raise NotOwner(f"slot {slot} goes to {target}", owner=self._placement.hint(target))
+
+    def _require_lease(self) -> None:
+        if not self._slots.has_lease or not self._is_lease_confirmed():
+            raise Unavailable(
+                f"node {self._node_id} has no confirmed lease",
+                retry_after_ms=NO_LEASE_RETRY_AFTER_MS,
+            )
+
+    def confirm(self, authorization: Authorization) -> None:
+        """Before acknowledging a change made under ``authorization``: the lease is still
+        confirmed and the unit still owned under the same epoch, else ``Unavailable`` (the
+        caller retries; what was written is found again by its id)."""
+        self._require_lease()
+        unit = authorization.unit
+        if unit.kind == "slot":
+            owner = self._slots.owner_of_slot(int(unit.key))
+        else:
+            owner = self._slots.owner_of_pin(str(unit.key))
+        if owner is None or owner.epoch != authorization.epoch:
+            raise moving(unit)
 
     def _check_pinned(self, workspace_id: str, pin: str) -> Authorization:
         if pin != self._node_id:

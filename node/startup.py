@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from node.catalog import CatalogBook, CatalogCounts
 from node.config import NodeConfig
 from node.drivers.base import DriverFactory
-from node.lease_fence import LeaseFence
+from node.heartbeat import Heartbeat
+from node.lease_fence import LEASE_FENCE_SHARE, LeaseFence
 from node.manager import SessionManager
 from node.metrics import NodeMetrics
 from node.moves import Moves
@@ -45,7 +46,6 @@ from registry import (
     ClusterKeys,
     MembershipWatcher,
     NodeRecord,
-    NodeRegistration,
     OwnershipView,
     RingTable,
     Unavailable,
@@ -177,10 +177,29 @@ async def start_node(
 
         metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
         slots = SlotTable(metrics=metrics)
+
+        def lease_changed() -> None:
+            lease_fence.evaluate()
+
+        heartbeat = Heartbeat(
+            etcd_endpoints=config.etcd_endpoints,
+            keys=keys,
+            record=_own_record(config, address),
+            lease_ttl_seconds=config.lease_ttl_seconds,
+            fence_limit_seconds=config.lease_ttl_seconds * LEASE_FENCE_SHARE,
+            loop_stall_limit_seconds=config.loop_stall_limit_seconds,
+            metrics=metrics,
+            on_change=lease_changed,
+        )
         placement = NodePlacement(
             node_id=config.node_id, membership=membership, ring=ring, slots=slots
         )
-        serving = ServingCheck(slots=slots, view=view, placement=placement)
+        serving = ServingCheck(
+            slots=slots,
+            view=view,
+            placement=placement,
+            is_lease_confirmed=heartbeat.is_confirmed,
+        )
         manager = SessionManager(
             node_id=config.node_id,
             node_address=address,
@@ -203,16 +222,6 @@ async def start_node(
             )
         )
 
-        def lease_changed() -> None:
-            lease_fence.lease_changed()
-
-        registration = NodeRegistration(
-            etcd,
-            keys,
-            _own_record(config, address),
-            lease_ttl_seconds=config.lease_ttl_seconds,
-            on_lease_change=lease_changed,
-        )
         moves = Moves(
             node_id=config.node_id,
             etcd=etcd,
@@ -223,7 +232,7 @@ async def start_node(
             serving=serving,
             catalog=catalog,
             manager=manager,
-            registration=registration,
+            heartbeat=heartbeat,
             metrics=metrics,
             accounts=accounts,
         )
@@ -236,11 +245,11 @@ async def start_node(
             catalog=catalog,
             interval_seconds=config.reconcile_interval_seconds,
             max_moves_in_flight=config.max_moves_in_flight,
-            publish_draining=_draining_publisher(registration, manager),
+            publish_draining=_draining_publisher(heartbeat, manager),
         )
         cleanup.push_async_callback(reconciler.stop)
         lease_fence = LeaseFence(
-            registration, slots, stop_everything=moves.fence_all, on_recovered=reconciler.poke
+            heartbeat, slots, stop_everything=moves.fence_all, on_recovered=reconciler.poke
         )
 
         service = SessionService(manager, serving=serving, moves=moves, catalog=catalog)
@@ -249,8 +258,8 @@ async def start_node(
         for service_name in ("", SESSION_SERVICE_NAME):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
 
-        await registration.start()
-        cleanup.push_async_callback(registration.stop)
+        await heartbeat.start()
+        cleanup.push_async_callback(heartbeat.stop)
         lease_fence.start()
         cleanup.push_async_callback(lease_fence.stop)
         await _first_pass(config.node_id, membership, view, reconciler)
@@ -268,7 +277,7 @@ async def start_node(
         membership=membership,
         ring=ring,
         view=view,
-        registration=registration,
+        heartbeat=heartbeat,
         slots=slots,
         catalog=catalog,
         manager=manager,
@@ -280,13 +289,13 @@ async def start_node(
 
 
 def _draining_publisher(
-    registration: NodeRegistration, manager: SessionManager
+    heartbeat: Heartbeat, manager: SessionManager
 ) -> Callable[[bool], Awaitable[None]]:
     async def publish_draining(is_draining: bool) -> None:
         state = DRAINING if is_draining else ACTIVE
         try:
-            record = replace(registration.record, state=state, load=manager.hosted_count)
-            await registration.update(record)
+            record = replace(heartbeat.record, state=state, load=manager.hosted_count)
+            await heartbeat.update(record)
         except Unavailable as error:
             _log.warning("node_state_publish_failed", state=state, error=error)
 

@@ -80,6 +80,13 @@ class NodeRegistration:
     and the record re-published until it works. ``on_lease_change()`` runs after each of
     those two changes; whether the node must fence itself is its listener's decision (the
     owner keys were bound to the lost lease).
+
+    ``is_healthy()``, when given, is asked before every refresh: while it says False the
+    lease is given up (revoked, so the node's keys go at once) and not taken again until it
+    says True — a node that is wedged must not keep its work by heartbeating.
+
+    ``last_refreshed_at`` is when the last refresh that etcd confirmed was *sent*: etcd keeps
+    the lease at least a TTL from then, whenever the answer arrived.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class NodeRegistration:
         *,
         lease_ttl_seconds: int = 5,
         on_lease_change: Callable[[], None] | None = None,
+        is_healthy: Callable[[], bool] | None = None,
     ) -> None:
         if lease_ttl_seconds < 2:
             raise InvalidInput("lease_ttl_seconds must be at least 2 (etcd's minimum)")
@@ -98,6 +106,7 @@ class NodeRegistration:
         self._record = record
         self._lease_ttl_seconds = lease_ttl_seconds
         self._on_lease_change = on_lease_change
+        self._is_healthy = is_healthy
         self._lease_id = 0
         self._has_lease = False
         self._last_refreshed_at = 0.0
@@ -178,21 +187,23 @@ class NodeRegistration:
 
     async def _grant_and_publish(self) -> None:
         async with self._publish_lock:
+            sent_at = asyncio.get_running_loop().time()
             lease = await self._client.lease(self._lease_ttl_seconds)
             await self._client.put(
                 self._keys.node(self._record.node_id), self._record.to_json(), lease=lease.id
             )
             self._lease_id = int(lease.id)
             self._has_lease = True
-            self._last_refreshed_at = asyncio.get_running_loop().time()
+            self._last_refreshed_at = sent_at
 
     async def _refresh(self) -> bool:
         """Whether the lease is still alive after one keepalive round trip."""
+        sent_at = asyncio.get_running_loop().time()
         reply = await self._client.refresh_lease(self._lease_id)
         # etcd answers a keepalive for an unknown (expired) lease with TTL 0, not an error.
         is_alive = reply is not None and int(reply.TTL) > 0
         if is_alive:
-            self._last_refreshed_at = asyncio.get_running_loop().time()
+            self._last_refreshed_at = sent_at
         return is_alive
 
     async def _keep_alive(self) -> None:
@@ -200,6 +211,9 @@ class NodeRegistration:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(interval)
+            if not self._healthy():
+                await self._recover(event="lease_given_up")
+                continue
             # A refresh that errors (etcd restarting, a network blip) says nothing about the
             # lease: etcd may still hold it. Retry the same lease quickly; give it up only when
             # etcd answers that it is gone (TTL 0) or a whole TTL passed unconfirmed.
@@ -227,16 +241,24 @@ class NodeRegistration:
         if self._on_lease_change is not None:
             call_safely(self._on_lease_change)
 
-    async def _recover(self) -> None:
+    def _healthy(self) -> bool:
+        return self._is_healthy is None or self._is_healthy()
+
+    async def _recover(self, *, event: str = "lease_lost") -> None:
+        """The lease is lost (or given up, ``event``): revoke it, wait until healthy, take a
+        new one and publish the record under it."""
         lost_lease_id = self._lease_id
         self._has_lease = False
-        _log.error("lease_lost", node_id=self._record.node_id, lease_id=lost_lease_id)
+        _log.error(event, node_id=self._record.node_id, lease_id=lost_lease_id)
         self._changed()
         # If the old lease is in fact still alive, end it: its owner keys must not outlive the
         # fencing the node just did.
         with contextlib.suppress(aetcd.ClientError, TimeoutError):
             async with asyncio.timeout(self._refresh_interval_seconds):
                 await self._client.revoke_lease(lost_lease_id)
+        # Health is read off another thread's clock (the node's event loop): poll it.
+        while not self._healthy():  # noqa: ASYNC110
+            await asyncio.sleep(self._refresh_interval_seconds / 4)
         retries = Retries(REGRANT_BACKOFF)
         while True:
             try:

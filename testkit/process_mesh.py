@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from typing import IO, Any
 import aetcd
 
 from registry import ClusterKeys, NodeRecord
-from simnet.admin import SimNetAdmin
+from simnet import SimNetAdmin
 from testkit.etcd import EtcdProcess
 from testkit.ports import HOST, free_port
 from testkit.waiting import wait_listening
@@ -36,18 +37,29 @@ STOP_GRACE_SECONDS = 20.0
 ETCD_NAME = "etcd"
 
 
+_CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds process ``pid`` has used (Linux ``/proc/<pid>/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces: the fields after it follow its ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_SECOND
+
+
 @dataclass(frozen=True)
 class MeshSettings:
     """The shape of a process mesh."""
 
     node_count: int = 3
     """Nodes started at the beginning, named node-1 … node-N."""
-    lease_ttl_seconds: int = 2
-    """Every node's ``--lease-ttl-seconds``."""
+    lease_ttl_seconds: int | None = 2
+    """Every node's ``--lease-ttl-seconds``; None: the node's own default (5)."""
     pair_delay_ms: int = 20
     """simnet's QR scan delay."""
-    max_sessions: int = 500
-    """Every node's ``--max-sessions``."""
+    max_sessions: int | None = 500
+    """Every node's ``--max-sessions``; None: the node's own default."""
     extra_node_flags: tuple[str, ...] = ()
     """More flags for every node (e.g. ``--reconcile-interval-seconds 1``)."""
     cluster: str = "procmesh"
@@ -125,7 +137,12 @@ class ProcessMesh:
             command,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **dict(self.settings.environment), "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "LOG_FORMAT": "json",  # so that events() can read them back
+                **dict(self.settings.environment),
+                "PYTHONUNBUFFERED": "1",
+            },
             start_new_session=True,  # a Ctrl-C of the test run reaches only the harness
         )
         process = _Process(name, popen, log)
@@ -267,12 +284,43 @@ class ProcessMesh:
             "--etcd", self.etcd_url,
             "--cluster", self.settings.cluster,
             "--storage", str((self.state_dir / "sessions").resolve()),
-            "--max-sessions", str(self.settings.max_sessions),
             "--database-url", self.database_url,
             "--simnet", self.simnet_address,
-            "--lease-ttl-seconds", str(self.settings.lease_ttl_seconds),
+            *self._optional_node_flags(),
             *self.settings.extra_node_flags,
         ]  # fmt: skip
+
+    def _optional_node_flags(self) -> list[str]:
+        flags: list[str] = []
+        if self.settings.max_sessions is not None:
+            flags += ["--max-sessions", str(self.settings.max_sessions)]
+        if self.settings.lease_ttl_seconds is not None:
+            flags += ["--lease-ttl-seconds", str(self.settings.lease_ttl_seconds)]
+        return flags
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each running mesh process has used so far, by name:
+        etcd, simnet, the nodes and the gateway (not this process, the load generator)."""
+        names = ["etcd", *(name for name, process in self._processes.items() if process.is_running)]
+        found: dict[str, float] = {}
+        for name in dict.fromkeys(names):
+            with contextlib.suppress(OSError, KeyError, ValueError, IndexError):
+                found[name] = process_cpu_seconds(self.process_id(name))
+        return found
+
+    def events(self, event: str, *, prefix: str = "node-") -> list[dict[str, Any]]:
+        """Every logged event named ``event`` of the processes whose name starts with
+        ``prefix``, in log order per process (each with its ``process`` added)."""
+        found: list[dict[str, Any]] = []
+        for path in sorted(self.state_dir.glob(f"{prefix}*.log")):
+            for line in path.read_text(errors="replace").splitlines():
+                if not line.startswith("{") or f'"{event}"' not in line:
+                    continue
+                with contextlib.suppress(ValueError):
+                    record = json.loads(line)
+                    if record.get("event") == event:
+                        found.append({**record, "process": path.stem})
+        return found
 
     async def start_node(self, node_id: str) -> str:
         """Start (or restart) a node on a fresh port; wait until it listens and etcd lists it

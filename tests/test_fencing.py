@@ -32,7 +32,7 @@ class TestRevokedLease:
 
             client = await connect_etcd(etcd_url)
             try:
-                await client.revoke_lease(victim.registration.lease_id)
+                await client.revoke_lease(victim.heartbeat.lease_id)
             finally:
                 await client.close()
 
