@@ -40,8 +40,9 @@ else:  # grpc's runtime class is not generic; only its stubs are
 
 _TRANSPORT_KEYS = frozenset({"user-agent", "content-type", "te", "host"})
 _TRANSPORT_PREFIXES = (":", "grpc-")
-_END_TO_END_KEYS = frozenset({"grpc-status-details-bin"})
-"""``grpc-`` keys that belong to the caller, not the hop: rich error details (google.rpc.Status)."""
+_END_TO_END_KEYS = frozenset({"grpc-status-details-bin", "grpc-retry-pushback-ms"})
+"""``grpc-`` keys that belong to the caller, not the hop: rich error details (google.rpc.Status)
+and gRPC's retry hint from a node that sheds load."""
 
 
 def _is_forwardable(key: str) -> bool:

@@ -18,6 +18,7 @@
     --reconcile-interval-seconds RECONCILE_INTERVAL_SECONDS 1
     --max-moves-in-flight  MAX_MOVES_IN_FLIGHT            64
     --loop-stall-limit-seconds LOOP_STALL_LIMIT_SECONDS   10
+    --max-in-flight        MAX_IN_FLIGHT                  256
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -57,6 +58,7 @@ DEFAULT_RESTORE_CONCURRENCY = 32
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 1.0
 DEFAULT_MAX_MOVES_IN_FLIGHT = 64
 DEFAULT_LOOP_STALL_LIMIT_SECONDS = 10.0
+DEFAULT_MAX_IN_FLIGHT = 256
 MIN_LEASE_TTL_SECONDS = 2
 
 
@@ -97,6 +99,9 @@ class NodeConfig:
     loop_stall_limit_seconds: float = DEFAULT_LOOP_STALL_LIMIT_SECONDS
     """How long the event loop may make no progress before the node gives its lease up (a
     wedged node must fail over); a busy loop below this keeps its lease."""
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    """Calls, restores and handoffs the node runs at once; a call past it is refused with
+    RESOURCE_EXHAUSTED and a retry hint (the gateway retries it), never queued."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -153,6 +158,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--loop-stall-limit-seconds",
         default=env("LOOP_STALL_LIMIT_SECONDS", default=str(DEFAULT_LOOP_STALL_LIMIT_SECONDS)),
     )
+    add("--max-in-flight", default=env("MAX_IN_FLIGHT", default=str(DEFAULT_MAX_IN_FLIGHT)))
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -195,6 +201,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         loop_stall_limit_seconds=positive_seconds(
             args.loop_stall_limit_seconds, field="--loop-stall-limit-seconds"
         ),
+        max_in_flight=whole_number(args.max_in_flight, field="--max-in-flight", minimum=1),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

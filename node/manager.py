@@ -24,6 +24,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
+from node.budget import WorkBudget
 from node.delivery import SendResult
 from node.drivers.base import DriverFactory
 from node.events import Subscription
@@ -57,6 +58,7 @@ class SessionManager:
         max_sessions: int,
         metrics: NodeMetrics,
         admits: Callable[[str], bool],
+        budget: WorkBudget,
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
     ) -> None:
@@ -86,6 +88,7 @@ class SessionManager:
             reporter=self._reporter,
             metrics=metrics,
             restore_concurrency=restore_concurrency,
+            budget=budget,
             is_stopping=lambda: self._is_stopping,
         )
         self._background: set[asyncio.Task[None]] = set()

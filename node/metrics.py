@@ -71,6 +71,16 @@ LOOP_LAG_HISTOGRAM = Histogram(
     ["node_id"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+IN_FLIGHT = Gauge(
+    "sessionmesh_node_work_in_flight",
+    "Calls, restores and handoffs the node runs now (bounded by --max-in-flight).",
+    ["node_id"],
+)
+SHED_CALLS = Counter(
+    "sessionmesh_node_calls_shed",
+    "Calls refused with RESOURCE_EXHAUSTED and a retry hint because the node was at its limit.",
+    ["node_id"],
+)
 OWNED_SLOTS = Gauge(
     "sessionmesh_node_owned_slots",
     "Slots this node owns now.",
@@ -123,6 +133,14 @@ class NodeMetrics:
     def fenced(self) -> None:
         """The node stopped sessions to fence itself."""
         FENCES.labels(self._node_id).inc()
+
+    def in_flight(self, count: int) -> None:
+        """The node runs ``count`` calls, restores and handoffs now."""
+        IN_FLIGHT.labels(self._node_id).set(count)
+
+    def call_shed(self) -> None:
+        """A call was refused: the node was at its in-flight limit."""
+        SHED_CALLS.labels(self._node_id).inc()
 
     def loop_lag(self, seconds: float) -> None:
         """The event loop ran a timer ``seconds`` late."""

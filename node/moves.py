@@ -16,6 +16,7 @@ from typing import Any
 import aetcd
 import structlog
 
+from node.budget import WorkBudget
 from node.catalog import CatalogBook
 from node.heartbeat import Heartbeat
 from node.manager import SessionManager
@@ -60,7 +61,9 @@ class Moves:
         heartbeat: Heartbeat,
         metrics: NodeMetrics,
         accounts: AccountStore | None,
+        budget: WorkBudget,
     ) -> None:
+        self._budget = budget
         self._node_id = node_id
         self._etcd = etcd
         self._keys = keys
@@ -149,7 +152,7 @@ class Moves:
     async def hand_off_slot(self, slot: int) -> None:
         """Refuse calls for the slot, stop its sessions (flushed, no logout), release the key."""
         slots = self._slots
-        async with slots.step(Unit.slot(slot)):
+        async with slots.step(Unit.slot(slot)), self._budget.background():
             owner = slots.owner_of_slot(slot)
             if owner is None:
                 return
@@ -210,7 +213,7 @@ class Moves:
     async def hand_off_pin(self, workspace_id: str) -> None:
         """Stop a pinned workspace's sessions and release ``pinned-owners/<ws>``."""
         slots = self._slots
-        async with slots.step(Unit.pin(workspace_id)):
+        async with slots.step(Unit.pin(workspace_id)), self._budget.background():
             owner = slots.owner_of_pin(workspace_id)
             if owner is None:
                 return

@@ -2,7 +2,8 @@
 without a QR), when it acquires a slot or a pinned workspace.
 
 At most ``restore_concurrency`` restores run at once across the whole node — every slot being
-acquired shares them — so a failover or a cold start does not spike the CPU. A session whose
+acquired shares them — and each holds a unit of the node's work budget while it opens, so a
+failover or a cold start does not spike the CPU nor crowd out the calls. A session whose
 meta says another node still runs it gets up to ``LET_GO_TIMEOUT_SECONDS`` to stop there first
 (a pin move or a fenced owner), so it never runs twice.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
+from node.budget import WorkBudget
 from node.epoch_fence import Fenced
 from node.metrics import NodeMetrics
 from node.reporting import SessionReporter
@@ -47,8 +49,10 @@ class RestorePipeline:
         reporter: SessionReporter,
         metrics: NodeMetrics,
         restore_concurrency: int,
+        budget: WorkBudget,
         is_stopping: Callable[[], bool],
     ) -> None:
+        self._budget = budget
         self._node_id = node_id
         self._storage = storage
         self._table = table
@@ -101,7 +105,7 @@ class RestorePipeline:
         if self._table.get(key) is not None:
             return False
         await self._wait_let_go(meta)
-        async with self._restore_slots:
+        async with self._restore_slots, self._budget.background():
             async with self._table.locked(key):
                 if self._table.get(key) is not None or self._is_stopping():
                     return False

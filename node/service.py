@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from node import messages
+from node.budget import WorkBudget
 from node.catalog import CatalogBook
 from node.manager import SessionManager
 from node.moves import Moves
@@ -66,8 +68,10 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         serving: ServingCheck,
         moves: Moves,
         catalog: CatalogBook,
+        budget: WorkBudget,
     ) -> None:
         self._manager = manager
+        self._budget = budget
         self._serving = serving
         self._moves = moves
         self._catalog = catalog
@@ -75,6 +79,14 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     def rpc_finished(self, method: str, code: grpc.StatusCode, duration_seconds: float) -> None:
         """Record one answered call (told by :func:`registry.rpc_boundary`)."""
         self._manager.metrics.rpc_finished(method, code.name, duration_seconds)
+
+    @asynccontextmanager
+    async def _serve(self, workspace_id: str) -> AsyncIterator[Authorization]:
+        """Authorize a call for ``workspace_id``, then hold a unit of the node's work budget
+        while it runs (``Busy`` at once when the budget is spent)."""
+        authorization = await self._authorize(workspace_id)
+        async with self._budget.call():
+            yield authorization
 
     async def _authorize(self, workspace_id: str) -> Authorization:
         """May this call run here, under which epoch: ``NotOwner`` or ``Unavailable`` if not.
@@ -99,16 +111,16 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         workspace_id, session_id = _session_key(request)
         phone_number = validate_phone_number(request.phone_number)
         labels = validate_labels(dict(request.labels))
-        authorization = await self._authorize(workspace_id)
-        view = await self._manager.create(
-            workspace_id,
-            session_id,
-            phone_number=phone_number,
-            labels=labels,
-            epoch=authorization.epoch,
-        )
-        await self._catalog.note_sessions(workspace_id)
-        self._serving.confirm(authorization)
+        async with self._serve(workspace_id) as authorization:
+            view = await self._manager.create(
+                workspace_id,
+                session_id,
+                phone_number=phone_number,
+                labels=labels,
+                epoch=authorization.epoch,
+            )
+            await self._catalog.note_sessions(workspace_id)
+            self._serving.confirm(authorization)
         return messages.session_message(view)
 
     @rpc_boundary
@@ -117,8 +129,9 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Session:
         """Return one session."""
         workspace_id, session_id = _session_key(request)
-        await self._authorize(workspace_id)
-        return messages.session_message(await self._manager.get(workspace_id, session_id))
+        async with self._serve(workspace_id):
+            view = await self._manager.get(workspace_id, session_id)
+        return messages.session_message(view)
 
     @rpc_boundary
     async def ListSessions(
@@ -126,10 +139,10 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.ListSessionsResponse:
         """One page of a workspace's sessions."""
         workspace_id = validate_id(request.workspace_id, field="workspace_id")
-        await self._authorize(workspace_id)
-        views, next_token = self._manager.list_sessions(
-            workspace_id, page_size=request.page_size, page_token=request.page_token
-        )
+        async with self._serve(workspace_id):
+            views, next_token = self._manager.list_sessions(
+                workspace_id, page_size=request.page_size, page_token=request.page_token
+            )
         return session_pb2.ListSessionsResponse(
             sessions=[messages.session_message(view) for view in views],
             next_page_token=next_token,
@@ -142,10 +155,12 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         """Stop, log out and record why (idempotent)."""
         workspace_id, session_id = _session_key(request)
         reason, details = _validate_reason(request.reason, request.details)
-        authorization = await self._authorize(workspace_id)
-        view = await self._manager.delete(workspace_id, session_id, reason=reason, details=details)
-        await self._catalog.note_sessions(workspace_id)
-        self._serving.confirm(authorization)
+        async with self._serve(workspace_id) as authorization:
+            view = await self._manager.delete(
+                workspace_id, session_id, reason=reason, details=details
+            )
+            await self._catalog.note_sessions(workspace_id)
+            self._serving.confirm(authorization)
         return messages.session_message(view)
 
     @rpc_boundary
@@ -154,8 +169,8 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.QrCode:
         """The QR code of a session waiting to be paired."""
         workspace_id, session_id = _session_key(request)
-        await self._authorize(workspace_id)
-        view = self._manager.qr_code(workspace_id, session_id)
+        async with self._serve(workspace_id):
+            view = self._manager.qr_code(workspace_id, session_id)
         if not view.qr_code:
             raise NotFound(
                 f"session {workspace_id}/{session_id} has no QR code: it is {view.meta.state}"
@@ -176,11 +191,11 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         client_message_id = validate_id(request.client_message_id, field="client_message_id")
         to = validate_recipient(request.to)
         text = validate_text(request.text)
-        authorization = await self._authorize(workspace_id)
-        result = await self._manager.send(
-            workspace_id, session_id, client_message_id, to, text, epoch=authorization.epoch
-        )
-        self._serving.confirm(authorization)  # acknowledged only under a confirmed lease
+        async with self._serve(workspace_id) as authorization:
+            result = await self._manager.send(
+                workspace_id, session_id, client_message_id, to, text, epoch=authorization.epoch
+            )
+            self._serving.confirm(authorization)  # acknowledged only under a confirmed lease
         entry = result.entry
         return session_pb2.SendMessageResponse(
             workspace_id=workspace_id,
@@ -199,8 +214,8 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> AsyncIterator[session_pb2.SessionEvent]:
         """A snapshot, then live events until the client cancels or the session stops."""
         workspace_id, session_id = _session_key(request)
-        await self._authorize(workspace_id)
-        session, subscription = self._manager.watch(workspace_id, session_id)
+        async with self._serve(workspace_id):  # the budget covers setting the stream up
+            session, subscription = self._manager.watch(workspace_id, session_id)
         try:
             # Subscribed before the snapshot, so no event falls between the two.
             yield messages.snapshot_event(session.view(), at_unix=time.time())

@@ -24,6 +24,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from node.budget import WorkBudget
 from node.catalog import CatalogBook, CatalogCounts
 from node.config import NodeConfig
 from node.drivers.base import DriverFactory
@@ -177,6 +178,7 @@ async def start_node(
 
         metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
         slots = SlotTable(metrics=metrics)
+        budget = WorkBudget(node_id=config.node_id, limit=config.max_in_flight, metrics=metrics)
 
         def lease_changed() -> None:
             lease_fence.evaluate()
@@ -208,6 +210,7 @@ async def start_node(
             max_sessions=config.max_sessions,
             metrics=metrics,
             admits=serving.admits,
+            budget=budget,
             restore_concurrency=config.restore_concurrency,
             accounts=accounts,
         )
@@ -235,6 +238,7 @@ async def start_node(
             heartbeat=heartbeat,
             metrics=metrics,
             accounts=accounts,
+            budget=budget,
         )
         reconciler = Reconciler(
             node_id=config.node_id,
@@ -252,7 +256,9 @@ async def start_node(
             heartbeat, slots, stop_everything=moves.fence_all, on_recovered=reconciler.poke
         )
 
-        service = SessionService(manager, serving=serving, moves=moves, catalog=catalog)
+        service = SessionService(
+            manager, serving=serving, moves=moves, catalog=catalog, budget=budget
+        )
         health_servicer = _add_services(server, service)
         await server.start()
         for service_name in ("", SESSION_SERVICE_NAME):

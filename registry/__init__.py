@@ -60,7 +60,7 @@ from registry.ownership import (
 from registry.placement import place_slot
 from registry.ring import Ring, RingTable
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
-from registry.status import from_rpc_error, owner_address, rpc_boundary
+from registry.status import PUSHBACK_METADATA_KEY, from_rpc_error, owner_address, rpc_boundary
 
 __all__ = [
     "ACTIVE",
@@ -69,6 +69,7 @@ __all__ = [
     "DRAINING",
     "LOG_FORMATS",
     "OWNER_METADATA_KEY",
+    "PUSHBACK_METADATA_KEY",
     "RETRY_AFTER_METADATA_KEY",
     "AlreadyExists",
     "Backoff",

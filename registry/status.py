@@ -125,10 +125,18 @@ def _trailers(error: grpc.aio.AioRpcError) -> MetadataPairs:
     return cast("MetadataPairs", tuple(error.trailing_metadata() or ()))
 
 
+PUSHBACK_METADATA_KEY = "grpc-retry-pushback-ms"
+"""gRPC's standard retry hint; read when ``sessionmesh-retry-after-ms`` is absent."""
+
+
 def retry_after_ms(metadata: MetadataPairs | None) -> int | None:
-    """The server's ``sessionmesh-retry-after-ms`` hint, or None when absent or malformed."""
-    text = trailing_value(metadata, RETRY_AFTER_METADATA_KEY)
-    return int(text) if text is not None and text.isdigit() else None
+    """The server's retry hint — ``sessionmesh-retry-after-ms``, else ``grpc-retry-pushback-ms``
+    — or None when absent or malformed."""
+    for key in (RETRY_AFTER_METADATA_KEY, PUSHBACK_METADATA_KEY):
+        text = trailing_value(metadata, key)
+        if text is not None and text.isdigit():
+            return int(text)
+    return None
 
 
 def owner_address(metadata: MetadataPairs | None) -> str | None:

@@ -4,10 +4,12 @@ next. The gateway and the proxyless client both follow it.
 - ``FAILED_PRECONDITION`` naming the owner (``sessionmesh-owner``): the node did nothing;
   re-send to that owner, at once the first time. Nodes that name each other while a slot
   moves are followed again after a backoff, from the watch-fed views.
-- A retryable code (``UNAVAILABLE`` during a handoff, ``CANCELLED`` from a node that stops):
-  wait — the server's ``sessionmesh-retry-after-ms`` hint, else the policy's backoff — then
-  route again from the views. Every ``SessionService`` RPC is idempotent, so sending again is
-  safe.
+- A retryable code (``UNAVAILABLE`` during a handoff, ``CANCELLED`` from a node that stops,
+  ``RESOURCE_EXHAUSTED`` *with a retry hint* from a node that sheds load): wait — the server's
+  hint (``sessionmesh-retry-after-ms``, or gRPC's ``grpc-retry-pushback-ms``), jittered, else
+  the policy's backoff — then route again from the views. Every ``SessionService`` RPC is
+  idempotent, so sending again is safe. A ``RESOURCE_EXHAUSTED`` without a hint (the node
+  hosts as many sessions as it may) is an answer, not a retry.
 - Everything else, or a wait that would pass the caller's deadline: give up, and the caller
   sees the node's status unchanged.
 """
@@ -15,6 +17,7 @@ next. The gateway and the proxyless client both follow it.
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 
 import grpc
@@ -47,8 +50,10 @@ class RetryPolicy:
     max_attempts: int = 5
     """Most attempts per call, the first one included (a bound when the caller set no deadline)."""
 
-    def is_retryable(self, code: grpc.StatusCode) -> bool:
-        """Whether a call that ended with ``code`` may be retried."""
+    def is_retryable(self, code: grpc.StatusCode, *, hint_ms: int = 0) -> bool:
+        """Whether a call that ended with ``code`` (and the server's hint) may be retried."""
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return hint_ms > 0  # shed load: the server says when; without a hint it is full
         return code in self.retryable_codes
 
     def delay_seconds(
@@ -68,11 +73,16 @@ class RetryPolicy:
         dead node's lease takes a few seconds to expire). The server's hint (``hint_ms``)
         wins over the computed backoff.
         """
-        if not self.is_retryable(code):
+        if not self.is_retryable(code, hint_ms=hint_ms):
             return None
         if time_remaining_seconds is None and attempt >= self.max_attempts:
             return None
-        delay_seconds = hint_ms / 1000 if hint_ms else self.backoff.delay_seconds(attempt)
+        if hint_ms:
+            # Jittered like the backoff: callers refused together must not return together.
+            spread = self.backoff.jitter * (2 * random.random() - 1)
+            delay_seconds = hint_ms / 1000 * (1 + spread)
+        else:
+            delay_seconds = self.backoff.delay_seconds(attempt)
         if time_remaining_seconds is not None and delay_seconds >= time_remaining_seconds:
             return None
         return delay_seconds

@@ -27,6 +27,7 @@ FACES: dict[str, list[str]] = {
         "DRAINING",
         "LOG_FORMATS",
         "OWNER_METADATA_KEY",
+        "PUSHBACK_METADATA_KEY",
         "RETRY_AFTER_METADATA_KEY",
         "AlreadyExists",
         "Backoff",

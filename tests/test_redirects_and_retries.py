@@ -214,10 +214,25 @@ class TestRetryPolicy:
         trailers = ((RETRY_AFTER_METADATA_KEY, "250"),)
         hint_ms = retry_after_ms(trailers)
         assert hint_ms == 250
-        delay = RetryPolicy().delay_seconds(
-            attempt=1, code=grpc.StatusCode.UNAVAILABLE, hint_ms=hint_ms
-        )
-        assert delay == 0.25
+        policy = RetryPolicy()
+        delays = [
+            policy.delay_seconds(attempt=1, code=grpc.StatusCode.UNAVAILABLE, hint_ms=hint_ms)
+            for _ in range(200)
+        ]
+        # The hint, jittered like the backoff, so that callers refused together scatter.
+        assert all(delay is not None and 0.2 <= delay <= 0.3 for delay in delays), delays
+        assert len(set(delays)) > 100
+
+    def test_resource_exhausted_retries_only_with_a_hint(self) -> None:
+        policy = RetryPolicy()
+        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+        # A node that sheds load says when to come back; a node at MAX_SESSIONS does not.
+        assert policy.delay_seconds(attempt=1, code=exhausted, hint_ms=50) is not None
+        assert policy.delay_seconds(attempt=1, code=exhausted) is None
+        pushback = (("grpc-retry-pushback-ms", "80"),)
+        assert retry_after_ms(pushback) == 80
+        both = ((RETRY_AFTER_METADATA_KEY, "30"), ("grpc-retry-pushback-ms", "80"))
+        assert retry_after_ms(both) == 30
 
     def test_no_retry_past_the_deadline_or_for_other_codes(self) -> None:
         policy = RetryPolicy()
