@@ -1,23 +1,28 @@
 """One session's durable outbox and its delivery to the network.
 
-A message is written to the outbox before ``accept`` returns (an acknowledged send is on
-disk), deduplicated by ``client_message_id``. One delivery task hands queued messages to the
-driver in ``seq`` order whenever the session is READY — again after every reconnect: the
-network dedupes by id. Acks only move a message forward and are written before they are
-published. Every write first passes the session's fence guard: a stale owner writes nothing.
+A message is appended to the session's message log, and on disk, before ``accept`` returns
+(an acknowledged send is durable), deduplicated by ``client_message_id``. One delivery task
+hands queued messages to the driver in ``seq`` order whenever the session is READY — again
+after every reconnect: the network dedupes by id. Acks only move a message forward; their
+statuses are appended without waiting for the disk (a lost one only means the message is
+handed to the network again, which dedupes it). Every write first asks ``may_write()`` — the
+node's lease is confirmed — so a node that may have lost the session writes nothing. The log
+is compacted once it holds as many records again as messages, so it never grows by more than
+what the messages themselves need.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from opentelemetry import trace
 
 from node.drivers.base import Driver
+from node.message_log import settled_form
 from node.outbox import Outbox
 from node.storage import OutboxEntry, SessionStorage
 from registry import MessageStatus, Unavailable
@@ -25,13 +30,12 @@ from registry import MessageStatus, Unavailable
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
-ACK_FENCE_MAX_AGE_SECONDS = 1.0
-"""An ack's outbox update trusts an epoch check this recent (a send always re-checks)."""
 STOPPING_RETRY_AFTER_MS = 200
 """Retry hint of a send to a session that is stopping (it restarts elsewhere)."""
-
-Guard = Callable[[float], Awaitable[None]]
-"""``guard(max_age_seconds)``: raises ``Fenced`` if a newer owner took the session."""
+NO_LEASE_RETRY_AFTER_MS = 200
+"""Retry hint of a send while the node's lease is not confirmed."""
+COMPACT_AFTER_RECORDS = 256
+"""A log is compacted once it has this many records (or as many as messages) since the last."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class OutboxDelivery:
         storage: SessionStorage,
         driver: Driver,
         entries: list[OutboxEntry],
-        guard: Guard,
+        may_write: Callable[[], bool],
         span_attributes: Callable[[], dict[str, str]],
     ) -> None:
         self._workspace_id = workspace_id
@@ -61,7 +65,8 @@ class OutboxDelivery:
         self._storage = storage
         self._driver = driver
         self._outbox = Outbox(entries)
-        self._guard = guard
+        self._may_write = may_write
+        self._records_since_compaction = 0
         self._span_attributes = span_attributes
         self._send_lock = asyncio.Lock()
         self._handed_to_driver: set[str] = set()
@@ -82,6 +87,10 @@ class OutboxDelivery:
         if self._task is not None:
             self._task.cancel()
         return self._task
+
+    async def flush(self) -> None:
+        """Make every status appended so far durable and close the log (the session stops)."""
+        await self._storage.close_messages(self._workspace_id, self._session_id)
 
     def connected(self) -> None:
         """The session is READY (again): deliver everything still queued, from the start."""
@@ -111,9 +120,13 @@ class OutboxDelivery:
                 seq=self._outbox.next_seq(),
                 accepted_by_node_id=node_id,
             )
-            await self._guard(0.0)  # a stale owner must not accept: the new one would not see it
-            await self._storage.save_outbox_entry(self._workspace_id, self._session_id, entry)
+            if not self._may_write():  # the new owner would not see it: accept nothing
+                raise Unavailable(
+                    "this node's lease is not confirmed", retry_after_ms=NO_LEASE_RETRY_AFTER_MS
+                )
+            await self._storage.append_accepted(self._workspace_id, self._session_id, entry)
             self._outbox.put(entry)
+            self._records_since_compaction += 1
         self._wanted.set()
         return SendResult(entry=entry, is_duplicate=False)
 
@@ -123,11 +136,24 @@ class OutboxDelivery:
         updated = self._outbox.advanced(message_id, status)
         if updated is None:
             return None
-        # Acks are frequent: a check a second old is fresh enough for a status update.
-        await self._guard(ACK_FENCE_MAX_AGE_SECONDS)
-        await self._storage.save_outbox_entry(self._workspace_id, self._session_id, updated)
-        self._outbox.put(updated)
+        # In memory first: a compaction that starts meanwhile carries the new status.
+        self._outbox.put(settled_form(updated))
+        if self._may_write():
+            await self._storage.append_status(
+                self._workspace_id, self._session_id, message_id, updated.status
+            )
+            self._records_since_compaction += 1
+            await self._compact_if_due()
         return updated
+
+    async def _compact_if_due(self) -> None:
+        if self._records_since_compaction < max(COMPACT_AFTER_RECORDS, len(self._outbox)):
+            return
+        async with self._send_lock:  # no accept in flight: the snapshot holds every one
+            self._records_since_compaction = 0
+            await self._storage.rewrite_messages(
+                self._workspace_id, self._session_id, self._outbox.entries()
+            )
 
     async def fail_unsent(self, reason: str) -> None:
         """Mark every message not yet acknowledged FAILED (the session is being deleted)."""
@@ -135,12 +161,14 @@ class OutboxDelivery:
             unsent = self._outbox.queued()
             for entry in unsent:
                 failed = self._outbox.advanced(entry.client_message_id, MessageStatus.FAILED)
-                if failed is not None:
-                    await self._guard(0.0)
-                    await self._storage.save_outbox_entry(
-                        self._workspace_id, self._session_id, failed
+                if failed is not None and self._may_write():
+                    self._outbox.put(settled_form(failed))
+                    await self._storage.append_status(
+                        self._workspace_id,
+                        self._session_id,
+                        failed.client_message_id,
+                        MessageStatus.FAILED,
                     )
-                    self._outbox.put(failed)
         if unsent:
             _log.info(
                 "outbox_unsent_failed",

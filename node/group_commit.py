@@ -1,21 +1,24 @@
-"""Atomic file writes committed in groups: one flush of the file system for many files.
+"""Durable writes committed in groups: one flush of the file system for many files.
 
-Every write of the session storage is atomic (temp file in the same folder, renamed over the
-target) and durable before its caller goes on (an acknowledged message is on disk). Done one
-by one, that is two fsyncs per write, and a burst of sends or creates queues behind the disk.
-:class:`GroupCommitWriter` takes every write queued while the previous group was being
-committed and commits them together in one worker thread:
+Every write of the session storage is durable before its caller goes on (an acknowledged
+message is on disk). Done one by one, that is a flush per write, and a burst of sends or
+creates queues behind the disk. :class:`GroupCommitWriter` takes every operation queued while
+the previous group was being committed and commits them together, in order, in one worker
+thread:
 
-1. write each temp file (no fsync yet);
-2. flush the file system once (``syncfs`` on Linux, ``sync`` elsewhere): every temp file's
-   data is on disk;
-3. rename each temp file over its target, in the order the writes were asked for (so of two
-   writes to one path, the later wins);
-4. flush the file system once more: the renames are on disk.
+- **replace** (a whole file, atomically: ``meta.json``, ``credentials.json``, a compacted
+  message log): written to a temp file in the same folder, renamed over the target after the
+  first flush, so a crash leaves the old file or the new one, never half of one;
+- **append** (a record at the end of a session's message log, through a file kept open):
+  one ``write``; *durable* appends (an accepted message) are flushed with the group, others
+  (an ack's status) ride along with the next flush or are simply re-derived after a crash;
+- **close** (a session stops): its log file is closed after the group's flush.
 
-Only then does any write of the group return. A crash at any point leaves each target as it
-was or as written, never half written — the same guarantee as a lone fsynced write, for two
-flushes per group instead of two fsyncs per file.
+Per group: the temps and the appends are written, the file system is flushed once
+(``syncfs`` on Linux, ``sync`` elsewhere) if anything in the group must be durable, the
+renames are made, and the file system is flushed once more if there were any. Only then does
+any operation of the group return. A group never holds an append to a file it also replaces
+(the append waits for the next group), so appends always land in the file as renamed.
 """
 
 from __future__ import annotations
@@ -24,14 +27,18 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import enum
 import os
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MAX_GROUP_SIZE = 256
-"""Most writes committed together (a larger backlog is committed in several groups)."""
+MAX_GROUP_SIZE = 512
+"""Most operations committed together (a larger backlog is committed in several groups)."""
+MAX_OPEN_LOGS = 1024
+"""Log files kept open for appends; beyond that the least recently used are closed."""
 TEMP_PREFIX = "."
 """Temp files start with a dot, so listings of a session folder skip them."""
 
@@ -62,94 +69,182 @@ def flush_file_system(root: Path) -> None:
         os.close(descriptor)
 
 
+class OpKind(enum.Enum):
+    """What one operation does to its file."""
+
+    REPLACE = "replace"
+    APPEND = "append"
+    CLOSE = "close"
+
+
 @dataclass
-class _Write:
+class _Op:
+    kind: OpKind
     path: Path
     data: bytes
+    is_durable: bool
     done: asyncio.Future[None]
     temp_name: str = ""
     error: BaseException | None = field(default=None)
 
 
-def _write_temp(write: _Write) -> None:
-    write.path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, write.temp_name = tempfile.mkstemp(
-        prefix=f"{TEMP_PREFIX}{write.path.name}.", suffix=".tmp", dir=write.path.parent
+class _OpenLogs:
+    """Append descriptors by path, least recently used first (touched by one thread at a
+    time: groups are committed one after the other)."""
+
+    def __init__(self) -> None:
+        self._descriptors: OrderedDict[Path, int] = OrderedDict()
+
+    def descriptor(self, path: Path) -> int:
+        descriptor = self._descriptors.pop(path, None)
+        if descriptor is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._descriptors[path] = descriptor
+        while len(self._descriptors) > MAX_OPEN_LOGS:
+            _, oldest = self._descriptors.popitem(last=False)
+            os.close(oldest)
+        return descriptor
+
+    def close(self, path: Path) -> None:
+        descriptor = self._descriptors.pop(path, None)
+        if descriptor is not None:
+            os.close(descriptor)
+
+    def close_all(self) -> None:
+        while self._descriptors:
+            _, descriptor = self._descriptors.popitem()
+            os.close(descriptor)
+
+
+def _write_temp(op: _Op) -> None:
+    op.path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, op.temp_name = tempfile.mkstemp(
+        prefix=f"{TEMP_PREFIX}{op.path.name}.", suffix=".tmp", dir=op.path.parent
     )
     with os.fdopen(descriptor, "wb") as temp_file:
-        temp_file.write(write.data)
+        temp_file.write(op.data)
 
 
-def _discard_temp(write: _Write) -> None:
-    if write.temp_name:
+def _discard_temp(op: _Op) -> None:
+    if op.temp_name:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(write.temp_name)
+            os.unlink(op.temp_name)
 
 
-def commit_group(writes: list[_Write], root: Path, check: Callable[[Path], object]) -> None:
-    """Commit ``writes`` (in a worker thread); each one's ``error`` says if it failed.
-
-    ``check(path)`` runs first for every write and may raise to refuse that write alone.
-    """
-    for write in writes:
-        try:
-            check(write.path)
-            _write_temp(write)
-        except Exception as error:  # recorded on the write, raised to its caller alone
-            write.error = error
-            _discard_temp(write)
-    pending = [write for write in writes if write.error is None]
-    if not pending:
-        return
+def _append(op: _Op, logs: _OpenLogs) -> None:
+    descriptor = logs.descriptor(op.path)
+    size = os.fstat(descriptor).st_size
+    view = memoryview(op.data)
     try:
-        flush_file_system(root)
-        for write in pending:
+        while view:
+            view = view[os.write(descriptor, view) :]
+    except OSError:
+        # A half-written record (a full disk) would glue onto the next one: take it back.
+        with contextlib.suppress(OSError):
+            os.ftruncate(descriptor, size)
+        raise
+
+
+def commit_group(
+    ops: list[_Op], root: Path, check: Callable[[Path], object], logs: _OpenLogs
+) -> None:
+    """Commit ``ops`` in order (in a worker thread); each one's ``error`` says if it failed.
+
+    ``check(path)`` runs first for every operation and may raise to refuse that one alone.
+    """
+    for op in ops:
+        try:
+            check(op.path)
+            if op.kind is OpKind.REPLACE:
+                _write_temp(op)
+            elif op.kind is OpKind.APPEND:
+                _append(op, logs)
+        except Exception as error:  # recorded on the operation, raised to its caller alone
+            op.error = error
+            _discard_temp(op)
+    pending = [op for op in ops if op.error is None]
+    replaces = [op for op in pending if op.kind is OpKind.REPLACE]
+    try:
+        if replaces or any(op.is_durable for op in pending):
+            flush_file_system(root)
+        for op in replaces:
             try:
-                os.replace(write.temp_name, write.path)
+                os.replace(op.temp_name, op.path)
             except OSError as error:
-                write.error = error
-                _discard_temp(write)
-        flush_file_system(root)
+                op.error = error
+                _discard_temp(op)
+        if replaces:
+            flush_file_system(root)
     except OSError as error:
         # The flush failed: nothing of this group is known to be on disk.
-        for write in pending:
-            write.error = error
-            _discard_temp(write)
+        for op in pending:
+            op.error = error
+            _discard_temp(op)
+    for op in ops:
+        if op.kind is not OpKind.APPEND and (op.kind is OpKind.CLOSE or op.error is None):
+            # A replaced log is reopened by its next append; a closed one when asked again.
+            logs.close(op.path)
 
 
 class GroupCommitWriter:
-    """Queues atomic writes under ``root`` and commits them in groups, one group at a time."""
+    """Queues durable operations under ``root`` and commits them in groups, one group at a
+    time (see the module docstring)."""
 
     def __init__(self, root: Path, *, check: Callable[[Path], object]) -> None:
         self._root = root
         self._check = check
-        self._queue: list[_Write] = []
+        self._queue: list[_Op] = []
+        self._logs = _OpenLogs()
         self._committer: asyncio.Task[None] | None = None
 
     async def write(self, path: Path, data: bytes) -> None:
-        """Write ``data`` to ``path`` atomically and durably; returns once it is on disk."""
+        """Replace ``path`` with ``data`` atomically and durably; returns once it is on disk."""
+        await self._queue_op(OpKind.REPLACE, path, data, is_durable=True)
+
+    async def append(self, path: Path, data: bytes, *, is_durable: bool) -> None:
+        """Append ``data`` to ``path``; with ``is_durable``, returns once it is on disk."""
+        await self._queue_op(OpKind.APPEND, path, data, is_durable=is_durable)
+
+    async def close(self, path: Path) -> None:
+        """Make what was appended to ``path`` durable and close it."""
+        await self._queue_op(OpKind.CLOSE, path, b"", is_durable=True)
+
+    async def _queue_op(self, kind: OpKind, path: Path, data: bytes, *, is_durable: bool) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(path, data, done))
+        self._queue.append(_Op(kind, path, data, is_durable, done))
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
         await done
 
+    def _next_group(self) -> list[_Op]:
+        group: list[_Op] = []
+        replaced: set[Path] = set()
+        for op in self._queue[:MAX_GROUP_SIZE]:
+            if op.kind is not OpKind.REPLACE and op.path in replaced:
+                break  # it must land in the file as renamed: the next group
+            if op.kind is OpKind.REPLACE:
+                replaced.add(op.path)
+            group.append(op)
+        self._queue = self._queue[len(group) :]
+        return group
+
     async def _commit_queued(self) -> None:
         while self._queue:
-            group, self._queue = self._queue[:MAX_GROUP_SIZE], self._queue[MAX_GROUP_SIZE:]
+            group = self._next_group()
             try:
-                await asyncio.to_thread(commit_group, group, self._root, self._check)
+                await asyncio.to_thread(commit_group, group, self._root, self._check, self._logs)
             except BaseException as error:
-                for write in group:
-                    write.error = write.error or error
+                for op in group:
+                    op.error = op.error or error
                 raise
             finally:
-                for write in group:
-                    if write.done.done():
+                for op in group:
+                    if op.done.done():
                         continue  # its caller gave up waiting
-                    if write.error is None:
-                        write.done.set_result(None)
-                    elif isinstance(write.error, asyncio.CancelledError):
-                        write.done.cancel()
+                    if op.error is None:
+                        op.done.set_result(None)
+                    elif isinstance(op.error, asyncio.CancelledError):
+                        op.done.cancel()
                     else:
-                        write.done.set_exception(write.error)
+                        op.done.set_exception(op.error)

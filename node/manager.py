@@ -59,6 +59,7 @@ class SessionManager:
         metrics: NodeMetrics,
         admits: Callable[[str], bool],
         budget: WorkBudget,
+        may_write: Callable[[], bool],
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class SessionManager:
             driver_factory=driver_factory,
             observer=self._reporter,
             on_fenced=self._on_fenced,
+            may_write=may_write,
         )
         self._is_stopping = False
         self._restores = RestorePipeline(

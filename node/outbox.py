@@ -49,6 +49,10 @@ class Outbox:
             return None
         return replace(entry, status=target)
 
+    def entries(self) -> list[OutboxEntry]:
+        """Every entry, in seq order."""
+        return sorted(self._entries.values(), key=lambda entry: entry.seq)
+
     def queued(self) -> list[OutboxEntry]:
         """Messages the network has not acknowledged yet, in seq order."""
         return sorted(

@@ -52,6 +52,13 @@ class SessionState(enum.Enum):
     STOPPED = "stopped"
 
 
+_STORED_STATES = frozenset({SessionState.STOPPED, SessionState.FAILED})
+"""The states written to ``meta.json`` (with the meta written when the session opens, on this
+node under its epoch): what another node must be able to read — a session that stopped or
+failed here, or was deleted. The states on the way to READY and back live in memory (and in
+the accounts DB): writing each one durably was most of the disk work of a create."""
+
+
 @dataclass(frozen=True)
 class SessionView:
     """A session as the API shows it: its meta plus the QR code while pending."""
@@ -98,6 +105,7 @@ class HostedSession:
         observer: SessionObserver,
         fence: EpochFence,
         on_fenced: Callable[[HostedSession], None],
+        may_write: Callable[[], bool],
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._fence = fence
@@ -114,7 +122,7 @@ class HostedSession:
             storage=storage,
             driver=driver,
             entries=outbox_entries,
-            guard=self._guard,
+            may_write=may_write,
             span_attributes=self._span_attributes,
         )
         self._qr_code = ""
@@ -282,6 +290,8 @@ class HostedSession:
                 "disconnected_at_unix": time.time(),
             }
             await self._delivery.fail_unsent("session deleted")
+        with contextlib.suppress(OSError):  # a full disk: the next owner re-delivers
+            await self._delivery.flush()
         await self._set_state(SessionState.STOPPED, reason=reason, **changes)
         if logout:
             self._observer.disconnected(self, reason, details)
@@ -293,11 +303,12 @@ class HostedSession:
             self._meta = self._meta.changed(
                 state=state.value, updated_at_unix=time.time(), **changes
             )
-            try:
-                await self._guard()
-                await self._storage.save_meta(self._meta)
-            except Fenced:
-                pass  # the newer owner's meta stays; this state lives in memory only
+            if state in _STORED_STATES:
+                try:
+                    await self._guard()
+                    await self._storage.save_meta(self._meta)
+                except Fenced:
+                    pass  # the newer owner's meta stays; this state lives in memory only
         if previous is state:
             return
         self._broadcaster.publish(

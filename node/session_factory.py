@@ -23,7 +23,9 @@ class SessionFactory:
         driver_factory: DriverFactory,
         observer: SessionObserver,
         on_fenced: Callable[[HostedSession], None],
+        may_write: Callable[[], bool],
     ) -> None:
+        self._may_write = may_write
         self._node_id = node_id
         self._storage = storage
         self._driver_factory = driver_factory
@@ -63,11 +65,12 @@ class SessionFactory:
             ),
             storage=self._storage,
             driver=self._driver_factory(workspace_id, session_id),
-            outbox_entries=await self._storage.load_outbox(workspace_id, session_id),
+            outbox_entries=await self._storage.open_messages(workspace_id, session_id),
             credentials=credentials,
             observer=self._observer,
             fence=fence,
             on_fenced=self._on_fenced,
+            may_write=self._may_write,
         )
         await self._storage.save_meta(session.meta)
         return session

@@ -211,6 +211,7 @@ async def start_node(
             metrics=metrics,
             admits=serving.admits,
             budget=budget,
+            may_write=heartbeat.is_confirmed,
             restore_concurrency=config.restore_concurrency,
             accounts=accounts,
         )

@@ -1,19 +1,18 @@
-"""Shared session storage: one folder per session, every write atomic.
+"""Shared session storage: one folder per session, every write atomic and durable.
 
 ::
 
     <root>/workspace_<workspace_id>/<session_id>/
-        meta.json                        SessionMeta
-        credentials.json                 what the driver needs to reconnect without a QR
-        outbox/<client_message_id>.json  OutboxEntry, one per accepted message
+        meta.json          SessionMeta (written when a node opens, stops or deletes it)
+        credentials.json   what the driver needs to reconnect without a QR
+        messages.log       the session's accepted messages and their statuses, appended
+                           (see node.message_log)
 
 Ids are checked with ``registry.ids.validate_id`` before any path is built, and the
-resolved path must stay under the root, so no id can reach outside the tree. A write goes
-to a temp file in the same folder and is renamed over the target, with the file system
-flushed before and after the rename; writes queued together share those flushes
-(:mod:`node.group_commit`). A crash leaves the old file or the new one, never half of one,
-and a write returns only once it is on disk. All file I/O runs in worker threads, never on
-the event loop.
+resolved path must stay under the root, so no id can reach outside the tree. Whole files are
+replaced atomically (temp file, flush, rename, flush); the message log is appended to; writes
+queued together share their flushes (:mod:`node.group_commit`). A write that must be durable
+returns only once it is on disk. All file I/O runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -23,70 +22,24 @@ import contextlib
 import functools
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from node import message_log
 from node.group_commit import TEMP_PREFIX, GroupCommitWriter
+from node.storage_records import OutboxEntry, SessionMeta
 from registry import InvalidInput, MessageStatus, validate_id
+
+__all__ = ["OutboxEntry", "SessionMeta", "SessionStorage"]
 
 _WORKSPACE_PREFIX = "workspace_"
 _META = "meta.json"
 _CREDENTIALS = "credentials.json"
-_OUTBOX = "outbox"
+_LEGACY_OUTBOX = message_log.LEGACY_OUTBOX
 _JSON_SUFFIX = ".json"
 _TEMP_PREFIX = TEMP_PREFIX
 """Temp files start with a dot, so scans skip any a crash left behind."""
-
-
-@dataclass(frozen=True)
-class SessionMeta:
-    """What a session's ``meta.json`` records."""
-
-    workspace_id: str
-    session_id: str
-    phone_number: str = ""
-    labels: dict[str, str] = field(default_factory=dict)
-    node_id: str = ""
-    """The node that last ran the session."""
-    state: str = "starting"
-    """The last known state, lower case (``ready``, ``stopped``…)."""
-    created_at_unix: float = 0.0
-    updated_at_unix: float = 0.0
-    disconnect_reason: str = ""
-    disconnect_details: str = ""
-    disconnected_at_unix: float = 0.0
-    """0 when it never disconnected."""
-    error: str = ""
-    """Why it FAILED, if it did."""
-    deleted: bool = False
-    """DeleteSession ran: never restored; the folder stays as a record."""
-    owner_epoch: int = 0
-    """Epoch (ownership key create revision) of the owner that last restored or created it: a
-    node whose epoch is older must not write any more (see ``node.fencing``)."""
-
-    def changed(self, **changes: Any) -> SessionMeta:
-        """A copy with ``changes`` applied."""
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class OutboxEntry:
-    """One accepted message in a session's outbox."""
-
-    client_message_id: str
-    to: str
-    text: str
-    status: MessageStatus
-    """Where the message is on its way (stored as its name, ``QUEUED``…)."""
-    accepted_at_unix: float
-    seq: int
-    """Acceptance order within the session: delivery follows it."""
-    accepted_by_node_id: str = ""
-
-    def __post_init__(self) -> None:
-        # Read back from JSON the status is a plain string: hold it as the enum.
-        object.__setattr__(self, "status", MessageStatus(self.status))
 
 
 def _from_dict(cls: type[Any], raw: dict[str, Any]) -> Any:
@@ -163,10 +116,8 @@ class SessionStorage:
             raise InvalidInput(f"path {path} leaves the storage root")
         return normal
 
-    def _outbox_file(self, workspace_id: str, session_id: str, client_message_id: str) -> Path:
-        validate_id(client_message_id, field="client_message_id")
-        outbox = self.session_dir(workspace_id, session_id) / _OUTBOX
-        return self._inside(outbox / f"{client_message_id}{_JSON_SUFFIX}")
+    def _log_file(self, workspace_id: str, session_id: str) -> Path:
+        return self.session_dir(workspace_id, session_id) / message_log.LOG_NAME
 
     async def save_meta(self, meta: SessionMeta) -> None:
         """Write ``meta.json`` atomically."""
@@ -204,24 +155,69 @@ class SessionStorage:
 
         await asyncio.to_thread(remove)
 
-    async def save_outbox_entry(
-        self, workspace_id: str, session_id: str, entry: OutboxEntry
+    async def append_accepted(self, workspace_id: str, session_id: str, entry: OutboxEntry) -> None:
+        """Append an accepted message to the session's log; returns once it is on disk."""
+        validate_id(entry.client_message_id, field="client_message_id")
+        path = self._log_file(workspace_id, session_id)
+        await self._writer.append(path, message_log.accepted_record(entry), is_durable=True)
+
+    async def append_status(
+        self, workspace_id: str, session_id: str, client_message_id: str, status: MessageStatus
     ) -> None:
-        """Write one outbox entry atomically (a new one, or a status change)."""
-        path = self._outbox_file(workspace_id, session_id, entry.client_message_id)
-        await self._writer.write(path, _encode(asdict(entry)))
+        """Append a message's new status to the log (on disk with the next flush: a status
+        lost in a crash only means the message is handed to the network again, which
+        dedupes it by id)."""
+        path = self._log_file(workspace_id, session_id)
+        record = message_log.status_record(client_message_id, status)
+        await self._writer.append(path, record, is_durable=False)
+
+    async def rewrite_messages(
+        self, workspace_id: str, session_id: str, entries: list[OutboxEntry]
+    ) -> None:
+        """Replace the session's log with one holding just ``entries`` (compacted), durably;
+        then retire the per-message files of the old format, if any."""
+        path = self._log_file(workspace_id, session_id)
+        await self._writer.write(path, message_log.compacted(entries))
+        legacy = self.session_dir(workspace_id, session_id) / _LEGACY_OUTBOX
+        await asyncio.to_thread(_remove_legacy_outbox, legacy, self._root)
+
+    async def close_messages(self, workspace_id: str, session_id: str) -> None:
+        """Make everything appended to the session's log durable and close it (it stops)."""
+        await self._writer.close(self._log_file(workspace_id, session_id))
 
     async def load_outbox(self, workspace_id: str, session_id: str) -> list[OutboxEntry]:
-        """Every outbox entry of the session, in ``seq`` order."""
-        outbox = self.session_dir(workspace_id, session_id) / _OUTBOX
+        """Every message of the session, in ``seq`` order: its log, and the per-message files
+        of the old format if the folder still has them."""
+        entries, _ = await self._read_messages(workspace_id, session_id)
+        return entries
 
-        def read_all() -> list[OutboxEntry]:
-            entries: list[OutboxEntry] = []
-            for path in _json_files(outbox):
-                raw = _read_json(path, self._root)
-                if raw is not None:
-                    entries.append(_from_dict(OutboxEntry, raw))
-            return sorted(entries, key=lambda entry: entry.seq)
+    async def open_messages(self, workspace_id: str, session_id: str) -> list[OutboxEntry]:
+        """Every message of the session (see :meth:`load_outbox`), for a node that starts
+        running it: a log that exists is rewritten compacted first, so this node appends to a
+        file of its own (a torn last line, or a former owner's late append, cannot mix with
+        its records) and the old format is retired."""
+        entries, has_files = await self._read_messages(workspace_id, session_id)
+        if has_files:
+            await self.rewrite_messages(workspace_id, session_id, entries)
+        return entries
+
+    async def _read_messages(
+        self, workspace_id: str, session_id: str
+    ) -> tuple[list[OutboxEntry], bool]:
+        path = self._log_file(workspace_id, session_id)
+        legacy = self.session_dir(workspace_id, session_id) / _LEGACY_OUTBOX
+
+        def read_all() -> tuple[list[OutboxEntry], bool]:
+            _confined(path, self._root)
+            try:
+                data: bytes | None = path.read_bytes()
+            except FileNotFoundError:
+                data = None
+            logged = message_log.replay(data) if data is not None else {}
+            legacy_files = _json_files(legacy)
+            old = [_read_json(file, self._root) for file in legacy_files]
+            entries = message_log.merge(logged, (raw for raw in old if raw is not None))
+            return entries, data is not None or bool(legacy_files)
 
         return await asyncio.to_thread(read_all)
 
@@ -263,3 +259,17 @@ def _json_files(directory: Path) -> list[Path]:
         for path in directory.iterdir()
         if path.suffix == _JSON_SUFFIX and not path.name.startswith(_TEMP_PREFIX)
     ]
+
+
+def _remove_legacy_outbox(directory: Path, root: Path) -> None:
+    """Delete an old-format outbox folder whose entries a compacted log now holds."""
+    files = _json_files(directory)
+    if not files:
+        return
+    for path in files:
+        _confined(path, root)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    with contextlib.suppress(OSError):  # a leftover temp file keeps it: harmless
+        directory.rmdir()
+    _fsync_directory(directory.parent)

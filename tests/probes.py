@@ -12,6 +12,7 @@ import grpc
 from prometheus_client import REGISTRY
 
 from gateway import GatewayServer
+from node import message_log
 from protos import session_pb2, session_pb2_grpc
 from registry import OwnershipView, RingTable, place_slot, slot_of
 
@@ -89,3 +90,12 @@ async def etcd_range_count(etcd_url: str) -> int:
 def files_under(path: Path) -> list[Path]:
     """Every file below ``path`` (none when it does not exist), sorted."""
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def stored_message(storage: Path, workspace_id: str, session_id: str, message_id: str) -> Any:
+    """The message as the session's folder holds it now (its log replayed), or None."""
+    log = storage / f"workspace_{workspace_id}" / session_id / message_log.LOG_NAME
+    try:
+        return message_log.replay(log.read_bytes()).get(message_id)
+    except FileNotFoundError:
+        return None

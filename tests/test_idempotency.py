@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import grpc
 
@@ -12,7 +13,7 @@ from protos import session_pb2 as pb
 from simnet import SimNet
 from testkit import RunningNode, eventually
 from tests.calls import create, error_of, wait_state
-from tests.probes import files_under
+from tests.probes import files_under, stored_message
 
 
 class TestCreateSession:
@@ -52,13 +53,16 @@ class TestSendMessage:
         first = await node.stub.SendMessage(request)
         assert not first.duplicate and first.status == pb.MESSAGE_STATUS_QUEUED
         assert first.node_id == "node-1"
-        stored = node.storage / "workspace_ws-1" / "s-1" / "outbox" / "m-1.json"
-        assert json.loads(stored.read_text())["text"] == "hi"  # acknowledged means on disk
+
+        def stored() -> Any:
+            return stored_message(node.storage, "ws-1", "s-1", "m-1")
+
+        assert stored().text == "hi"  # acknowledged means on disk
         replays = await asyncio.gather(*(node.stub.SendMessage(request) for _ in range(5)))
         assert all(r.duplicate and r.accept_time == first.accept_time for r in replays)
 
         await eventually(lambda: simnet.delivered_ids("ws-1/s-1")["m-1"] == 1)
-        await eventually(lambda: json.loads(stored.read_text())["status"] != "QUEUED")
+        await eventually(lambda: stored().status != "QUEUED")
         assert simnet.delivered_ids("ws-1/s-1")["m-1"] == 1
         assert simnet.resend_count == 0  # the node itself handed it over once
 

@@ -4,14 +4,15 @@ deduplicating sends, and delivers what it acknowledged before the restart exactl
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session, select
 
 from protos import session_pb2, session_pb2_grpc
 from registry.accounts import WhatsappAccount, make_engine
 from testkit import eventually, running_node, running_simnet
+from tests.probes import stored_message
 
 pb = session_pb2
 SESSIONS = [("ws-1", "s-1"), ("ws-1", "s-2"), ("ws-2", "s-3")]
@@ -38,6 +39,10 @@ def _accounts(tmp_path: Path) -> dict[str, WhatsappAccount]:
             return {row.session_id: row for row in session.exec(select(WhatsappAccount))}
     finally:
         engine.dispose()
+
+
+def _stored(tmp_path: Path) -> Any:
+    return stored_message(tmp_path / "sessions", "ws-1", "s-1", "m-1")
 
 
 def _send(ws: str, sid: str, client_message_id: str) -> pb.SendMessageRequest:
@@ -67,8 +72,7 @@ class TestRestart:
                 )
                 await _all_ready(stub)
                 first = await stub.SendMessage(_send("ws-1", "s-1", "m-1"))
-                outbox = tmp_path / "sessions" / "workspace_ws-1" / "s-1" / "outbox" / "m-1.json"
-                await eventually(lambda: json.loads(outbox.read_text())["status"] != "QUEUED")
+                await eventually(lambda: _stored(tmp_path).status != "QUEUED")
                 assert simnet.delivered_ids("ws-1/s-1")["m-1"] == 1
             rows = await asyncio.to_thread(_accounts, tmp_path)
             assert {rows[sid].assigned_node_id for _, sid in SESSIONS} == {"node-1"}
@@ -119,8 +123,7 @@ class TestRestart:
                 answer = await stub.SendMessage(_send("ws-1", "s-1", "m-1"))
                 assert not answer.duplicate and answer.status == pb.MESSAGE_STATUS_QUEUED
             assert simnet.delivered_ids("ws-1/s-1")["m-1"] == 0
-            outbox = tmp_path / "sessions" / "workspace_ws-1" / "s-1" / "outbox" / "m-1.json"
-            assert json.loads(outbox.read_text())["status"] == "QUEUED"
+            assert _stored(tmp_path).status == "QUEUED"
 
             async with running_node(tmp_path, etcd_url, cluster_name, simnet) as node:
                 stub = node.stub
@@ -132,6 +135,6 @@ class TestRestart:
 
                 await eventually(delivered, message="m-1 delivered after the restart")
                 assert await _state(stub, "ws-1", "s-1") == pb.SESSION_STATE_READY
-                await eventually(lambda: json.loads(outbox.read_text())["status"] != "QUEUED")
+                await eventually(lambda: _stored(tmp_path).status != "QUEUED")
             assert simnet.resend_count == 0
             assert simnet.delivered_ids("ws-1/s-1")["m-1"] == 1

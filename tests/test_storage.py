@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -76,8 +78,9 @@ class TestRoundTrips:
     async def test_outbox_in_seq_order_with_updates(self, tmp_path: Path) -> None:
         storage = SessionStorage(tmp_path)
         for seq, client_message_id in enumerate(["m-c", "m-a", "m-b"], start=1):
-            await storage.save_outbox_entry("ws-1", "s-1", _entry(client_message_id, seq))
-        await storage.save_outbox_entry("ws-1", "s-1", _entry("m-a", 2, status="DELIVERED"))
+            await storage.append_accepted("ws-1", "s-1", _entry(client_message_id, seq))
+        await storage.append_status("ws-1", "s-1", "m-a", MessageStatus.DELIVERED)
+        await storage.append_status("ws-1", "s-1", "m-a", MessageStatus.SENT)  # late: ignored
         entries = await storage.load_outbox("ws-1", "s-1")
         assert [entry.client_message_id for entry in entries] == ["m-c", "m-a", "m-b"]
         assert entries[1] == _entry("m-a", 2, status="DELIVERED")
@@ -87,7 +90,7 @@ class TestRoundTrips:
         await storage.save_meta(_meta())
         await storage.save_meta(_meta(session_id="s-2"))
         await storage.save_meta(_meta(workspace_id="ws-2", session_id="s-9"))
-        await storage.save_outbox_entry("ws-1", "s-1", _entry("m-1", 1))
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
         assert await storage.list_sessions("ws-1") == ["s-1", "s-2"]
         assert await storage.list_sessions("ws-2") == ["s-9"]
         assert await storage.list_sessions("ws-3") == []
@@ -109,11 +112,10 @@ class TestAtomicWrites:
         for index in range(20):
             await storage.save_meta(_meta(updated_at_unix=float(index)))
             await storage.save_credentials("ws-1", "s-1", {"token": str(index)})
-            await storage.save_outbox_entry("ws-1", "s-1", _entry(f"m-{index % 3}", index))
+            await storage.append_accepted("ws-1", "s-1", _entry(f"m-{index}", index))
+        await storage.rewrite_messages("ws-1", "s-1", await storage.load_outbox("ws-1", "s-1"))
         names = [path.name for path in _all_files(tmp_path)]
-        assert sorted(names) == sorted(
-            ["meta.json", "credentials.json", "m-0.json", "m-1.json", "m-2.json"]
-        )
+        assert sorted(names) == sorted(["meta.json", "credentials.json", "messages.log"])
 
     async def test_failed_write_keeps_the_old_file_and_no_temp(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -133,9 +135,11 @@ class TestAtomicWrites:
 
     async def test_scans_skip_leftover_temp_files(self, tmp_path: Path) -> None:
         storage = SessionStorage(tmp_path)
-        await storage.save_outbox_entry("ws-1", "s-1", _entry("m-1", 1))
-        leftover = tmp_path / "workspace_ws-1" / "s-1" / "outbox" / ".m-2.json.abc.tmp"
-        leftover.write_text("{half a fi")
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+        folder = tmp_path / "workspace_ws-1" / "s-1"
+        (folder / ".messages.log.abc.tmp").write_text('{"a": {"client_message_id": "m-2"')
+        (folder / "outbox").mkdir()
+        (folder / "outbox" / ".m-3.json.abc.tmp").write_text("{half a fi")
         entries = await storage.load_outbox("ws-1", "s-1")
         assert [entry.client_message_id for entry in entries] == ["m-1"]
 
@@ -148,7 +152,7 @@ class TestGroupCommit:
         count = group_commit.MAX_GROUP_SIZE + 44  # more than one group
         entries = [(f"s-{index % 30}", _entry(f"m-{index}", index)) for index in range(count)]
         await asyncio.gather(
-            *(storage.save_outbox_entry("ws-1", session, entry) for session, entry in entries)
+            *(storage.append_accepted("ws-1", session, entry) for session, entry in entries)
         )
         for session in {session for session, _ in entries}:
             stored = await storage.load_outbox("ws-1", session)
@@ -201,6 +205,83 @@ class TestGroupCommit:
         assert [path.name for path in _all_files(tmp_path)] == ["credentials.json"]
 
 
+class TestMessageLog:
+    """The message log: appended, replayed, torn tails dropped, compacted, old format read."""
+
+    def _log(self, root: Path) -> Path:
+        return root / "workspace_ws-1" / "s-1" / "messages.log"
+
+    async def test_a_torn_last_line_is_dropped_and_the_next_owner_starts_clean(
+        self, tmp_path: Path
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+        await storage.close_messages("ws-1", "s-1")
+        with self._log(tmp_path).open("ab") as log:  # a crash in the middle of an append
+            log.write(b'{"a":{"client_message_id":"m-2","to":"+1')
+        opened = await storage.open_messages("ws-1", "s-1")
+        assert [entry.client_message_id for entry in opened] == ["m-1"]
+        # The node that opened it appends to a file of its own: nothing glues onto the tear.
+        await storage.append_accepted("ws-1", "s-1", _entry("m-3", 3))
+        reloaded = await storage.load_outbox("ws-1", "s-1")
+        assert [entry.client_message_id for entry in reloaded] == ["m-1", "m-3"]
+        lines = self._log(tmp_path).read_bytes().splitlines()
+        assert [json.loads(line)["a"]["client_message_id"] for line in lines] == ["m-1", "m-3"]
+
+    async def test_a_former_owners_late_append_lands_in_a_file_nobody_reads(
+        self, tmp_path: Path
+    ) -> None:
+        former, new = SessionStorage(tmp_path), SessionStorage(tmp_path)
+        await former.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+        entries = await new.open_messages("ws-1", "s-1")  # a new owner takes the session
+        await former.append_accepted("ws-1", "s-1", _entry("m-late", 2))  # its old log file
+        await new.append_accepted("ws-1", "s-1", _entry("m-2", 2))
+        assert [entry.client_message_id for entry in entries] == ["m-1"]
+        reloaded = await new.load_outbox("ws-1", "s-1")
+        assert [entry.client_message_id for entry in reloaded] == ["m-1", "m-2"]
+
+    async def test_compaction_keeps_every_id_but_drops_the_bodies_of_settled_messages(
+        self, tmp_path: Path
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        for seq in range(1, 51):
+            await storage.append_accepted("ws-1", "s-1", _entry(f"m-{seq}", seq))
+        for seq in range(1, 41):
+            await storage.append_status("ws-1", "s-1", f"m-{seq}", MessageStatus.READ)
+        before = self._log(tmp_path).stat().st_size
+        await storage.open_messages("ws-1", "s-1")  # compacts
+        entries = await storage.load_outbox("ws-1", "s-1")
+        assert [entry.seq for entry in entries] == list(range(1, 51))
+        assert all(e.text == "" and e.to == "" for e in entries[:40])
+        assert [e.text for e in entries[40:]] == [f"hello {seq}" for seq in range(41, 51)]
+        assert all(e.status is MessageStatus.QUEUED for e in entries[40:])
+        assert self._log(tmp_path).stat().st_size < before
+        assert len(self._log(tmp_path).read_bytes().splitlines()) == 50
+
+    async def test_the_old_per_message_files_are_read_and_retired(self, tmp_path: Path) -> None:
+        folder = tmp_path / "workspace_ws-1" / "s-1"
+        (folder / "outbox").mkdir(parents=True)
+        for seq, status in ((1, "READ"), (2, "QUEUED"), (3, "SENT")):
+            entry = _entry(f"m-{seq}", seq, status=status)
+            (folder / "outbox" / f"m-{seq}.json").write_text(json.dumps(asdict(entry)))
+        storage = SessionStorage(tmp_path)
+        await storage.append_status("ws-1", "s-1", "m-2", MessageStatus.DELIVERED)  # no-op
+        loaded = await storage.load_outbox("ws-1", "s-1")
+        assert [(e.client_message_id, e.status) for e in loaded] == [
+            ("m-1", MessageStatus.READ),
+            ("m-2", MessageStatus.QUEUED),
+            ("m-3", MessageStatus.SENT),
+        ]
+        opened = await storage.open_messages("ws-1", "s-1")
+        assert [e.client_message_id for e in opened] == ["m-1", "m-2", "m-3"]
+        assert not (folder / "outbox").exists()
+        again = await storage.load_outbox("ws-1", "s-1")
+        assert [(e.client_message_id, e.status) for e in again] == [
+            (e.client_message_id, e.status) for e in loaded
+        ]
+        assert again[1].text == "hello 2"  # still to be delivered: its body is kept
+
+
 class TestIdsCannotEscape:
     """Ids that could name a path outside the tree are refused before any file is touched."""
 
@@ -227,7 +308,7 @@ class TestIdsCannotEscape:
     async def test_bad_client_message_id(self, tmp_path: Path, bad_id: str) -> None:
         storage = SessionStorage(tmp_path / "root")
         with pytest.raises(InvalidInput, match="client_message_id"):
-            await storage.save_outbox_entry("ws-1", "s-1", _entry(bad_id, 1))
+            await storage.append_accepted("ws-1", "s-1", _entry(bad_id, 1))
         assert not (tmp_path / "root").exists()
 
     def test_paths_stay_under_root(self, tmp_path: Path) -> None:

@@ -1,0 +1,106 @@
+"""The on-disk form of a session's messages: an append-only log of JSON lines.
+
+::
+
+    {"a": {...OutboxEntry...}}        accepted (durable before the send is acknowledged)
+    {"s": ["<client_message_id>", "DELIVERED"]}   a status the network acknowledged
+
+Replaying the lines in order gives every message's latest state. A crash can only tear the
+last line (appends are sequential): a line that does not parse is dropped, and the log is
+rewritten whole (compacted) whenever a node opens the session, so no new record is ever
+written after a torn one. A compacted log holds one ``a`` line per message; a settled message
+(sent, delivered, read or failed) keeps no text or recipient — only what its id needs to
+answer a retried send — so delivered messages do not accumulate their bodies forever.
+
+Folders written before this format kept one ``outbox/<client_message_id>.json`` per message;
+:func:`merge` reads both, and the first compaction retires the old files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, replace
+from typing import Any
+
+from node.storage_records import OutboxEntry
+from registry import MessageStatus
+
+LOG_NAME = "messages.log"
+"""The file, in the session's folder."""
+LEGACY_OUTBOX = "outbox"
+"""The folder of the format before the log (one JSON file per message)."""
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def accepted_record(entry: OutboxEntry) -> bytes:
+    """The line that records an accepted message."""
+    return _line({"a": asdict(entry)})
+
+
+def status_record(client_message_id: str, status: MessageStatus) -> bytes:
+    """The line that records a message's new status."""
+    return _line({"s": [client_message_id, status.value]})
+
+
+def settled_form(entry: OutboxEntry) -> OutboxEntry:
+    """``entry`` as it is kept once the network has it: without its text and recipient."""
+    if entry.status is MessageStatus.QUEUED or not (entry.text or entry.to):
+        return entry
+    return replace(entry, text="", to="")
+
+
+def compacted(entries: Iterable[OutboxEntry]) -> bytes:
+    """A whole log holding just these entries (settled ones without their bodies)."""
+    return b"".join(accepted_record(settled_form(entry)) for entry in entries)
+
+
+def _entry_of(raw: Any) -> OutboxEntry | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return OutboxEntry(**{k: raw[k] for k in OutboxEntry.__dataclass_fields__ if k in raw})
+    except (TypeError, ValueError):
+        return None
+
+
+def replay(data: bytes) -> dict[str, OutboxEntry]:
+    """The messages a log holds, by client_message_id (a torn last line is dropped)."""
+    entries: dict[str, OutboxEntry] = {}
+    for line in data.split(b"\n"):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a torn tail: never acknowledged
+        if not isinstance(record, dict):
+            continue
+        if "a" in record:
+            entry = _entry_of(record["a"])
+            if entry is not None:
+                entries[entry.client_message_id] = entry
+        elif "s" in record and isinstance(record["s"], list) and len(record["s"]) == 2:
+            message_id, status_text = record["s"]
+            status = MessageStatus.parse(str(status_text))
+            entry = entries.get(str(message_id))
+            if entry is not None and status is not None and status.progress > entry.status.progress:
+                entries[entry.client_message_id] = replace(entry, status=status)
+    return entries
+
+
+def merge(logged: dict[str, OutboxEntry], legacy: Iterable[dict[str, Any]]) -> list[OutboxEntry]:
+    """The log's messages plus those of the old per-message files, in ``seq`` order; of two
+    records of one id, the one further along wins."""
+    merged = dict(logged)
+    for raw in legacy:
+        entry = _entry_of(raw)
+        if entry is None:
+            continue
+        known = merged.get(entry.client_message_id)
+        if known is None or entry.status.progress > known.status.progress:
+            merged[entry.client_message_id] = entry
+    return sorted(merged.values(), key=lambda entry: entry.seq)
