@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aetcd
 import structlog
@@ -22,13 +23,23 @@ from registry import (
     catalogued_slots,
     slot_of,
     stop_task,
-    update_catalog,
+    update_catalog_counts,
 )
 
 _log = structlog.get_logger(__name__)
 
 CATALOG_FLUSH_SECONDS = 0.5
 """How long a changed session count may wait before it is written to the catalog."""
+
+
+@dataclass
+class _Batch:
+    """Counts written together, and when that is done."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class CatalogCounts:
@@ -55,6 +66,8 @@ class CatalogCounts:
         """Workspaces whose count changed since: written together by the next flush."""
         self._flush_timer: asyncio.Task[None] | None = None
         self._is_closed = False
+        self._next_batch: _Batch | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     @property
     def etcd(self) -> aetcd.Client:
@@ -99,20 +112,47 @@ class CatalogCounts:
     async def flush(self) -> None:
         """Write every changed session count now."""
         stale, self._stale = self._stale, set()
+        counts = {
+            workspace_id: count
+            for workspace_id in stale
+            if self._written.get(workspace_id) != (count := self._session_count(workspace_id))
+        }
         try:
-            for workspace_id in sorted(stale):
-                count = self._session_count(workspace_id)
-                if self._written.get(workspace_id) != count:
-                    await self._write(workspace_id, count)
-                stale.discard(workspace_id)
-        finally:
+            await update_catalog_counts(self._etcd, self._keys, counts, slot_count=self._slot_count)
+        except BaseException:
             self._stale |= stale
+            raise
+        self._written.update(counts)
 
     async def _write(self, workspace_id: str, count: int) -> None:
-        await update_catalog(
-            self._etcd, self._keys, workspace_id, session_count=count, slot_count=self._slot_count
-        )
+        # Writes asked for while one is in flight go together, in one etcd transaction: a
+        # burst of creates over many new workspaces costs a few round trips, not one each.
+        batch = self._next_batch
+        if batch is None:
+            batch = self._next_batch = _Batch()
+            asyncio.get_running_loop().call_soon(self._start_batch, batch)
+        batch.counts[workspace_id] = count
+        await asyncio.shield(batch.done)
         self._written[workspace_id] = count
+
+    def _start_batch(self, batch: _Batch) -> None:
+        self._next_batch = None
+        task = asyncio.create_task(self._write_batch(batch), name="catalog-batch")
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _write_batch(self, batch: _Batch) -> None:
+        try:
+            await update_catalog_counts(
+                self._etcd, self._keys, batch.counts, slot_count=self._slot_count
+            )
+        except BaseException as error:
+            if not batch.done.done():
+                batch.done.set_exception(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            batch.done.set_result(None)
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(CATALOG_FLUSH_SECONDS)

@@ -95,9 +95,10 @@ class _OpenLogs:
     def __init__(self) -> None:
         self._descriptors: OrderedDict[Path, int] = OrderedDict()
 
-    def descriptor(self, path: Path) -> int:
+    def descriptor(self, path: Path, check: Callable[[Path], object]) -> int:
         descriptor = self._descriptors.pop(path, None)
         if descriptor is None:
+            check(path)  # once per opening: an open descriptor keeps pointing where it did
             path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._descriptors[path] = descriptor
@@ -132,8 +133,8 @@ def _discard_temp(op: _Op) -> None:
             os.unlink(op.temp_name)
 
 
-def _append(op: _Op, logs: _OpenLogs) -> None:
-    descriptor = logs.descriptor(op.path)
+def _append(op: _Op, logs: _OpenLogs, check: Callable[[Path], object]) -> None:
+    descriptor = logs.descriptor(op.path, check)
     size = os.fstat(descriptor).st_size
     view = memoryview(op.data)
     try:
@@ -153,16 +154,29 @@ def commit_group(
 
     ``check(path)`` runs first for every operation and may raise to refuse that one alone.
     """
+    _write_all(ops, check, logs)
+    _flush_and_rename(ops, root)
+    for op in ops:
+        if op.kind is not OpKind.APPEND and (op.kind is OpKind.CLOSE or op.error is None):
+            # A replaced log is reopened by its next append; a closed one when asked again.
+            logs.close(op.path)
+
+
+def _write_all(ops: list[_Op], check: Callable[[Path], object], logs: _OpenLogs) -> None:
     for op in ops:
         try:
-            check(op.path)
-            if op.kind is OpKind.REPLACE:
-                _write_temp(op)
-            elif op.kind is OpKind.APPEND:
-                _append(op, logs)
+            if op.kind is OpKind.APPEND:
+                _append(op, logs, check)
+            else:
+                check(op.path)
+                if op.kind is OpKind.REPLACE:
+                    _write_temp(op)
         except Exception as error:  # recorded on the operation, raised to its caller alone
             op.error = error
             _discard_temp(op)
+
+
+def _flush_and_rename(ops: list[_Op], root: Path) -> None:
     pending = [op for op in ops if op.error is None]
     replaces = [op for op in pending if op.kind is OpKind.REPLACE]
     try:
@@ -181,10 +195,6 @@ def commit_group(
         for op in pending:
             op.error = error
             _discard_temp(op)
-    for op in ops:
-        if op.kind is not OpKind.APPEND and (op.kind is OpKind.CLOSE or op.error is None):
-            # A replaced log is reopened by its next append; a closed one when asked again.
-            logs.close(op.path)
 
 
 class GroupCommitWriter:

@@ -186,7 +186,9 @@ class SessionManager:
             created_at_unix=now,
             updated_at_unix=now,
         )
-        session = await self._factory.open(meta, restore_credentials=False, epoch=epoch)
+        session = await self._factory.open(
+            meta, restore_credentials=False, epoch=epoch, is_new=stored is None
+        )
         storage_path = str(self._storage.session_dir(workspace_id, session_id))
         self._reporter.created(session, storage_path=storage_path)
         return session

@@ -89,64 +89,90 @@ OWNED_SLOTS = Gauge(
 
 
 class NodeMetrics:
-    """The metrics of one node, bound to its id."""
+    """The metrics of one node, bound to its id; the children of the per-call series are
+    bound once (a ``labels()`` lookup per call showed in profiles of a busy node)."""
 
     def __init__(self, node_id: str, *, capacity: int) -> None:
         self._node_id = node_id
         self._capacity = capacity
         CAPACITY.labels(node_id).set(capacity)
-        UTILISATION.labels(node_id).set(0)
+        self._utilisation = UTILISATION.labels(node_id)
+        self._utilisation.set(0)
+        self._accepted = MESSAGES_ACCEPTED.labels(node_id)
+        self._restored = SESSIONS_RESTORED.labels(node_id)
+        self._acquisitions = ACQUISITIONS.labels(node_id)
+        self._failovers = FAILOVERS.labels(node_id)
+        self._handoffs = HANDOFFS.labels(node_id)
+        self._fences = FENCES.labels(node_id)
+        self._in_flight = IN_FLIGHT.labels(node_id)
+        self._shed = SHED_CALLS.labels(node_id)
+        self._loop_lag = LOOP_LAG.labels(node_id)
+        self._loop_lag_histogram = LOOP_LAG_HISTOGRAM.labels(node_id)
+        self._owned_slots = OWNED_SLOTS.labels(node_id)
+        self._sessions: dict[str, Gauge] = {}
+        self._latencies: dict[tuple[str, str], Histogram] = {}
+
+    def _sessions_in(self, state: str) -> Gauge:
+        child = self._sessions.get(state)
+        if child is None:
+            child = self._sessions[state] = SESSIONS.labels(self._node_id, state)
+        return child
 
     def state_changed(self, previous: str | None, current: str | None) -> None:
         """A session moved between states (None: it appeared or went away)."""
         if previous is not None:
-            SESSIONS.labels(self._node_id, previous).dec()
+            self._sessions_in(previous).dec()
         if current is not None:
-            SESSIONS.labels(self._node_id, current).inc()
+            self._sessions_in(current).inc()
 
     def hosted(self, count: int) -> None:
         """The node hosts ``count`` sessions now."""
-        UTILISATION.labels(self._node_id).set(count / self._capacity)
+        self._utilisation.set(count / self._capacity)
 
     def rpc_finished(self, method: str, code: str, duration_seconds: float) -> None:
         """One call answered."""
-        RPC_LATENCY.labels(self._node_id, method, code).observe(duration_seconds)
+        child = self._latencies.get((method, code))
+        if child is None:
+            child = self._latencies[(method, code)] = RPC_LATENCY.labels(
+                self._node_id, method, code
+            )
+        child.observe(duration_seconds)
 
     def message_accepted(self) -> None:
         """One new message is on disk."""
-        MESSAGES_ACCEPTED.labels(self._node_id).inc()
+        self._accepted.inc()
 
     def session_restored(self) -> None:
         """One session was restored from storage."""
-        SESSIONS_RESTORED.labels(self._node_id).inc()
+        self._restored.inc()
 
     def acquired(self, *, is_failover: bool) -> None:
         """One slot or pinned workspace acquired (``is_failover``: from a dead node)."""
-        ACQUISITIONS.labels(self._node_id).inc()
+        self._acquisitions.inc()
         if is_failover:
-            FAILOVERS.labels(self._node_id).inc()
+            self._failovers.inc()
 
     def handed_off(self) -> None:
         """One slot or pinned workspace handed off."""
-        HANDOFFS.labels(self._node_id).inc()
+        self._handoffs.inc()
 
     def fenced(self) -> None:
         """The node stopped sessions to fence itself."""
-        FENCES.labels(self._node_id).inc()
+        self._fences.inc()
 
     def in_flight(self, count: int) -> None:
         """The node runs ``count`` calls, restores and handoffs now."""
-        IN_FLIGHT.labels(self._node_id).set(count)
+        self._in_flight.set(count)
 
     def call_shed(self) -> None:
         """A call was refused: the node was at its in-flight limit."""
-        SHED_CALLS.labels(self._node_id).inc()
+        self._shed.inc()
 
     def loop_lag(self, seconds: float) -> None:
         """The event loop ran a timer ``seconds`` late."""
-        LOOP_LAG.labels(self._node_id).set(seconds)
-        LOOP_LAG_HISTOGRAM.labels(self._node_id).observe(seconds)
+        self._loop_lag.set(seconds)
+        self._loop_lag_histogram.observe(seconds)
 
     def owned_slots(self, count: int) -> None:
         """The node owns ``count`` slots now."""
-        OWNED_SLOTS.labels(self._node_id).set(count)
+        self._owned_slots.set(count)

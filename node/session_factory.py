@@ -39,6 +39,7 @@ class SessionFactory:
         restore_credentials: bool,
         epoch: int,
         is_takeover: bool = False,
+        is_new: bool = False,
     ) -> HostedSession:
         """A new session for ``meta`` with its outbox (and credentials), its meta written to
         storage as STARTING on this node under ``epoch``.
@@ -46,16 +47,19 @@ class SessionFactory:
         Raises ``Fenced`` if the stored meta already names a newer owner epoch — unless
         ``is_takeover``: the workspace comes back from a pinned owner whose epoch (another
         key's) may be newer than this slot's, and the stored epoch is overwritten.
+        ``is_new``: nothing is stored for the session yet (its meta was just read, absent),
+        so there is nothing to check or read back.
         """
         workspace_id, session_id = meta.workspace_id, meta.session_id
         fence = EpochFence(self._storage, workspace_id, session_id, epoch=epoch)
-        if not is_takeover:
+        if not (is_takeover or is_new):
             await fence.check()
         credentials = (
             await self._storage.load_credentials(workspace_id, session_id)
-            if restore_credentials
+            if restore_credentials and not is_new
             else None
         )
+        entries = [] if is_new else await self._storage.open_messages(workspace_id, session_id)
         session = HostedSession(
             meta=meta.changed(
                 node_id=self._node_id,
@@ -65,7 +69,7 @@ class SessionFactory:
             ),
             storage=self._storage,
             driver=self._driver_factory(workspace_id, session_id),
-            outbox_entries=await self._storage.open_messages(workspace_id, session_id),
+            outbox_entries=entries,
             credentials=credentials,
             observer=self._observer,
             fence=fence,

@@ -37,6 +37,7 @@ _WORKSPACE_PREFIX = "workspace_"
 _META = "meta.json"
 _CREDENTIALS = "credentials.json"
 _LEGACY_OUTBOX = message_log.LEGACY_OUTBOX
+_MAX_CACHED_LOG_PATHS = 65_536
 _JSON_SUFFIX = ".json"
 _TEMP_PREFIX = TEMP_PREFIX
 """Temp files start with a dot, so scans skip any a crash left behind."""
@@ -89,6 +90,7 @@ class SessionStorage:
     def __init__(self, root: Path | str) -> None:
         self._root = Path(root).resolve()
         self._writer = GroupCommitWriter(self._root, check=self._confine)
+        self._log_paths: dict[tuple[str, str], Path] = {}
 
     def _confine(self, path: Path) -> Path:
         return _confined(path, self._root)
@@ -117,7 +119,15 @@ class SessionStorage:
         return normal
 
     def _log_file(self, workspace_id: str, session_id: str) -> Path:
-        return self.session_dir(workspace_id, session_id) / message_log.LOG_NAME
+        # Cached: every send and ack of a session appends to the same file.
+        key = (workspace_id, session_id)
+        path = self._log_paths.get(key)
+        if path is None:
+            path = self.session_dir(workspace_id, session_id) / message_log.LOG_NAME
+            if len(self._log_paths) >= _MAX_CACHED_LOG_PATHS:
+                self._log_paths.clear()
+            self._log_paths[key] = path
+        return path
 
     async def save_meta(self, meta: SessionMeta) -> None:
         """Write ``meta.json`` atomically."""

@@ -13,6 +13,7 @@ from registry.catalog import (
     catalog_of,
     catalogued_slots,
     update_catalog,
+    update_catalog_counts,
 )
 from registry.errors import (
     OWNER_METADATA_KEY,
@@ -116,6 +117,7 @@ __all__ = [
     "slot_of",
     "stop_task",
     "update_catalog",
+    "update_catalog_counts",
     "validate_id",
     "validate_labels",
     "validate_phone_number",

@@ -58,6 +58,33 @@ async def update_catalog(
         await client.put(key, _catalog_value(session_count))
 
 
+MAX_OPS_PER_TRANSACTION = 128
+"""etcd's default limit on the operations of one transaction (``--max-txn-ops``)."""
+
+
+async def update_catalog_counts(
+    client: aetcd.Client,
+    keys: ClusterKeys,
+    counts: dict[str, int],
+    *,
+    slot_count: int = DEFAULT_SLOT_COUNT,
+) -> None:
+    """Like :func:`update_catalog` for many workspaces at once: one transaction per
+    ``MAX_OPS_PER_TRANSACTION`` of them."""
+    items = sorted(counts.items())
+    for start in range(0, len(items), MAX_OPS_PER_TRANSACTION):
+        chunk = items[start : start + MAX_OPS_PER_TRANSACTION]
+        puts = [
+            client.transactions.put(
+                keys.catalog(slot_of(workspace_id, slot_count), workspace_id),
+                _catalog_value(count),
+            )
+            for workspace_id, count in chunk
+        ]
+        with etcd_errors(f"catalog {len(chunk)} workspaces"):
+            await client.transaction(compare=[], success=puts, failure=[])
+
+
 async def remove_from_catalog(
     client: aetcd.Client,
     keys: ClusterKeys,

@@ -6,12 +6,8 @@ from telemetry.hop import Hop, HopTracer, rpc_attributes, with_trace_context
 from telemetry.limits import raise_open_file_limit
 from telemetry.logging import configure_logging
 from telemetry.metrics import start_metrics_server
-from telemetry.tracing import (
-    build_tracer_provider,
-    client_interceptors,
-    configure_tracing,
-    server_interceptors,
-)
+from telemetry.server_spans import server_interceptors
+from telemetry.tracing import build_tracer_provider, client_interceptors, configure_tracing
 
 __all__ = [
     "HealthServicer",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc.filters import any_of, negate, service_prefix
 
 if TYPE_CHECKING:
@@ -124,16 +124,6 @@ def _traced_calls() -> Callable[[Any], bool]:
         any_of(*(service_prefix(prefix) for prefix in _UNTRACED_SERVICE_PREFIXES))
     )
     return filter_
-
-
-def server_interceptors() -> list[grpc.aio.ServerInterceptor[Any, Any]]:
-    """Interceptors that continue the caller's W3C trace context in a server span per RPC
-    (health checks and reflection excluded)."""
-    # The contrib instrumentation has no type annotations.
-    interceptor: grpc.aio.ServerInterceptor[Any, Any] = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=_GlobalTracerProvider(), filter_=_traced_calls()
-    )
-    return [interceptor]
 
 
 def client_interceptors() -> list[grpc.aio.ClientInterceptor]:

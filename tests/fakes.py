@@ -20,7 +20,7 @@ from registry import (
     NodeRecord,
     NodeRegistration,
 )
-from telemetry.tracing import server_interceptors
+from telemetry import server_interceptors
 
 WATCH_EVENT_COUNT = 3
 """How many events an echo node's WatchSession streams before it ends."""

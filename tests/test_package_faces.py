@@ -74,6 +74,7 @@ FACES: dict[str, list[str]] = {
         "slot_of",
         "stop_task",
         "update_catalog",
+        "update_catalog_counts",
         "validate_id",
         "validate_labels",
         "validate_phone_number",
