@@ -79,6 +79,7 @@ class Heartbeat:
         """When the main loop last ran its tick (read by the heartbeat thread)."""
         self._tick_task: asyncio.Task[None] | None = None
         self._was_confirmed = True
+        self._is_stall_reported = False
 
     # -- what the main loop reads ---------------------------------------------------------
 
@@ -182,7 +183,13 @@ class Heartbeat:
     def _is_main_loop_alive(self) -> bool:
         stalled_seconds = time.monotonic() - self._progress_at
         if stalled_seconds <= self._loop_stall_limit_seconds:
+            if self._is_stall_reported:
+                self._is_stall_reported = False
+                _log.info("loop_running_again", node_id=self._initial_record.node_id)
             return True
+        if self._is_stall_reported:
+            return False
+        self._is_stall_reported = True
         _log.error(
             "loop_stalled",
             node_id=self._initial_record.node_id,

@@ -6,6 +6,7 @@ the spirit of ``temporalio.testing``. It runs from the checkout and is not part 
 installed package; product packages never import it.
 """
 
+from testkit.checklist import ChecklistReport, ChecklistSizes, run_checklist
 from testkit.etcd import EtcdProcess, etcd_binary, etcd_in
 from testkit.ground_truth import (
     assert_exactly_once,
@@ -49,6 +50,8 @@ __all__ = [
     "ASYNCIO_GENERATOR",
     "HOST",
     "ChaosSizes",
+    "ChecklistReport",
+    "ChecklistSizes",
     "EtcdProcess",
     "FailedCall",
     "InProcessMesh",
@@ -74,6 +77,7 @@ __all__ = [
     "plan_sessions",
     "ring_placement",
     "routed_nodes",
+    "run_checklist",
     "running_inprocess_mesh",
     "running_node",
     "running_process_mesh",

@@ -4,7 +4,7 @@ of N nodes behind a gateway (:func:`running_inprocess_mesh`), with handles on th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +61,7 @@ async def running_node(
     node_id: str = "node-1",
     max_sessions: int = 500,
     driver_factory: DriverFactory | None = None,
+    extra_flags: Sequence[str] = (),
 ) -> AsyncIterator[RunningNode]:
     """Start one node on port 0 over ``state_dir/sessions`` and ``state_dir/accounts.db`` (the
     same every time: a restart finds its sessions); stop it and close the channel afterwards."""
@@ -76,6 +77,7 @@ async def running_node(
             "--database-url", f"sqlite:///{state_dir / 'accounts.db'}",
             "--simnet", simnet.address,
             "--lease-ttl-seconds", str(LEASE_TTL_SECONDS),
+            *extra_flags,
         ],
         environ={},
     )  # fmt: skip

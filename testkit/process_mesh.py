@@ -66,6 +66,9 @@ class MeshSettings:
     """Cluster name (the etcd is private, so any name will do)."""
     environment: tuple[tuple[str, str], ...] = ()
     """Extra environment variables for every process (e.g. ``OTEL_TRACES_SAMPLER``)."""
+    node_module: str = "node"
+    """What ``python -m`` runs as a node: ``testkit.blockable_node`` for a node whose event
+    loop a test can block (:meth:`ProcessMesh.block_node_loop`)."""
 
 
 @dataclass
@@ -140,6 +143,7 @@ class ProcessMesh:
             env={
                 **os.environ,
                 "LOG_FORMAT": "json",  # so that events() can read them back
+                "SESSIONMESH_BLOCK_SECONDS_FILE": str(self.state_dir / f"{name}.block-seconds"),
                 **dict(self.settings.environment),
                 "PYTHONUNBUFFERED": "1",
             },
@@ -278,7 +282,7 @@ class ProcessMesh:
     def node_command(self, node_id: str, address: str) -> list[str]:
         """The command line of one node process."""
         return [
-            sys.executable, "-m", "node",
+            sys.executable, "-m", self.settings.node_module,
             "--node-id", node_id,
             "--listen", address,
             "--etcd", self.etcd_url,
@@ -333,6 +337,12 @@ class ProcessMesh:
         await self._wait_listening(process, address)
         await self.wait_membership()
         return address
+
+    def block_node_loop(self, node_id: str, *, seconds: float) -> None:
+        """Make ``node_id``'s event loop stop for ``seconds`` (its other threads go on); the
+        mesh must run nodes as ``testkit.blockable_node``."""
+        (self.state_dir / f"{node_id}.block-seconds").write_text(str(seconds))
+        os.kill(self.process_id(node_id), signal.SIGUSR1)
 
     async def kill_node(self, node_id: str) -> None:
         """SIGKILL a node: no drain, no lease revoke; its lease must expire."""
