@@ -38,10 +38,13 @@ test: lint unit ## lint, then the whole suite (slow tests run in reduced form)
 up: $(STAMP) ## start a local mesh: etcd, simnet, two nodes, a gateway
 	$(BIN)/python -m deploy.local_mesh
 
-bench-tools: ## h2load (Debian's nghttp2-client) for raw unary load; without it the asyncio generator stands in
+bench-tools: ## h2load (Debian's nghttp2-client) for raw unary load and Debian's nginx to compare the gateway with; each optional
 	@command -v h2load >/dev/null 2>&1 || apt-get install -y -qq nghttp2-client >/dev/null 2>&1 \
 		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nghttp2-client >/dev/null 2>&1) \
 		|| echo "h2load could not be installed (needs root and apt): the asyncio generator stands in"
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+		|| apt-get install -y -qq nginx >/dev/null 2>&1 \
+		|| echo "nginx could not be installed (needs root and apt): no gateway-vs-nginx figure"
 
 bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, writes bench/results.json
 	$(BIN)/python -m bench.run --out bench/results.json

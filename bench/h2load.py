@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def run_h2load(
     warmup_seconds: float,
     min_response_bytes: int,
     with_latencies: bool = False,
+    headers: Sequence[str] = (),
 ) -> H2loadRun:
     """Call ``method_path`` on ``address`` (``host:port``, cleartext HTTP/2) with ``message``
     as fast as ``clients * streams_per_client`` streams allow, for ``duration_seconds``.
@@ -86,6 +88,7 @@ def run_h2load(
             f"--data={body}",
             "--header=content-type: application/grpc",
             "--header=te: trailers",
+            *(f"--header={header}" for header in headers),
         ]
         if with_latencies:
             command.append(f"--log-file={log}")

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.h2load import run_h2load
-from bench.scenarios_unary import GET_SESSION_PATH, MIN_SESSION_BYTES, TRACED_ENVIRONMENT
+from bench.scenarios_unary import GET_SESSION_PATH, MIN_SESSION_BYTES
+from bench.tracing_settings import TRACED_ENVIRONMENT
 from protos import session_pb2
 from testkit import MeshSettings, create_sessions, plan_sessions, running_process_mesh
 

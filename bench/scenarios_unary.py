@@ -32,7 +32,9 @@ from typing import Any
 import grpc
 
 from bench.h2load import H2loadRun, h2load_binary, run_h2load
+from bench.nginx import WORKSPACE_HEADER, nginx_binary, nginx_in_front_of
 from bench.stats import percentile, percentile_ms, ratio
+from bench.tracing_settings import TRACED_ENVIRONMENT, UNTRACED_ENVIRONMENT
 from client.proxyless import ProxylessClient
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
 from testkit import (
@@ -56,13 +58,6 @@ MIN_SESSION_BYTES = 20
 
 THROUGHPUT_ROUNDS = 2
 """h2load throughput phases per path, taken in turns with the other paths."""
-
-TRACED_ENVIRONMENT = (
-    ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
-    ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
-)
-"""Tracing on: every root sampled at 10 %, children follow their parent."""
-UNTRACED_ENVIRONMENT = (("OTEL_SDK_DISABLED", "true"),)
 
 
 @dataclass(frozen=True)
@@ -194,7 +189,7 @@ async def _asyncio_paths(
 
 
 async def _h2load_paths(
-    addresses: dict[str, str], message: bytes, sizes: UnarySizes
+    addresses: dict[str, str], message: bytes, sizes: UnarySizes, headers: Sequence[str] = ()
 ) -> dict[str, dict[str, Any]]:
     """Each path's throughput and one-at-a-time latency under h2load.
 
@@ -215,6 +210,7 @@ async def _h2load_paths(
                 duration_seconds=sizes.throughput_seconds / THROUGHPUT_ROUNDS,
                 warmup_seconds=sizes.warmup_seconds,
                 min_response_bytes=MIN_SESSION_BYTES,
+                headers=headers,
             )
             requests[name] += load.requests
             seconds[name] += load.requests / load.throughput_per_second
@@ -231,6 +227,7 @@ async def _h2load_paths(
             warmup_seconds=sizes.warmup_seconds,
             min_response_bytes=MIN_SESSION_BYTES,
             with_latencies=True,
+            headers=headers,
         )
         paths[name] = {
             "calls": requests[name],
@@ -288,6 +285,35 @@ async def _prepared_mesh_sessions(
     return {key: mesh.node_addresses[states[key][1]] for key in sessions}
 
 
+async def _h2load_direct_and_gateway(
+    mesh: ProcessMesh,
+    *,
+    owner: str,
+    addresses: dict[str, str],
+    message: bytes,
+    sizes: UnarySizes,
+    headers: Sequence[str],
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(generator, direct, gateway) under h2load; the gateway's figures carry those of the
+    other hops measured next to it (nginx, the bare forwarder)."""
+    if sizes.measures_bare_proxy:
+        addresses["bare_proxy"] = f"{HOST}:{free_port()}"
+        await mesh.start_process(
+            "bare-proxy",
+            [
+                *(sys.executable, "-m", "bench.bare_proxy"),
+                *("--listen", addresses["bare_proxy"], "--target", owner),
+            ],
+            addresses["bare_proxy"],
+        )
+    paths = await _h2load_paths(addresses, message, sizes, headers)
+    direct, gateway = paths["direct"], paths["gateway"]
+    for other in ("bare_proxy", "nginx"):
+        if other in paths:
+            gateway[other] = paths[other]
+    return H2LOAD_GENERATOR, direct, gateway
+
+
 async def _direct_and_gateway(
     mesh: ProcessMesh,
     owners: dict[SessionKey, str],
@@ -301,21 +327,18 @@ async def _direct_and_gateway(
             workspace_id=key[0], session_id=key[1]
         ).SerializeToString()
         addresses = {"direct": owners[key], "gateway": mesh.gateway_address}
-        if sizes.measures_bare_proxy:
-            addresses["bare_proxy"] = f"{HOST}:{free_port()}"
-            await mesh.start_process(
-                "bare-proxy",
-                [
-                    *(sys.executable, "-m", "bench.bare_proxy"),
-                    *("--listen", addresses["bare_proxy"], "--target", owners[key]),
-                ],
-                addresses["bare_proxy"],
+        headers = [f"{WORKSPACE_HEADER}: {key[0]}"]
+        with contextlib.ExitStack() as proxies:
+            if nginx_binary() is not None:
+                addresses["nginx"] = proxies.enter_context(nginx_in_front_of(owners[key]))
+            return await _h2load_direct_and_gateway(
+                mesh,
+                owner=owners[key],
+                addresses=addresses,
+                message=message,
+                sizes=sizes,
+                headers=headers,
             )
-        paths = await _h2load_paths(addresses, message, sizes)
-        direct, gateway = paths["direct"], paths["gateway"]
-        if "bare_proxy" in paths:
-            gateway["bare_proxy"] = paths["bare_proxy"]
-        return H2LOAD_GENERATOR, direct, gateway
     async with _stubs_to({*owners.values(), mesh.gateway_address}) as stubs:
         gateway_stub = stubs[mesh.gateway_address]
         paths = await _asyncio_paths(
@@ -433,6 +456,15 @@ async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
         "bare_proxy_added_p50_ms": _difference(
             gateway.get("bare_proxy", {}).get("p50_ms"), direct["p50_ms"]
         ),
+        "gateway_vs_nginx_throughput": ratio(
+            gateway["throughput_per_second"],
+            gateway.get("nginx", {}).get("throughput_per_second"),
+        ),
+        "nginx_vs_direct_throughput": ratio(
+            gateway.get("nginx", {}).get("throughput_per_second"),
+            direct["throughput_per_second"],
+        ),
+        "nginx_added_p50_ms": _difference(gateway.get("nginx", {}).get("p50_ms"), direct["p50_ms"]),
         "bare_proxy_vs_direct_throughput": ratio(
             gateway.get("bare_proxy", {}).get("throughput_per_second"),
             direct["throughput_per_second"],

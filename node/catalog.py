@@ -20,7 +20,6 @@ from registry import (
     ClusterKeys,
     MeshError,
     catalog_of,
-    catalogued_slots,
     slot_of,
     stop_task,
     update_catalog_counts,
@@ -227,10 +226,3 @@ class CatalogBook:
         slot = slot_of(workspace_id, self._slot_count)
         self._by_slot.setdefault(slot, set()).add(workspace_id)
         await self.counts.note(workspace_id)
-
-    async def catalogued_slots(self) -> set[int]:
-        """The slots that hold at least one workspace (one etcd range read).
-
-        Only those need an owner ahead of calls: an empty slot is acquired on demand by the
-        first call that lands on it, so a cold start does not write 4,096 keys."""
-        return await catalogued_slots(self._etcd, self._keys)

@@ -8,11 +8,9 @@ session. (The node-wide fence — no lease, no sessions — is :mod:`node.lease_
 
 from __future__ import annotations
 
-import time
-
 import structlog
 
-from node.storage import SessionStorage
+from node.storage import SessionMeta, SessionStorage
 from registry import Unavailable
 
 _log = structlog.get_logger(__name__)
@@ -39,26 +37,20 @@ class EpochFence:
         self._session_id = session_id
         self._epoch = epoch
         self._is_fenced = False
-        self._checked_at = float("-inf")
 
     @property
     def epoch(self) -> int:
         """The owner epoch this session runs under."""
         return self._epoch
 
-    async def check(self, *, max_age_seconds: float = 0.0) -> None:
-        """Raise ``Fenced`` if the stored epoch is newer than ours.
-
-        ``max_age_seconds`` > 0 trusts a check younger than that (for frequent writes such as
-        acks); 0 always reads the stored meta (before state changes and accepted sends).
-        """
+    async def check(self) -> None:
+        """Raise ``Fenced`` if the stored epoch is newer than ours (reads ``meta.json``)."""
         if self._is_fenced:
             raise Fenced(f"session {self._workspace_id}/{self._session_id} is fenced")
-        now = time.monotonic()
-        if max_age_seconds > 0 and now - self._checked_at < max_age_seconds:
-            return
-        stored = await self._storage.load_meta(self._workspace_id, self._session_id)
-        self._checked_at = now
+        self.check_against(await self._storage.load_meta(self._workspace_id, self._session_id))
+
+    def check_against(self, stored: SessionMeta | None) -> None:
+        """Raise ``Fenced`` if ``stored`` (the meta just read) names a newer epoch than ours."""
         if stored is not None and stored.owner_epoch > self._epoch:
             self._is_fenced = True
             _log.warning(

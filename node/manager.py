@@ -60,6 +60,7 @@ class SessionManager:
         admits: Callable[[str], bool],
         budget: WorkBudget,
         may_write: Callable[[], bool],
+        is_node_alive: Callable[[str], bool],
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
     ) -> None:
@@ -92,6 +93,7 @@ class SessionManager:
             restore_concurrency=restore_concurrency,
             budget=budget,
             is_stopping=lambda: self._is_stopping,
+            is_node_alive=is_node_alive,
         )
         self._background: set[asyncio.Task[None]] = set()
 

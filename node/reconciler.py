@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 
-from node.catalog import CatalogBook
 from node.moves import Moves
 from node.placement import NodePlacement
 from node.slot_table import SlotTable, Unit
@@ -27,6 +26,8 @@ from registry import NodeRecord, OwnershipView, place_slot, stop_task
 
 _log = structlog.get_logger(__name__)
 
+MIN_PASS_GAP_SECONDS = 0.05
+"""Passes start at least this far apart, however often the loop is poked."""
 _CONVERGE = Unit("converge", "")
 """The converge step, scheduled like a move but never changing ownership."""
 
@@ -52,7 +53,6 @@ class Reconciler:
         view: OwnershipView,
         placement: NodePlacement,
         moves: Moves,
-        catalog: CatalogBook,
         interval_seconds: float,
         max_moves_in_flight: int,
         publish_draining: Callable[[bool], Awaitable[None]],
@@ -62,7 +62,6 @@ class Reconciler:
         self._view = view
         self._placement = placement
         self._moves = moves
-        self._catalog = catalog
         self._interval_seconds = interval_seconds
         self._move_limit = asyncio.Semaphore(max_moves_in_flight)
         self._publish_draining = publish_draining
@@ -70,6 +69,7 @@ class Reconciler:
         self._in_flight: dict[Unit, asyncio.Task[None]] = {}
         self._targets_cache: dict[tuple[Any, ...], list[str | None]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._slot_units = [Unit.slot(slot) for slot in range(placement.ring.slot_count)]
         self._is_shutting_down = False
         self._is_stopped = False
 
@@ -100,16 +100,20 @@ class Reconciler:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         # The flag as well as cancel(): a cancel that lands as the wait ends can be lost.
         while not self._is_stopped:
             await self._wait_for_wake(self._interval_seconds)
             if self._is_stopped:
                 return
+            started_at = loop.time()
             try:
                 await self.run_once()
             except Exception:
                 # One failed pass (etcd blip) must not end the loop: the next one retries.
                 _log.exception("reconcile_failed", node_id=self._node_id)
+            # Pokes during a burst of moves (each ending move pokes) make one pass per gap.
+            await asyncio.sleep(max(0.0, started_at + MIN_PASS_GAP_SECONDS - loop.time()))
 
     async def _wait_for_wake(self, timeout_seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -137,14 +141,15 @@ class Reconciler:
         if not slots.has_lease:
             return
         await self._follow_drain_request()
-        catalogued = await self._catalog.catalogued_slots()
+        # Only catalogued slots need an owner ahead of calls: an empty slot is acquired on
+        # demand by its first call, so a cold start does not write 4,096 keys.
+        catalogued = self._view.catalogued_slots()
         nodes = self._placement.nodes(for_owned=True)
         owners = self._view.slot_owners()
         owned = slots.slots()
         owned_targets = self._targets(for_owned=True)
         orphan_targets = self._targets(for_owned=False)
-        for slot in range(self._placement.ring.slot_count):
-            unit = Unit.slot(slot)
+        for slot, unit in enumerate(self._slot_units):
             if unit in self._in_flight:
                 continue
             if slot in owned:

@@ -5,7 +5,9 @@ At most ``restore_concurrency`` restores run at once across the whole node — e
 acquired shares them — and each holds a unit of the node's work budget while it opens, so a
 failover or a cold start does not spike the CPU nor crowd out the calls. A session whose
 meta says another node still runs it gets up to ``LET_GO_TIMEOUT_SECONDS`` to stop there first
-(a pin move or a fenced owner), so it never runs twice.
+(a pin move or a fenced owner), so it never runs twice; a previous node that is no longer a
+member is dead or fenced (it stopped its sessions before its lease could expire), so its
+sessions are restored at once — waiting for a dead node would only add to the failover.
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ class RestorePipeline:
         restore_concurrency: int,
         budget: WorkBudget,
         is_stopping: Callable[[], bool],
+        is_node_alive: Callable[[str], bool],
     ) -> None:
         self._budget = budget
+        self._is_node_alive = is_node_alive
         self._node_id = node_id
         self._storage = storage
         self._table = table
@@ -88,34 +92,46 @@ class RestorePipeline:
                 )
         return sum(1 for result in results if result is True)
 
-    async def _wait_let_go(self, meta: SessionMeta) -> None:
+    async def _wait_let_go(self, meta: SessionMeta) -> bool:
+        """Wait (bounded) for a previous runner that is still a member to record the session
+        stopped; whether there was one to wait for."""
+        if meta.node_id in ("", self._node_id) or meta.state in _LET_GO_STATES:
+            return False
+        if not self._is_node_alive(meta.node_id):
+            return False
         deadline = time.monotonic() + LET_GO_TIMEOUT_SECONDS
         stored: SessionMeta | None = meta
         while (
             stored is not None
             and stored.node_id not in ("", self._node_id)
             and stored.state not in _LET_GO_STATES
+            and self._is_node_alive(stored.node_id)
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(LET_GO_POLL_SECONDS)
             stored = await self._storage.load_meta(meta.workspace_id, meta.session_id)
+        return True
 
     async def _restore(self, meta: SessionMeta, epoch: int, is_takeover: bool) -> bool:
         key = (meta.workspace_id, meta.session_id)
         if self._table.get(key) is not None:
             return False
-        await self._wait_let_go(meta)
+        has_waited = await self._wait_let_go(meta)
         async with self._restore_slots, self._budget.background():
             async with self._table.locked(key):
                 if self._table.get(key) is not None or self._is_stopping():
                     return False
-                # Re-read: the previous runner wrote its last state while we waited.
-                meta = await self._storage.load_meta(*key) or meta
+                if has_waited:  # the previous runner wrote its last state meanwhile
+                    meta = await self._storage.load_meta(*key) or meta
                 if meta.deleted:
                     return False
                 try:
                     session = await self._factory.open(
-                        meta, restore_credentials=True, epoch=epoch, is_takeover=is_takeover
+                        meta,
+                        restore_credentials=True,
+                        epoch=epoch,
+                        is_takeover=is_takeover,
+                        stored=meta,
                     )
                 except Fenced:
                     return False  # a newer owner restored it already: we are the stale one

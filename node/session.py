@@ -168,10 +168,10 @@ class HostedSession:
         """The owner epoch this session runs under."""
         return self._fence.epoch
 
-    async def _guard(self, max_age_seconds: float = 0.0) -> None:
+    async def _guard(self) -> None:
         """Raise ``Fenced`` (and tell the manager once) if a newer owner took the session."""
         try:
-            await self._fence.check(max_age_seconds=max_age_seconds)
+            await self._fence.check()
         except Fenced:
             if not self._fence_reported:
                 self._fence_reported = True

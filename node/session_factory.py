@@ -40,6 +40,7 @@ class SessionFactory:
         epoch: int,
         is_takeover: bool = False,
         is_new: bool = False,
+        stored: SessionMeta | None = None,
     ) -> HostedSession:
         """A new session for ``meta`` with its outbox (and credentials), its meta written to
         storage as STARTING on this node under ``epoch``.
@@ -48,11 +49,14 @@ class SessionFactory:
         ``is_takeover``: the workspace comes back from a pinned owner whose epoch (another
         key's) may be newer than this slot's, and the stored epoch is overwritten.
         ``is_new``: nothing is stored for the session yet (its meta was just read, absent),
-        so there is nothing to check or read back.
+        so there is nothing to check or read back. ``stored``: the meta as just read from
+        storage, checked instead of reading it again.
         """
         workspace_id, session_id = meta.workspace_id, meta.session_id
         fence = EpochFence(self._storage, workspace_id, session_id, epoch=epoch)
-        if not (is_takeover or is_new):
+        if stored is not None and not is_takeover:
+            fence.check_against(stored)
+        elif not (is_takeover or is_new):
             await fence.check()
         credentials = (
             await self._storage.load_credentials(workspace_id, session_id)

@@ -212,6 +212,7 @@ async def start_node(
             admits=serving.admits,
             budget=budget,
             may_write=heartbeat.is_confirmed,
+            is_node_alive=placement.is_alive,
             restore_concurrency=config.restore_concurrency,
             accounts=accounts,
         )
@@ -247,7 +248,6 @@ async def start_node(
             view=view,
             placement=placement,
             moves=moves,
-            catalog=catalog,
             interval_seconds=config.reconcile_interval_seconds,
             max_moves_in_flight=config.max_moves_in_flight,
             publish_draining=_draining_publisher(heartbeat, manager),

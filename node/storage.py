@@ -81,7 +81,8 @@ def _read_json(path: Path, root: Path) -> Any:
 
 
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, indent=1).encode()
+    # Compact: a restore writes one meta per session, and pretty-printing showed in profiles.
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class SessionStorage:
@@ -91,6 +92,7 @@ class SessionStorage:
         self._root = Path(root).resolve()
         self._writer = GroupCommitWriter(self._root, check=self._confine)
         self._log_paths: dict[tuple[str, str], Path] = {}
+        self._session_dirs: dict[tuple[str, str], Path] = {}
 
     def _confine(self, path: Path) -> Path:
         return _confined(path, self._root)
@@ -107,8 +109,15 @@ class SessionStorage:
 
     def session_dir(self, workspace_id: str, session_id: str) -> Path:
         """The folder of one session. Raises ``InvalidInput`` for a bad id."""
-        validate_id(session_id, field="session_id")
-        return self._inside(self.workspace_dir(workspace_id) / session_id)
+        key = (workspace_id, session_id)
+        folder = self._session_dirs.get(key)
+        if folder is None:
+            validate_id(session_id, field="session_id")
+            folder = self._inside(self.workspace_dir(workspace_id) / session_id)
+            if len(self._session_dirs) >= _MAX_CACHED_LOG_PATHS:
+                self._session_dirs.clear()
+            self._session_dirs[key] = folder  # validated: every later call is a lookup
+        return folder
 
     def _inside(self, path: Path) -> Path:
         # Belt and braces: the id charset already forbids '/', '..' and NUL. This check is

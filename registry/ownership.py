@@ -7,7 +7,8 @@ deletes the key only if its create revision is still the releaser's epoch, so a
 stale owner cannot delete a successor's key. Pins (``pins/<ws>``, no lease) are an
 operator's override; the pinned node owns ``pinned-owners/<ws>`` the same way.
 ``drain/<node_id>`` (no lease) is an operator's request that a node drain.
-:class:`OwnershipView` is the watch-fed copy of all of it.
+:class:`OwnershipView` is the watch-fed copy of all of it, and of which slots the catalog
+(``catalog/<slot>/<ws>``) lists workspaces for.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ class OwnershipView(WatchMirror["OwnershipView"]):
         self._pins: dict[str, str] = {}
         self._pinned_owners: dict[str, Owner] = {}
         self._drains: dict[str, bool] = {}
+        self._catalogued: dict[int, set[bytes]] = {}
+        """Per slot, the catalog keys under it (which workspaces the slot holds)."""
 
     def snapshot(self) -> OwnershipView:
         """The view itself: read it through its lookups."""
@@ -193,6 +196,10 @@ class OwnershipView(WatchMirror["OwnershipView"]):
         """Whether an operator asked ``node_id`` to drain."""
         return node_id in self._drains
 
+    def catalogued_slots(self) -> set[int]:
+        """The slots the catalog lists at least one workspace for (a copy)."""
+        return set(self._catalogued)
+
     def _slot_of_key(self, key: bytes) -> int | None:
         text = key[len(self._keys.owners_prefix) :].decode()
         if not text.isdigit() or int(text) >= self._slot_count:
@@ -222,7 +229,23 @@ class OwnershipView(WatchMirror["OwnershipView"]):
         if key.startswith(keys.drain_prefix):
             node_id = key[len(keys.drain_prefix) :].decode()
             return _store(self._drains, node_id, None if value is None else True)
-        return False  # nodes/, catalog/: followed elsewhere or read on demand
+        if key.startswith(keys.catalog_root):
+            self._store_catalog_key(key, is_present=value is not None)
+            return False  # a new workspace is no change subscribers act on
+        return False  # nodes/: followed by the membership watcher
+
+    def _store_catalog_key(self, key: bytes, *, is_present: bool) -> None:
+        slot = self._keys.catalog_slot_of(key)
+        if slot is None:
+            return
+        if is_present:
+            self._catalogued.setdefault(slot, set()).add(key)
+            return
+        held = self._catalogued.get(slot)
+        if held is not None:
+            held.discard(key)
+            if not held:
+                del self._catalogued[slot]
 
     def _apply(self, event: Any) -> bool:
         value = event.kv.value if event.kind == aetcd.EventKind.PUT else None
@@ -240,9 +263,13 @@ class OwnershipView(WatchMirror["OwnershipView"]):
         prefixes = (keys.owners_prefix, keys.pins_prefix, keys.pinned_owners_prefix)
         responses = [await self._client.get_prefix(prefix) for prefix in prefixes]
         responses.append(await self._client.get_prefix(keys.drain_prefix))
+        catalog = await self._client.get_prefix(keys.catalog_root, keys_only=True)
         before = self._tables()
         self._slot_owners, self._pins, self._pinned_owners, self._drains = {}, {}, {}, {}
+        self._catalogued = {}
         for response in responses:
             for item in response:
                 self._store_key(item.key, item.value, item.create_revision)
+        for item in catalog:
+            self._store_catalog_key(item.key, is_present=True)
         return int(responses[0].header.revision), self._tables() != before

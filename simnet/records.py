@@ -81,6 +81,7 @@ class Ledger:
         self._live_now: Counter[str] = Counter()
         self._open_interval: dict[int, int] = {}  # connection id -> index in live_intervals
         self._qr_issued: Counter[str] = Counter()
+        self._last_live_at: dict[str, float] = {}
 
     # -- recording ---------------------------------------------------------------
 
@@ -124,6 +125,7 @@ class Ledger:
             self.max_concurrent_live.get(account, 0), self._live_now[account]
         )
         self._open_interval[connection_id] = len(self.live_intervals)
+        self._last_live_at[account] = time.time()
         self.live_intervals.append(LiveInterval(account, connection_id, time.time()))
 
     def went_down(self, connection_id: int) -> None:
@@ -162,6 +164,7 @@ class Ledger:
                     "max_concurrent_live": self.max_concurrent_live.get(account, 0),
                     "qr_issued": self._qr_issued[account],
                     "inbound": 0,
+                    "last_live_at": self._last_live_at.get(account, 0.0),
                 }
                 if include_ids:
                     per_account[account]["delivered_ids"] = []

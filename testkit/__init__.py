@@ -6,7 +6,7 @@ the spirit of ``temporalio.testing``. It runs from the checkout and is not part 
 installed package; product packages never import it.
 """
 
-from testkit.checklist import ChecklistReport, ChecklistSizes, run_checklist
+from testkit.checklist import ChecklistReport, ChecklistSizes, one_at_a_time, run_checklist
 from testkit.etcd import EtcdProcess, etcd_binary, etcd_in
 from testkit.ground_truth import (
     assert_exactly_once,
@@ -74,6 +74,7 @@ __all__ = [
     "eventually",
     "free_port",
     "is_full_size",
+    "one_at_a_time",
     "plan_sessions",
     "ring_placement",
     "routed_nodes",

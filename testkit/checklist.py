@@ -248,6 +248,41 @@ async def _mixed(
     await asyncio.gather(*(worker(index) for index in range(sizes.mixed_workers)))
 
 
+async def one_at_a_time(
+    gateway_address: str, *, count: int, workspace_id: str = "alone"
+) -> ChecklistReport:
+    """The baseline of the bursts: ``count`` sessions created (each followed to its QR code
+    and polled to READY) and then sent to, one call at a time."""
+    report = ChecklistReport()
+    sizes = ChecklistSizes(
+        session_count=count,
+        workspace_count=1,
+        wave_size=1,
+        send_count=count,
+        mixed_count=0,
+        poll_interval_seconds=0.02,
+        channel_count=1,
+    )
+    stubs = _Stubs(gateway_address, 1)
+    try:
+        keys = [(workspace_id, f"alone-{index}") for index in range(count)]
+        for key in keys:
+            await _create_and_follow(stubs, key, sizes, report)
+        sends = report.of("SendMessage")
+        for index, key in enumerate(keys):
+            started = time.perf_counter()
+            answer = await sends.timed(
+                stubs.next().SendMessage(
+                    _send_request(key, f"alone-{index}"), timeout=CALL_DEADLINE_SECONDS
+                )
+            )
+            if answer is not None:
+                report.send_burst_seconds.append(time.perf_counter() - started)
+    finally:
+        await stubs.close()
+    return report
+
+
 async def run_checklist(
     gateway_address: str,
     sizes: ChecklistSizes,
