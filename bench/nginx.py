@@ -43,10 +43,14 @@ http {{
     upstream sessionmesh_nodes {{
         hash $http_x_sessionmesh_workspace consistent;
         server {upstream};
-        keepalive 64;
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
     }}
     server {{
         listen {listen} http2;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
         location / {{
             grpc_pass grpc://sessionmesh_nodes;
         }}

@@ -90,8 +90,8 @@ FULL_UNARY_SIZES = UnarySizes(
     clients=4,
     streams=16,
     warmup_seconds=0.5,
-    throughput_seconds=5.0,
-    latency_seconds=3.0,
+    throughput_seconds=3.0,
+    latency_seconds=2.0,
     measures_tracing_cost=True,
     measures_bare_proxy=True,
 )

@@ -8,7 +8,8 @@ statuses are appended without waiting for the disk (a lost one only means the me
 handed to the network again, which dedupes it). Every write first asks ``may_write()`` — the
 node's lease is confirmed — so a node that may have lost the session writes nothing. The log
 is compacted once it holds as many records again as messages, so it never grows by more than
-what the messages themselves need.
+what the messages themselves need; a compaction forgets settled messages accepted more than
+``message_log.DEDUPE_WINDOW_SECONDS`` ago.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import structlog
 from opentelemetry import trace
 
 from node.drivers.base import Driver
-from node.message_log import settled_form
+from node.message_log import retained, settled_form
 from node.outbox import Outbox
 from node.storage import OutboxEntry, SessionStorage
 from registry import MessageStatus, Unavailable
@@ -139,7 +140,7 @@ class OutboxDelivery:
         # In memory first: a compaction that starts meanwhile carries the new status.
         self._outbox.put(settled_form(updated))
         if self._may_write():
-            await self._storage.append_status(
+            self._storage.append_status(
                 self._workspace_id, self._session_id, message_id, updated.status
             )
             self._records_since_compaction += 1
@@ -151,9 +152,9 @@ class OutboxDelivery:
             return
         async with self._send_lock:  # no accept in flight: the snapshot holds every one
             self._records_since_compaction = 0
-            await self._storage.rewrite_messages(
-                self._workspace_id, self._session_id, self._outbox.entries()
-            )
+            kept = retained(self._outbox.entries(), now_unix=time.time())
+            self._outbox.keep_only(kept)
+            await self._storage.rewrite_messages(self._workspace_id, self._session_id, kept)
 
     async def fail_unsent(self, reason: str) -> None:
         """Mark every message not yet acknowledged FAILED (the session is being deleted)."""
@@ -163,7 +164,7 @@ class OutboxDelivery:
                 failed = self._outbox.advanced(entry.client_message_id, MessageStatus.FAILED)
                 if failed is not None and self._may_write():
                     self._outbox.put(settled_form(failed))
-                    await self._storage.append_status(
+                    self._storage.append_status(
                         self._workspace_id,
                         self._session_id,
                         failed.client_message_id,

@@ -10,8 +10,12 @@ thread:
   message log): written to a temp file in the same folder, renamed over the target after the
   first flush, so a crash leaves the old file or the new one, never half of one;
 - **append** (a record at the end of a session's message log, through a file kept open):
-  one ``write``; *durable* appends (an accepted message) are flushed with the group, others
-  (an ack's status) ride along with the next flush or are simply re-derived after a crash;
+  one ``write``; *durable* appends (an accepted message) are flushed with the group. Others
+  (an ack's status, :meth:`GroupCommitWriter.append_later`) do not wait at all: they are
+  queued, and written with the next group — which starts at once for a durable operation,
+  or after ``LINGER_SECONDS`` when only such appends are queued, so the three acks of a
+  message (and those of its neighbours) share one trip to the worker thread. A crash may lose
+  them; a status is re-derived (the message is handed to the network again, which dedupes);
 - **close** (a session stops): its log file is closed after the group's flush.
 
 Per group: the temps and the appends are written, the file system is flushed once
@@ -28,15 +32,22 @@ import contextlib
 import ctypes
 import ctypes.util
 import enum
+import itertools
 import os
-import tempfile
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 MAX_GROUP_SIZE = 512
 """Most operations committed together (a larger backlog is committed in several groups)."""
+_log = structlog.get_logger(__name__)
+
+LINGER_SECONDS = 0.05
+"""How long appends that need not be durable wait for company before a group is committed."""
 MAX_OPEN_LOGS = 1024
 """Log files kept open for appends; beyond that the least recently used are closed."""
 TEMP_PREFIX = "."
@@ -84,8 +95,13 @@ class _Op:
     data: bytes
     is_durable: bool
     done: asyncio.Future[None]
+    is_awaited: bool = True
+    """False for :meth:`GroupCommitWriter.append_later`: nobody waits, a failure is logged."""
     temp_name: str = ""
     error: BaseException | None = field(default=None)
+
+
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
 
 
 class _OpenLogs:
@@ -99,8 +115,11 @@ class _OpenLogs:
         descriptor = self._descriptors.pop(path, None)
         if descriptor is None:
             check(path)  # once per opening: an open descriptor keeps pointing where it did
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                descriptor = os.open(path, _APPEND_FLAGS, 0o644)
+            except FileNotFoundError:  # a new session's folder
+                path.parent.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(path, _APPEND_FLAGS, 0o644)
         self._descriptors[path] = descriptor
         while len(self._descriptors) > MAX_OPEN_LOGS:
             _, oldest = self._descriptors.popitem(last=False)
@@ -118,13 +137,33 @@ class _OpenLogs:
             os.close(descriptor)
 
 
-def _write_temp(op: _Op) -> None:
-    op.path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, op.temp_name = tempfile.mkstemp(
-        prefix=f"{TEMP_PREFIX}{op.path.name}.", suffix=".tmp", dir=op.path.parent
+_TEMP_TOKEN = secrets.token_hex(6)
+"""Makes this process's temp names unique among the nodes sharing the storage."""
+_temp_numbers = itertools.count()
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_temp(op: _Op) -> int:
+    # Named, not tempfile.mkstemp: its random names showed in profiles of create bursts, and
+    # one process's groups are committed one at a time, so a counter is unique enough.
+    op.temp_name = str(
+        op.path.parent / f"{TEMP_PREFIX}{op.path.name}.{_TEMP_TOKEN}.{next(_temp_numbers)}.tmp"
     )
-    with os.fdopen(descriptor, "wb") as temp_file:
-        temp_file.write(op.data)
+    try:
+        return os.open(op.temp_name, _TEMP_FLAGS, 0o644)
+    except FileNotFoundError:  # a new session's folder (or one deleted meanwhile)
+        op.path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(op.temp_name, _TEMP_FLAGS, 0o644)
+
+
+def _write_temp(op: _Op) -> None:
+    descriptor = _open_temp(op)
+    try:
+        view = memoryview(op.data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+    finally:
+        os.close(descriptor)
 
 
 def _discard_temp(op: _Op) -> None:
@@ -207,14 +246,35 @@ class GroupCommitWriter:
         self._queue: list[_Op] = []
         self._logs = _OpenLogs()
         self._committer: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
+        self._last_op: _Op | None = None
 
     async def write(self, path: Path, data: bytes) -> None:
         """Replace ``path`` with ``data`` atomically and durably; returns once it is on disk."""
         await self._queue_op(OpKind.REPLACE, path, data, is_durable=True)
 
-    async def append(self, path: Path, data: bytes, *, is_durable: bool) -> None:
-        """Append ``data`` to ``path``; with ``is_durable``, returns once it is on disk."""
-        await self._queue_op(OpKind.APPEND, path, data, is_durable=is_durable)
+    async def append(self, path: Path, data: bytes) -> None:
+        """Append ``data`` to ``path`` durably; returns once it is on disk."""
+        await self._queue_op(OpKind.APPEND, path, data, is_durable=True)
+
+    def append_later(self, path: Path, data: bytes) -> None:
+        """Queue ``data`` to be appended to ``path`` with the next group, without waiting
+        (nor making it durable): see the module docstring."""
+        loop = asyncio.get_running_loop()
+        op = _Op(OpKind.APPEND, path, data, False, loop.create_future(), is_awaited=False)
+        self._queue.append(op)
+        self._last_op = op
+        if self._linger is None and (self._committer is None or self._committer.done()):
+            self._linger = loop.call_later(LINGER_SECONDS, self._start_committing)
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is written (before a read of the files)."""
+        last = self._last_op
+        if last is None or last.done.done():
+            return
+        self._start_committing()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(last.done)  # a failure was the operation's own to report
 
     async def close(self, path: Path) -> None:
         """Make what was appended to ``path`` durable and close it."""
@@ -222,10 +282,18 @@ class GroupCommitWriter:
 
     async def _queue_op(self, kind: OpKind, path: Path, data: bytes, *, is_durable: bool) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(kind, path, data, is_durable, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
+        op = _Op(kind, path, data, is_durable, done)
+        self._queue.append(op)
+        self._last_op = op
+        self._start_committing()
         await done
+
+    def _start_committing(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._queue and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(self._commit_queued(), name="group-commit")
 
     def _next_group(self) -> list[_Op]:
         group: list[_Op] = []
@@ -253,6 +321,9 @@ class GroupCommitWriter:
                     if op.done.done():
                         continue  # its caller gave up waiting
                     if op.error is None:
+                        op.done.set_result(None)
+                    elif not op.is_awaited:
+                        _log.warning("append_failed", path=str(op.path), error=repr(op.error))
                         op.done.set_result(None)
                     elif isinstance(op.error, asyncio.CancelledError):
                         op.done.cancel()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from node.budget import WorkBudget
 from node.delivery import SendResult
@@ -60,7 +60,7 @@ class SessionManager:
         admits: Callable[[str], bool],
         budget: WorkBudget,
         may_write: Callable[[], bool],
-        is_node_alive: Callable[[str], bool],
+        is_node_gone: Callable[[str], Awaitable[bool]],
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
     ) -> None:
@@ -93,7 +93,7 @@ class SessionManager:
             restore_concurrency=restore_concurrency,
             budget=budget,
             is_stopping=lambda: self._is_stopping,
-            is_node_alive=is_node_alive,
+            is_node_gone=is_node_gone,
         )
         self._background: set[asyncio.Task[None]] = set()
 

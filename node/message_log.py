@@ -10,7 +10,9 @@ last line (appends are sequential): a line that does not parse is dropped, and t
 rewritten whole (compacted) whenever a node opens the session, so no new record is ever
 written after a torn one. A compacted log holds one ``a`` line per message; a settled message
 (sent, delivered, read or failed) keeps no text or recipient — only what its id needs to
-answer a retried send — so delivered messages do not accumulate their bodies forever.
+answer a retried send — and is forgotten once it was accepted more than
+``DEDUPE_WINDOW_SECONDS`` ago (:func:`retained`), so delivered messages do not accumulate
+forever. A message the network has not acknowledged is kept, body and all, however old.
 
 Folders written before this format kept one ``outbox/<client_message_id>.json`` per message;
 :func:`merge` reads both, and the first compaction retires the old files.
@@ -19,13 +21,19 @@ Folders written before this format kept one ``outbox/<client_message_id>.json`` 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from node.storage_records import OutboxEntry
 from registry import MessageStatus
 
+DEDUPE_WINDOW_SECONDS = 24 * 3600
+"""How long a settled message's id is remembered: a send retried with the same
+``client_message_id`` within this long of the first is answered from the log, not sent again."""
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
+"""An id that needs no JSON escaping."""
 LOG_NAME = "messages.log"
 """The file, in the session's folder."""
 LEGACY_OUTBOX = "outbox"
@@ -38,11 +46,24 @@ def _line(record: dict[str, Any]) -> bytes:
 
 def accepted_record(entry: OutboxEntry) -> bytes:
     """The line that records an accepted message."""
-    return _line({"a": asdict(entry)})
+    # Field by field, not dataclasses.asdict: its deep copy showed in profiles of sends.
+    fields = {
+        "client_message_id": entry.client_message_id,
+        "to": entry.to,
+        "text": entry.text,
+        "status": entry.status.value,
+        "accepted_at_unix": entry.accepted_at_unix,
+        "seq": entry.seq,
+        "accepted_by_node_id": entry.accepted_by_node_id,
+    }
+    return _line({"a": fields})
 
 
 def status_record(client_message_id: str, status: MessageStatus) -> bytes:
     """The line that records a message's new status."""
+    if _PLAIN_ID.fullmatch(client_message_id):  # always, for an id accepted by validate_id
+        # Formatted, not json.dumps: the same bytes, at a third of the cost (three per send).
+        return b'{"s":["%s","%s"]}\n' % (client_message_id.encode(), status.value.encode())
     return _line({"s": [client_message_id, status.value]})
 
 
@@ -51,6 +72,17 @@ def settled_form(entry: OutboxEntry) -> OutboxEntry:
     if entry.status is MessageStatus.QUEUED or not (entry.text or entry.to):
         return entry
     return replace(entry, text="", to="")
+
+
+def retained(entries: Iterable[OutboxEntry], *, now_unix: float) -> list[OutboxEntry]:
+    """The entries a compaction keeps: every unsettled one, and the settled ones accepted
+    within ``DEDUPE_WINDOW_SECONDS`` of ``now_unix``."""
+    oldest = now_unix - DEDUPE_WINDOW_SECONDS
+    return [
+        entry
+        for entry in entries
+        if entry.status is MessageStatus.QUEUED or entry.accepted_at_unix >= oldest
+    ]
 
 
 def compacted(entries: Iterable[OutboxEntry]) -> bytes:

@@ -5,16 +5,17 @@ At most ``restore_concurrency`` restores run at once across the whole node — e
 acquired shares them — and each holds a unit of the node's work budget while it opens, so a
 failover or a cold start does not spike the CPU nor crowd out the calls. A session whose
 meta says another node still runs it gets up to ``LET_GO_TIMEOUT_SECONDS`` to stop there first
-(a pin move or a fenced owner), so it never runs twice; a previous node that is no longer a
-member is dead or fenced (it stopped its sessions before its lease could expire), so its
-sessions are restored at once — waiting for a dead node would only add to the failover.
+(a pin move or a fenced owner), so it never runs twice — unless that node is provably gone
+(:mod:`node.peer_liveness`: no longer a member, and its address refuses connections), so a
+failover does not wait for a dead node. A node that lost its lease while running (revoked)
+still answers on its address, and gets the wait: it stops at its next lease refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -53,10 +54,10 @@ class RestorePipeline:
         restore_concurrency: int,
         budget: WorkBudget,
         is_stopping: Callable[[], bool],
-        is_node_alive: Callable[[str], bool],
+        is_node_gone: Callable[[str], Awaitable[bool]],
     ) -> None:
         self._budget = budget
-        self._is_node_alive = is_node_alive
+        self._is_node_gone = is_node_gone
         self._node_id = node_id
         self._storage = storage
         self._table = table
@@ -93,11 +94,11 @@ class RestorePipeline:
         return sum(1 for result in results if result is True)
 
     async def _wait_let_go(self, meta: SessionMeta) -> bool:
-        """Wait (bounded) for a previous runner that is still a member to record the session
+        """Wait (bounded) for a previous runner that may still run the session to record it
         stopped; whether there was one to wait for."""
         if meta.node_id in ("", self._node_id) or meta.state in _LET_GO_STATES:
             return False
-        if not self._is_node_alive(meta.node_id):
+        if await self._is_node_gone(meta.node_id):
             return False
         deadline = time.monotonic() + LET_GO_TIMEOUT_SECONDS
         stored: SessionMeta | None = meta
@@ -105,7 +106,6 @@ class RestorePipeline:
             stored is not None
             and stored.node_id not in ("", self._node_id)
             and stored.state not in _LET_GO_STATES
-            and self._is_node_alive(stored.node_id)
             and time.monotonic() < deadline
         ):
             await asyncio.sleep(LET_GO_POLL_SECONDS)

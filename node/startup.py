@@ -33,6 +33,7 @@ from node.lease_fence import LEASE_FENCE_SHARE, LeaseFence
 from node.manager import SessionManager
 from node.metrics import NodeMetrics
 from node.moves import Moves
+from node.peer_liveness import PeerLiveness
 from node.placement import NodePlacement
 from node.reconciler import Reconciler
 from node.server import NodeParts, NodeServer
@@ -212,7 +213,9 @@ async def start_node(
             admits=serving.admits,
             budget=budget,
             may_write=heartbeat.is_confirmed,
-            is_node_alive=placement.is_alive,
+            is_node_gone=PeerLiveness(
+                is_member=placement.is_alive, last_address=membership.last_address
+            ).is_gone,
             restore_concurrency=config.restore_concurrency,
             accounts=accounts,
         )

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,16 @@ def _fsync_directory(directory: Path) -> None:
 
 @functools.lru_cache(maxsize=65_536)
 def _resolved_folder(folder: str) -> Path:
-    # Cached: resolving walks every component with a system call, and writes come in bursts
-    # to the same few thousand session folders. A folder swapped for a symlink after its
-    # first check would need write access to the storage root itself.
-    return Path(folder).resolve()
+    # Cached, and built on the cached parent: resolving walks every component with a system
+    # call, and a create burst touches thousands of new session folders under a few
+    # workspace folders — one lstat per new folder instead of one per component. A folder
+    # swapped for a symlink after its first check would need write access to the storage
+    # root itself.
+    path = Path(folder)
+    if path.parent == path:
+        return path
+    candidate = _resolved_folder(str(path.parent)) / path.name
+    return candidate.resolve() if candidate.is_symlink() else candidate
 
 
 def _confined(path: Path, root: Path) -> Path:
@@ -178,17 +185,17 @@ class SessionStorage:
         """Append an accepted message to the session's log; returns once it is on disk."""
         validate_id(entry.client_message_id, field="client_message_id")
         path = self._log_file(workspace_id, session_id)
-        await self._writer.append(path, message_log.accepted_record(entry), is_durable=True)
+        await self._writer.append(path, message_log.accepted_record(entry))
 
-    async def append_status(
+    def append_status(
         self, workspace_id: str, session_id: str, client_message_id: str, status: MessageStatus
     ) -> None:
-        """Append a message's new status to the log (on disk with the next flush: a status
-        lost in a crash only means the message is handed to the network again, which
-        dedupes it by id)."""
+        """Queue a message's new status for the log, without waiting: written with the next
+        group of writes, on disk with the next flush. A status lost in a crash only means the
+        message is handed to the network again, which dedupes it by id."""
         path = self._log_file(workspace_id, session_id)
         record = message_log.status_record(client_message_id, status)
-        await self._writer.append(path, record, is_durable=False)
+        self._writer.append_later(path, record)
 
     async def rewrite_messages(
         self, workspace_id: str, session_id: str, entries: list[OutboxEntry]
@@ -214,9 +221,11 @@ class SessionStorage:
         """Every message of the session (see :meth:`load_outbox`), for a node that starts
         running it: a log that exists is rewritten compacted first, so this node appends to a
         file of its own (a torn last line, or a former owner's late append, cannot mix with
-        its records) and the old format is retired."""
+        its records), settled messages past the dedupe window are forgotten and the old format is
+        retired."""
         entries, has_files = await self._read_messages(workspace_id, session_id)
         if has_files:
+            entries = message_log.retained(entries, now_unix=time.time())
             await self.rewrite_messages(workspace_id, session_id, entries)
         return entries
 
@@ -224,6 +233,7 @@ class SessionStorage:
         self, workspace_id: str, session_id: str
     ) -> tuple[list[OutboxEntry], bool]:
         path = self._log_file(workspace_id, session_id)
+        await self._writer.flush()  # this node's queued statuses land before the read
         legacy = self.session_dir(workspace_id, session_id) / _LEGACY_OUTBOX
 
         def read_all() -> tuple[list[OutboxEntry], bool]:

@@ -281,10 +281,20 @@ class MembershipWatcher(WatchMirror[dict[str, NodeRecord]]):
         super().__init__(client, watch_prefix=keys.nodes_prefix, name="membership")
         self._keys = keys
         self._nodes: dict[str, NodeRecord] = {}
+        self._addresses: dict[str, str] = {}
+        """The last address each node seen since this view started registered under."""
 
     def nodes(self) -> dict[str, NodeRecord]:
         """The live nodes now, by id (a copy)."""
         return dict(self._nodes)
+
+    def last_address(self, node_id: str) -> str | None:
+        """Where ``node_id`` last served, live or gone (None if this view never saw it)."""
+        return self._addresses.get(node_id)
+
+    def _remember(self, nodes: dict[str, NodeRecord]) -> None:
+        for node_id, record in nodes.items():
+            self._addresses[node_id] = record.address
 
     def snapshot(self) -> dict[str, NodeRecord]:
         """What subscribers and waiters get: :meth:`nodes`."""
@@ -306,6 +316,7 @@ class MembershipWatcher(WatchMirror[dict[str, NodeRecord]]):
                 nodes[self._keys.node_id_of(item.key)] = record
         is_changed = nodes != self._nodes
         self._nodes = nodes
+        self._remember(nodes)
         return int(response.header.revision), is_changed
 
     def _apply(self, event: Any) -> bool:
@@ -316,6 +327,7 @@ class MembershipWatcher(WatchMirror[dict[str, NodeRecord]]):
             if record is None:
                 return False
             nodes[node_id] = record
+            self._addresses[node_id] = record.address
         else:
             nodes.pop(node_id, None)
         if nodes == self._nodes:

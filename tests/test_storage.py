@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from node import group_commit
+from node.message_log import DEDUPE_WINDOW_SECONDS
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
 from registry import InvalidInput, MessageStatus
+from testkit import eventually
 
 BAD_IDS = ["../x", "a/b", "..", ".", "x" * 65, "", "ünïcode", "a\x00b", "/abs", "a b"]
 
@@ -35,13 +39,17 @@ def _meta(**changes: object) -> SessionMeta:
     return base.changed(**changes)
 
 
+NOW = time.time()
+"""Entries are accepted "now": well inside the dedupe window a compaction keeps."""
+
+
 def _entry(client_message_id: str, seq: int, status: str = "QUEUED") -> OutboxEntry:
     return OutboxEntry(
         client_message_id=client_message_id,
         to="+14155550199",
         text=f"hello {seq}",
         status=MessageStatus(status),
-        accepted_at_unix=1_700_000_002.0 + seq,
+        accepted_at_unix=NOW + seq,
         seq=seq,
         accepted_by_node_id="node-1",
     )
@@ -79,8 +87,8 @@ class TestRoundTrips:
         storage = SessionStorage(tmp_path)
         for seq, client_message_id in enumerate(["m-c", "m-a", "m-b"], start=1):
             await storage.append_accepted("ws-1", "s-1", _entry(client_message_id, seq))
-        await storage.append_status("ws-1", "s-1", "m-a", MessageStatus.DELIVERED)
-        await storage.append_status("ws-1", "s-1", "m-a", MessageStatus.SENT)  # late: ignored
+        storage.append_status("ws-1", "s-1", "m-a", MessageStatus.DELIVERED)
+        storage.append_status("ws-1", "s-1", "m-a", MessageStatus.SENT)  # late: ignored
         entries = await storage.load_outbox("ws-1", "s-1")
         assert [entry.client_message_id for entry in entries] == ["m-c", "m-a", "m-b"]
         assert entries[1] == _entry("m-a", 2, status="DELIVERED")
@@ -247,7 +255,7 @@ class TestMessageLog:
         for seq in range(1, 51):
             await storage.append_accepted("ws-1", "s-1", _entry(f"m-{seq}", seq))
         for seq in range(1, 41):
-            await storage.append_status("ws-1", "s-1", f"m-{seq}", MessageStatus.READ)
+            storage.append_status("ws-1", "s-1", f"m-{seq}", MessageStatus.READ)
         before = self._log(tmp_path).stat().st_size
         await storage.open_messages("ws-1", "s-1")  # compacts
         entries = await storage.load_outbox("ws-1", "s-1")
@@ -258,6 +266,27 @@ class TestMessageLog:
         assert self._log(tmp_path).stat().st_size < before
         assert len(self._log(tmp_path).read_bytes().splitlines()) == 50
 
+    async def test_compaction_forgets_settled_messages_past_the_dedupe_window(
+        self, tmp_path: Path
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        long_ago = time.time() - DEDUPE_WINDOW_SECONDS - 60
+        old = [replace(_entry(f"old-{seq}", seq), accepted_at_unix=long_ago) for seq in (1, 2)]
+        for entry in [*old, _entry("recent-3", 3)]:
+            await storage.append_accepted("ws-1", "s-1", entry)
+        for message_id in ("old-1", "recent-3"):
+            storage.append_status("ws-1", "s-1", message_id, MessageStatus.DELIVERED)
+        opened = await storage.open_messages("ws-1", "s-1")  # compacts
+        # old-1 is settled and past the window: forgotten. old-2 never reached the network:
+        # kept with its body however old. recent-3 is settled but recent: its id is kept.
+        assert [(e.client_message_id, e.status) for e in opened] == [
+            ("old-2", MessageStatus.QUEUED),
+            ("recent-3", MessageStatus.DELIVERED),
+        ]
+        assert opened[0].text == "hello 2"
+        reloaded = await storage.load_outbox("ws-1", "s-1")
+        assert [e.client_message_id for e in reloaded] == ["old-2", "recent-3"]
+
     async def test_the_old_per_message_files_are_read_and_retired(self, tmp_path: Path) -> None:
         folder = tmp_path / "workspace_ws-1" / "s-1"
         (folder / "outbox").mkdir(parents=True)
@@ -265,7 +294,7 @@ class TestMessageLog:
             entry = _entry(f"m-{seq}", seq, status=status)
             (folder / "outbox" / f"m-{seq}.json").write_text(json.dumps(asdict(entry)))
         storage = SessionStorage(tmp_path)
-        await storage.append_status("ws-1", "s-1", "m-2", MessageStatus.DELIVERED)  # no-op
+        storage.append_status("ws-1", "s-1", "m-2", MessageStatus.DELIVERED)  # no-op
         loaded = await storage.load_outbox("ws-1", "s-1")
         assert [(e.client_message_id, e.status) for e in loaded] == [
             ("m-1", MessageStatus.READ),
@@ -280,6 +309,74 @@ class TestMessageLog:
             (e.client_message_id, e.status) for e in loaded
         ]
         assert again[1].text == "hello 2"  # still to be delivered: its body is kept
+
+
+class TestStatusAppends:
+    """Statuses are queued without waiting and ride along with the next group of writes."""
+
+    def _log(self, root: Path) -> Path:
+        return root / "workspace_ws-1" / "s-1" / "messages.log"
+
+    def _count_groups(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        sizes: list[int] = []
+        real = group_commit.commit_group
+
+        def counted(ops: list[object], *args: object) -> None:
+            sizes.append(len(ops))
+            real(ops, *args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(group_commit, "commit_group", counted)
+        return sizes
+
+    async def test_the_acks_of_a_burst_share_one_group(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+        groups = self._count_groups(monkeypatch)
+        for status in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ):
+            storage.append_status("ws-1", "s-1", "m-1", status)
+        assert groups == []  # queued, nothing written yet
+        before = self._log(tmp_path).read_bytes()
+        await eventually(lambda: groups == [3], timeout_seconds=5)
+        assert len(self._log(tmp_path).read_bytes().splitlines()) == 3 + len(before.splitlines())
+
+    async def test_a_durable_write_takes_queued_statuses_along_at_once(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+        groups = self._count_groups(monkeypatch)
+        storage.append_status("ws-1", "s-1", "m-1", MessageStatus.DELIVERED)
+        await storage.append_accepted("ws-1", "s-1", _entry("m-2", 2))
+        assert groups == [2]
+        lines = [json.loads(line) for line in self._log(tmp_path).read_bytes().splitlines()]
+        assert lines[1] == {"s": ["m-1", "DELIVERED"]} and lines[2]["a"]["seq"] == 2
+
+    async def test_a_read_sees_the_statuses_queued_before_it(self, tmp_path: Path) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+        storage.append_status("ws-1", "s-1", "m-1", MessageStatus.READ)
+        loaded = await storage.load_outbox("ws-1", "s-1")
+        assert [entry.status for entry in loaded] == [MessageStatus.READ]
+
+    async def test_a_failed_status_append_is_logged_not_raised(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        storage = SessionStorage(tmp_path)
+        await storage.append_accepted("ws-1", "s-1", _entry("m-1", 1))
+
+        def full_disk(op: object, *args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(group_commit, "_append", full_disk)
+        with capture_logs() as logs:
+            storage.append_status("ws-1", "s-1", "m-1", MessageStatus.SENT)
+            await storage.close_messages("ws-1", "s-1")  # commits the queued status
+        assert [log["event"] for log in logs] == ["append_failed"]
+        monkeypatch.undo()
+        loaded = await storage.load_outbox("ws-1", "s-1")
+        assert [entry.status for entry in loaded] == [MessageStatus.QUEUED]
 
 
 class TestIdsCannotEscape:

@@ -6,6 +6,7 @@ files retired once the session's log holds them."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _old_format_entry(message_id: str, seq: int, status: MessageStatus) -> bytes
         to="+14155550199",
         text=f"old {message_id}",
         status=status,
-        accepted_at_unix=1_700_000_000.0 + seq,
+        accepted_at_unix=time.time() - 3600 + seq,
         seq=seq,
         accepted_by_node_id="node-old",
     )
