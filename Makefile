@@ -30,7 +30,7 @@ lint: $(STAMP) ## ruff + mypy; buf lint and buf breaking against $(API_BASELINE)
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against $(API_BASELINE)
 
-unit: $(STAMP)
+unit: $(STAMP) bench-tools ## the test suite (bench-tools first: the bench smoke test measures against h2load and nginx)
 	$(BIN)/pytest -q
 
 test: lint unit ## lint, then the whole suite (slow tests run in reduced form)
@@ -44,6 +44,7 @@ bench-tools: ## h2load (Debian's nghttp2-client) for raw unary load and Debian's
 		|| echo "h2load could not be installed (needs root and apt): the asyncio generator stands in"
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || apt-get install -y -qq nginx-light >/dev/null 2>&1 \
 		|| apt-get install -y -qq nginx >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx >/dev/null 2>&1) \
 		|| echo "nginx could not be installed (needs root and apt): no gateway-vs-nginx figure"
 
 bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, writes bench/results.json
