@@ -32,8 +32,9 @@ from node.metrics import NodeMetrics
 from node.page_tokens import decode_page_token, encode_page_token
 from node.reporting import SessionReporter
 from node.restore import RestorePipeline
-from node.session import HostedSession, SessionState, SessionView
+from node.session import HostedSession
 from node.session_factory import SessionFactory
+from node.session_state import SessionState, SessionView
 from node.session_table import SessionTable
 from node.storage import SessionMeta, SessionStorage
 from registry import AlreadyExists, InvalidInput, NotFound, Unavailable

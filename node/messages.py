@@ -5,7 +5,7 @@ from __future__ import annotations
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from node.events import EventKind, SessionEvent
-from node.session import SessionState, SessionView
+from node.session_state import SessionState, SessionView
 from protos import session_pb2
 from registry import MessageStatus
 

@@ -7,7 +7,8 @@ nothing here waits on the database.
 from __future__ import annotations
 
 from node.metrics import NodeMetrics
-from node.session import HostedSession, SessionState
+from node.session import HostedSession
+from node.session_state import SessionState
 from registry.accounts import AccountStore
 
 

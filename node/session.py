@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -29,6 +27,7 @@ from node.delivery import OutboxDelivery, SendResult
 from node.drivers.base import Driver, DriverEvent, DriverEventKind
 from node.epoch_fence import EpochFence, Fenced
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
+from node.session_state import STORED_STATES, SessionState, SessionView
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
 from registry import Unavailable
 
@@ -38,39 +37,6 @@ _tracer = trace.get_tracer(__name__)
 DRIVER_STOP_TIMEOUT_SECONDS = 5.0
 EPOCH_CHANGED_RETRY_AFTER_MS = 100
 """Retry hint of a call authorized under another epoch than its session runs under."""
-
-
-class SessionState(enum.Enum):
-    """The lifecycle of a session (values are what meta.json and the accounts DB store)."""
-
-    STARTING = "starting"
-    QR_PENDING = "qr_pending"
-    AUTHENTICATED = "authenticated"
-    READY = "ready"
-    DISCONNECTED = "disconnected"
-    FAILED = "failed"
-    STOPPED = "stopped"
-
-
-_STORED_STATES = frozenset({SessionState.STOPPED, SessionState.FAILED})
-"""The states written to ``meta.json`` (with the meta written when the session opens, on this
-node under its epoch): what another node must be able to read — a session that stopped or
-failed here, or was deleted. The states on the way to READY and back live in memory (and in
-the accounts DB): writing each one durably was most of the disk work of a create."""
-
-
-@dataclass(frozen=True)
-class SessionView:
-    """A session as the API shows it: its meta plus the QR code while pending."""
-
-    meta: SessionMeta
-    qr_code: str = ""
-    qr_expire_at_unix: float = 0.0
-
-    @property
-    def state(self) -> SessionState:
-        """The state recorded in the meta."""
-        return SessionState(self.meta.state)
 
 
 class SessionObserver(Protocol):
@@ -303,7 +269,7 @@ class HostedSession:
             self._meta = self._meta.changed(
                 state=state.value, updated_at_unix=time.time(), **changes
             )
-            if state in _STORED_STATES:
+            if state in STORED_STATES:
                 try:
                     await self._guard()
                     await self._storage.save_meta(self._meta)
