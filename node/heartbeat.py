@@ -40,6 +40,9 @@ START_TIMEOUT_SECONDS = 15.0
 """How long starting the heartbeat (connect, grant, publish) may take."""
 STOP_TIMEOUT_SECONDS = 5.0
 """How long stopping it (revoke, close) may take before the thread is left to end."""
+MIN_ETCD_CHECK_SECONDS = 0.25
+"""The shortest deadline and health-check interval of the heartbeat's etcd client (they
+scale with the TTL: a sixth and a tenth of it)."""
 
 
 class Heartbeat:
@@ -220,7 +223,14 @@ class Heartbeat:
         ``started``)."""
         etcd: aetcd.Client | None = None
         try:
-            etcd = await connect_etcd(self._etcd_endpoints)
+            # Checked and failed over well inside the fencing margin (60 % of the TTL): a
+            # member that stops answering must not cost this node its lease.
+            ttl = self._lease_ttl_seconds
+            etcd = await connect_etcd(
+                self._etcd_endpoints,
+                call_timeout_seconds=max(MIN_ETCD_CHECK_SECONDS, ttl / 6),
+                health_interval_seconds=max(MIN_ETCD_CHECK_SECONDS, ttl / 10),
+            )
             registration = NodeRegistration(
                 etcd,
                 self._keys,

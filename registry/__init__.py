@@ -27,6 +27,7 @@ from registry.errors import (
     Unavailable,
 )
 from registry.etcd import connect_etcd, parse_endpoints
+from registry.etcd_client import EtcdClient
 from registry.flags import (
     LOG_FORMATS,
     first_set,
@@ -76,6 +77,7 @@ __all__ = [
     "Backoff",
     "CapacityExhausted",
     "ClusterKeys",
+    "EtcdClient",
     "InvalidInput",
     "MembershipWatcher",
     "MeshError",

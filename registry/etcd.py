@@ -1,4 +1,5 @@
-"""The mesh's etcd client: endpoints, connecting, and the one place etcd's errors become ours.
+"""The mesh's etcd client: endpoints, connecting (over every member: :mod:`registry.etcd_client`),
+and the one place etcd's errors become ours.
 
 Every etcd call of the packages runs inside :func:`etcd_errors`, so callers handle one error
 family (``Unavailable``, naming what could not be done) instead of aetcd's.
@@ -6,7 +7,6 @@ family (``Unavailable``, naming what could not be done) instead of aetcd's.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -14,10 +14,13 @@ from urllib.parse import urlsplit
 import aetcd
 
 from registry.errors import InvalidInput, Unavailable
+from registry.etcd_client import (
+    DEFAULT_CALL_TIMEOUT_SECONDS,
+    DEFAULT_HEALTH_INTERVAL_SECONDS,
+    EtcdClient,
+)
 
 DEFAULT_ETCD_PORT = 2379
-CONNECT_TIMEOUT_SECONDS = 3.0
-"""How long :func:`connect_etcd` waits for one endpoint to answer."""
 
 EtcdError = aetcd.ClientError
 """What an etcd call raises when etcd refuses or cannot be reached (before mapping)."""
@@ -56,22 +59,25 @@ def parse_endpoints(value: str) -> list[tuple[str, int]]:
 
 
 async def connect_etcd(
-    endpoints: str, *, connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS
-) -> aetcd.Client:
-    """A connected aetcd client for the first reachable endpoint (comma-separated URLs).
+    endpoints: str,
+    *,
+    call_timeout_seconds: float = DEFAULT_CALL_TIMEOUT_SECONDS,
+    health_interval_seconds: float = DEFAULT_HEALTH_INTERVAL_SECONDS,
+) -> EtcdClient:
+    """A client over every endpoint of ``endpoints`` (comma-separated URLs), connected to one
+    that answers with a leader, its health checks running (:mod:`registry.etcd_client`).
 
-    Raises ``Unavailable`` naming every endpoint tried when none answers.
+    Raises ``Unavailable`` naming the endpoints when none answers.
     """
-    failures: list[str] = []
-    for host, port in parse_endpoints(endpoints):
-        client = aetcd.Client(host=host, port=port)
-        try:
-            # aetcd's connect() only builds a lazy channel; a real RPC proves the server is there.
-            async with asyncio.timeout(connect_timeout_seconds):
-                await client.status()
-        except (aetcd.ClientError, TimeoutError) as error:
-            failures.append(f"{host}:{port} ({type(error).__name__}: {error})")
-            await client.close()
-            continue
-        return client
-    raise Unavailable("no etcd endpoint is reachable: " + "; ".join(failures))
+    parsed = parse_endpoints(endpoints)
+    client = EtcdClient(
+        parsed,
+        call_timeout_seconds=call_timeout_seconds,
+        health_interval_seconds=health_interval_seconds,
+    )
+    if not await client.probe() and not await client.fail_over():
+        await client.close()
+        named = ", ".join(f"{host}:{port}" for host, port in parsed)
+        raise Unavailable(f"no etcd endpoint answers with a leader: {named}")
+    client.start_health_checks()
+    return client

@@ -8,6 +8,7 @@ installed package; product packages never import it.
 
 from testkit.checklist import ChecklistReport, ChecklistSizes, one_at_a_time, run_checklist
 from testkit.etcd import EtcdProcess, etcd_binary, etcd_in
+from testkit.etcd_cluster import EtcdCluster
 from testkit.ground_truth import (
     assert_exactly_once,
     assert_never_two_live,
@@ -52,6 +53,7 @@ __all__ = [
     "ChaosSizes",
     "ChecklistReport",
     "ChecklistSizes",
+    "EtcdCluster",
     "EtcdProcess",
     "FailedCall",
     "InProcessMesh",

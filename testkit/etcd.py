@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -68,6 +69,9 @@ class EtcdProcess:
     election_timeout_millis: int = 300
     """One member on loopback: a short election timeout lets a (re)started etcd lead, and so
     answer, within about half a second instead of about 1.5 s (etcd's default 1000 ms)."""
+    initial_cluster: str = ""
+    """``--initial-cluster`` of a member of a larger cluster (:mod:`testkit.etcd_cluster`);
+    empty: a cluster of this one member."""
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -103,7 +107,7 @@ class EtcdProcess:
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", self.peer_url,
             "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--heartbeat-interval", str(self.heartbeat_interval_millis),
             "--election-timeout", str(self.election_timeout_millis),
             "--log-level", "warn",
@@ -124,7 +128,8 @@ class EtcdProcess:
         with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
             return bool(json.loads(response.read()).get("health") == "true")
 
-    def _spawn(self) -> None:
+    def spawn(self) -> None:
+        """Start the process without waiting for it (see :meth:`wait_healthy`)."""
         if self.is_running:
             raise RuntimeError(f"{self.name} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +150,12 @@ class EtcdProcess:
 
     async def start(self, *, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:
         """Start etcd and wait until it listens and reports itself healthy."""
-        self._spawn()
+        self.spawn()
+        await self.wait_healthy(timeout_seconds=timeout_seconds)
+
+    async def wait_healthy(self, *, timeout_seconds: float = START_TIMEOUT_SECONDS) -> None:
+        """Wait until the spawned etcd listens and reports itself healthy (a member of a larger
+        cluster only once a quorum runs); stops it and raises ``ProcessStartError`` if not."""
         started = time.monotonic()
         try:
             await wait_listening(
@@ -175,6 +185,7 @@ class EtcdProcess:
         if self._popen is None:
             return None
         if self._popen.poll() is None:
+            self.resume()  # a paused process would not act on SIGTERM
             self._popen.terminate()
             try:
                 self._popen.wait(timeout=grace_seconds)
@@ -185,6 +196,17 @@ class EtcdProcess:
             self._log.close()
             self._log = None
         return code
+
+    def pause(self) -> None:
+        """SIGSTOP the process: it keeps its sockets open and answers nothing (a blackhole,
+        not a refused connection)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused process (harmless on one that runs)."""
+        if self._popen is not None and self._popen.poll() is None:
+            self._popen.send_signal(signal.SIGCONT)
 
     async def stop(self, *, grace_seconds: float = STOP_GRACE_SECONDS) -> int | None:
         """:meth:`stop_blocking` without blocking the event loop."""

@@ -25,9 +25,10 @@ from typing import IO, Any
 
 import aetcd
 
-from registry import ClusterKeys, NodeRecord
+from registry import ClusterKeys, EtcdClient, NodeRecord, parse_endpoints
 from simnet import SimNetAdmin
 from testkit.etcd import EtcdProcess
+from testkit.etcd_cluster import EtcdCluster
 from testkit.ports import HOST, free_port
 from testkit.waiting import wait_listening
 
@@ -69,6 +70,9 @@ class MeshSettings:
     node_module: str = "node"
     """What ``python -m`` runs as a node: ``testkit.blockable_node`` for a node whose event
     loop a test can block (:meth:`ProcessMesh.block_node_loop`)."""
+    etcd_members: int = 1
+    """Members of the private etcd cluster (3 for the tests of etcd's own faults); every
+    process is given every member's URL."""
 
 
 @dataclass
@@ -88,8 +92,8 @@ class ProcessMesh:
 
     state_dir: Path
     settings: MeshSettings
-    etcd_process: EtcdProcess = field(init=False)
-    """The private etcd (its ports and data dir stay the same across restarts)."""
+    etcd_cluster: EtcdCluster = field(init=False)
+    """The private etcd cluster (its ports and data dirs stay the same across restarts)."""
     simnet_address: str = ""
     gateway_address: str = ""
     node_addresses: dict[str, str] = field(default_factory=dict)
@@ -97,14 +101,17 @@ class ProcessMesh:
     _processes: dict[str, _Process] = field(default_factory=dict)
     _spawned: list[_Process] = field(default_factory=list)
     etcd: aetcd.Client | None = None
-    """A client of the private etcd (reconnects after :meth:`restart_etcd`)."""
+    """A client of the private etcd (over every member; reconnects after :meth:`restart_etcd`)."""
 
     def __post_init__(self) -> None:
-        self.etcd_process = EtcdProcess(
-            data_dir=self.state_dir / "etcd-data",
-            log_path=self.state_dir / f"{ETCD_NAME}.log",
-            name=ETCD_NAME,
+        self.etcd_cluster = EtcdCluster(
+            self.state_dir, size=self.settings.etcd_members, name=ETCD_NAME
         )
+
+    @property
+    def etcd_process(self) -> EtcdProcess:
+        """The first etcd member (the only one, unless ``etcd_members`` > 1)."""
+        return self.etcd_cluster.members[0]
 
     @property
     def keys(self) -> ClusterKeys:
@@ -113,8 +120,8 @@ class ProcessMesh:
 
     @property
     def etcd_url(self) -> str:
-        """Client URL of the private etcd."""
-        return self.etcd_process.url
+        """Client URLs of the private etcd's members, comma-separated (``--etcd``)."""
+        return self.etcd_cluster.endpoints
 
     @property
     def database_url(self) -> str:
@@ -156,8 +163,9 @@ class ProcessMesh:
 
     def process_id(self, name: str) -> int:
         """The OS pid of the process started as ``name`` (``etcd``, ``gateway``, ``node-1``, …)."""
-        if name == ETCD_NAME:
-            return self.etcd_process.pid
+        for member in self.etcd_cluster.members:
+            if name == member.name:
+                return member.pid
         return self._processes[name].popen.pid
 
     async def start_process(self, name: str, command: list[str], address: str) -> None:
@@ -198,7 +206,8 @@ class ProcessMesh:
 
     def all_log_tails(self, *, lines: int = 30) -> str:
         """The tail of every process's log, for a failure message."""
-        names = sorted({ETCD_NAME, *(process.name for process in self._spawned)})
+        etcd_names = [member.name for member in self.etcd_cluster.members]
+        names = sorted({*etcd_names, *(process.name for process in self._spawned)})
         return "\n".join(self.log_tail(name, lines=lines) for name in names)
 
     # -- etcd ---------------------------------------------------------------------------
@@ -206,9 +215,10 @@ class ProcessMesh:
     async def start_etcd(self) -> None:
         """Start etcd on the mesh's fixed ports and data dir; wait until the mesh's own etcd
         client gets answers."""
-        await self.etcd_process.start(timeout_seconds=START_TIMEOUT_SECONDS)
+        await self.etcd_cluster.start(timeout_seconds=START_TIMEOUT_SECONDS)
         if self.etcd is None:
-            self.etcd = aetcd.Client(host=HOST, port=self.etcd_process.client_port)
+            self.etcd = EtcdClient(parse_endpoints(self.etcd_url))
+            self.etcd.start_health_checks()
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:  # the client's channel reconnects after a restart at its own pace
             try:
@@ -220,8 +230,8 @@ class ProcessMesh:
                 await asyncio.sleep(0.05)
 
     async def stop_etcd(self) -> None:
-        """SIGTERM etcd and wait for it to exit."""
-        await self.etcd_process.stop()
+        """SIGTERM every etcd member and wait for them to exit."""
+        await self.etcd_cluster.stop()
 
     async def restart_etcd(self) -> float:
         """Stop etcd and start it again on the same ports and data dir; seconds it was down."""
@@ -305,7 +315,9 @@ class ProcessMesh:
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time (user + system) each running mesh process has used so far, by name:
         etcd, simnet, the nodes and the gateway (not this process, the load generator)."""
-        names = ["etcd", *(name for name, process in self._processes.items() if process.is_running)]
+        etcd_names = [member.name for member in self.etcd_cluster.members if member.is_running]
+        running = [name for name, process in self._processes.items() if process.is_running]
+        names = [*etcd_names, *running]
         found: dict[str, float] = {}
         for name in dict.fromkeys(names):
             with contextlib.suppress(OSError, KeyError, ValueError, IndexError):
@@ -398,7 +410,7 @@ class ProcessMesh:
                 continue
             # A short grace: teardown should be quick, and stragglers get SIGKILL.
             await self._reap(process, grace_seconds=5)
-        await self.etcd_process.stop(grace_seconds=5)
+        await self.etcd_cluster.stop(grace_seconds=5)
         if self.etcd is not None:
             with contextlib.suppress(Exception):
                 await self.etcd.close()

@@ -60,7 +60,7 @@ class TestEndpoints:
     async def test_unreachable_endpoints_raise_unavailable_naming_them(self) -> None:
         port = free_port()
         with pytest.raises(Unavailable, match=f"127.0.0.1:{port}"):
-            await connect_etcd(f"http://127.0.0.1:{port}", connect_timeout_seconds=2)
+            await connect_etcd(f"http://127.0.0.1:{port}", health_interval_seconds=0.5)
 
     async def test_skips_a_dead_endpoint_for_a_live_one(self, etcd_url: str) -> None:
         client = await connect_etcd(f"http://127.0.0.1:{free_port()},{etcd_url}")

@@ -33,6 +33,7 @@ FACES: dict[str, list[str]] = {
         "Backoff",
         "CapacityExhausted",
         "ClusterKeys",
+        "EtcdClient",
         "InvalidInput",
         "MembershipWatcher",
         "MeshError",

@@ -150,7 +150,8 @@ class TestPublicFace:
         assert len(set(testkit.__all__)) == len(testkit.__all__)
         public = {name for name in vars(testkit) if not name.startswith("_")}
         modules = {
-            "checklist", "etcd", "ground_truth", "inprocess_mesh", "ownership_monitor", "ports",
+            "checklist", "etcd", "etcd_cluster", "ground_truth", "inprocess_mesh",
+            "ownership_monitor", "ports",
             "process_mesh", "sizes", "waiting", "workload",
         }  # fmt: skip
         assert public - modules == set(testkit.__all__)
