@@ -12,119 +12,42 @@ Examples::
     meshctl drain node-2 --wait --timeout-seconds 300
     meshctl migrate ws-42 --to node-3 --wait
     meshctl rebalance --dry-run
+    meshctl quarantine --json
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import sys
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated
 
-import grpc
 import typer
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-from rich.console import Console
 from rich.table import Table
 
+from client import meshctl_health  # noqa: F401 - registers ``health`` and ``quarantine``
 from client._progress import CALL_TIMEOUT_SECONDS, locate, wait_for_drain, wait_for_owner
-from protos import admin_pb2, admin_pb2_grpc
-from registry import InvalidInput, parse_host_port
-
-DEFAULT_GATEWAY = "127.0.0.1:7000"
-
-_T = TypeVar("_T")
-AdminCall = Callable[[admin_pb2_grpc.AdminServiceStub], Awaitable[_T]]
-
-app = typer.Typer(
-    help="Operate a sessionmesh cluster through its gateway's AdminService.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from client.meshctl_app import (
+    DEFAULT_GATEWAY,
+    GatewayOption,
+    JsonOption,
+    WaitTimeoutOption,
+    app,
+    out,
+    percent,
+    print_json,
+    run_call,
+    session_count_text,
 )
-# Piped output (scripts, CI logs) gets room for whole rows instead of an 80-column guess.
-_out = Console(width=None if sys.stdout.isatty() else 160)
-_err = Console(stderr=True)
-
-
-def _gateway_address(value: str) -> str:
-    try:
-        parse_host_port(value, field="--gateway", allow_port_zero=False)
-    except InvalidInput:
-        raise typer.BadParameter(f"{value!r} is not HOST:PORT") from None
-    return value
-
-
-GatewayOption = Annotated[
-    str,
-    typer.Option(
-        "--gateway",
-        envvar="MESHCTL_GATEWAY",
-        callback=_gateway_address,
-        help="The gateway's HOST:PORT.",
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
-WaitTimeoutOption = Annotated[
-    float, typer.Option("--timeout-seconds", min=0.1, help="Give up --wait after this long.")
-]
-
-
-def _fail(message: str) -> NoReturn:
-    _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _run(gateway: str, call: AdminCall[_T]) -> _T:
-    """Run ``call`` with a stub on a fresh channel; a failed RPC ends the CLI with exit 1."""
-
-    async def run() -> _T:
-        async with grpc.aio.insecure_channel(gateway) as channel:
-            stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
-            return await call(stub)
-
-    try:
-        return asyncio.run(run())
-    except grpc.aio.AioRpcError as error:
-        hint = (
-            f" (is the gateway at {gateway}?)"
-            if error.code() == grpc.StatusCode.UNAVAILABLE
-            else ""
-        )
-        _fail(f"{error.code().name}: {error.details()}{hint}")
-    except TimeoutError as error:
-        _fail(str(error) or "timed out")
-
-
-def _as_dict(message: Message) -> dict[str, Any]:
-    return MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-def _print_json(message: Message) -> None:
-    sys.stdout.write(json.dumps(_as_dict(message), indent=2, sort_keys=True) + "\n")
-
-
-def _percent(share: float) -> str:
-    return f"{share * 100:.1f}%"
-
-
-def _sessions(count: int) -> str:
-    return "?" if count < 0 else str(count)
+from protos import admin_pb2, admin_pb2_grpc
 
 
 @app.command()
 def nodes(gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False) -> None:
     """List the live nodes: state, load, owned slots."""
-    reply: admin_pb2.ListNodesResponse = _run(
+    reply: admin_pb2.ListNodesResponse = run_call(
         gateway,
         lambda stub: stub.ListNodes(admin_pb2.ListNodesRequest(), timeout=CALL_TIMEOUT_SECONDS),
     )
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     table = Table(title=f"nodes ({reply.slot_count} slots)")
     for column in ("node", "address", "state", "drain asked", "zone", "load", "capacity"):
@@ -141,22 +64,22 @@ def nodes(gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False)
             str(node.load),
             str(node.capacity),
             str(node.owned_slot_count),
-            _percent(node.owned_slot_share),
+            percent(node.owned_slot_share),
         )
-    _out.print(table)
+    out.print(table)
 
 
 @app.command()
 def ring(gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False) -> None:
     """Show each node's share of slots, by the ring and by the owners map."""
-    reply: admin_pb2.DescribeRingResponse = _run(
+    reply: admin_pb2.DescribeRingResponse = run_call(
         gateway,
         lambda stub: stub.DescribeRing(
             admin_pb2.DescribeRingRequest(), timeout=CALL_TIMEOUT_SECONDS
         ),
     )
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     table = Table(
         title=f"ring v{reply.ring_version} ({reply.slot_count} slots)",
@@ -169,11 +92,11 @@ def ring(gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False) 
             member.node_id,
             str(member.weight),
             str(member.ring_slot_count),
-            _percent(member.ring_slot_share),
+            percent(member.ring_slot_share),
             str(member.owned_slot_count),
-            _percent(member.owned_slot_share),
+            percent(member.owned_slot_share),
         )
-    _out.print(table)
+    out.print(table)
 
 
 @app.command()
@@ -181,9 +104,11 @@ def where(
     workspace: str, gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False
 ) -> None:
     """Tell where a workspace lives: slot, owner and epoch, ring choice, pin, sessions."""
-    reply: admin_pb2.LocateWorkspaceResponse = _run(gateway, lambda stub: locate(stub, workspace))
+    reply: admin_pb2.LocateWorkspaceResponse = run_call(
+        gateway, lambda stub: locate(stub, workspace)
+    )
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     table = Table(title=f"workspace {reply.workspace_id}", show_header=False)
     table.add_column("field")
@@ -202,12 +127,12 @@ def where(
             "routed to",
             f"{reply.routed_node_id} ({reply.routed_address})" if reply.routed_node_id else "-",
         ),
-        ("sessions", _sessions(reply.session_count)),
+        ("sessions", session_count_text(reply.session_count)),
         ("in catalog", "yes" if reply.is_cataloged else "no"),
     ]
     for name, value in rows:
         table.add_row(name, value)
-    _out.print(table)
+    out.print(table)
 
 
 @app.command()
@@ -233,12 +158,12 @@ def drain(
             )
         return reply
 
-    reply = _run(gateway, call)
+    reply = run_call(gateway, call)
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     done = "drained" if wait else "drain requested for"
-    _out.print(f"{done} node {reply.node_id} (owned {reply.owned_slot_count} slots)")
+    out.print(f"{done} node {reply.node_id} (owned {reply.owned_slot_count} slots)")
 
 
 @app.command()
@@ -246,16 +171,16 @@ def undrain(
     node: str, gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False
 ) -> None:
     """Withdraw a node's drain request."""
-    reply: admin_pb2.UndrainNodeResponse = _run(
+    reply: admin_pb2.UndrainNodeResponse = run_call(
         gateway,
         lambda stub: stub.UndrainNode(
             admin_pb2.UndrainNodeRequest(node_id=node), timeout=CALL_TIMEOUT_SECONDS
         ),
     )
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
-    _out.print(f"drain request of node {reply.node_id} withdrawn")
+    out.print(f"drain request of node {reply.node_id} withdrawn")
 
 
 @app.command()
@@ -279,13 +204,13 @@ def migrate(
             await wait_for_owner(stub, workspace, node_id=to, timeout_seconds=timeout_seconds)
         return reply
 
-    reply = _run(gateway, call)
+    reply = run_call(gateway, call)
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     done = "moved" if wait else "pinned"
     previous = f" (was on {reply.previous_node_id})" if reply.previous_node_id else ""
-    _out.print(f"{done} {reply.workspace_id} to {reply.target_node_id}{previous}")
+    out.print(f"{done} {reply.workspace_id} to {reply.target_node_id}{previous}")
 
 
 @app.command()
@@ -293,19 +218,19 @@ def unpin(
     workspace: str, gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False
 ) -> None:
     """Remove a workspace's pin: it goes back to its slot's owner."""
-    reply: admin_pb2.UnpinWorkspaceResponse = _run(
+    reply: admin_pb2.UnpinWorkspaceResponse = run_call(
         gateway,
         lambda stub: stub.UnpinWorkspace(
             admin_pb2.UnpinWorkspaceRequest(workspace_id=workspace), timeout=CALL_TIMEOUT_SECONDS
         ),
     )
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     if reply.previous_pinned_node_id:
-        _out.print(f"unpinned {reply.workspace_id} from {reply.previous_pinned_node_id}")
+        out.print(f"unpinned {reply.workspace_id} from {reply.previous_pinned_node_id}")
     else:
-        _out.print(f"{reply.workspace_id} had no pin")
+        out.print(f"{reply.workspace_id} had no pin")
 
 
 @app.command()
@@ -315,14 +240,14 @@ def rebalance(
     as_json: JsonOption = False,
 ) -> None:
     """Show the slot moves placement calls for (the reconcilers make them by themselves)."""
-    reply: admin_pb2.PlanRebalanceResponse = _run(
+    reply: admin_pb2.PlanRebalanceResponse = run_call(
         gateway,
         lambda stub: stub.PlanRebalance(
             admin_pb2.PlanRebalanceRequest(dry_run=dry_run), timeout=CALL_TIMEOUT_SECONDS
         ),
     )
     if as_json:
-        _print_json(reply)
+        print_json(reply)
         return
     table = Table(title="rebalance plan" + (" (dry run)" if dry_run else ""))
     for column in ("slot", "from", "to", "workspaces", "sessions"):
@@ -333,7 +258,7 @@ def rebalance(
             move.from_node_id,
             move.to_node_id,
             ", ".join(move.workspace_ids) or "-",
-            _sessions(move.session_count),
+            session_count_text(move.session_count),
         )
     table.add_section()
     table.add_row(
@@ -343,37 +268,11 @@ def rebalance(
         f"{reply.workspace_count} workspaces",
         str(reply.session_count),
     )
-    _out.print(table)
+    out.print(table)
     if not reply.moves:
-        _out.print("no moves: every owned slot is where placement puts it")
+        out.print("no moves: every owned slot is where placement puts it")
     if not dry_run:
-        _out.print("the node reconcilers carry these moves out by themselves; nothing was pushed")
-
-
-@app.command()
-def health(gateway: GatewayOption = DEFAULT_GATEWAY, as_json: JsonOption = False) -> None:
-    """Check every node: reachable, sessions, utilisation."""
-    reply: admin_pb2.CheckHealthResponse = _run(
-        gateway,
-        lambda stub: stub.CheckHealth(admin_pb2.CheckHealthRequest(), timeout=CALL_TIMEOUT_SECONDS),
-    )
-    if as_json:
-        _print_json(reply)
-        return
-    table = Table(title="health")
-    for column in ("node", "address", "reachable", "status", "sessions", "capacity", "utilisation"):
-        table.add_column(column)
-    for node in reply.nodes:
-        table.add_row(
-            node.node_id,
-            node.address,
-            "[green]yes[/green]" if node.is_reachable else "[red]no[/red]",
-            node.status,
-            str(node.sessions),
-            str(node.capacity),
-            _percent(node.utilisation),
-        )
-    _out.print(table)
+        out.print("the node reconcilers carry these moves out by themselves; nothing was pushed")
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from registry import (
     catalog_counts_of,
     clear_pin,
     place_slot,
+    quarantined,
     request_drain,
     rpc_boundary,
     set_pin,
@@ -289,6 +290,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             workspace_count=sum(len(move.workspace_ids) for move in moves),
             session_count=sum(move.session_count for move in moves),
             dry_run=request.dry_run,
+        )
+
+    @rpc_boundary
+    async def ListQuarantined(
+        self, request: admin_pb2.ListQuarantinedRequest, context: Context
+    ) -> admin_pb2.ListQuarantinedResponse:
+        """Every quarantined session, from etcd (one range read)."""
+        records = await quarantined(self._etcd, self._keys)
+        return admin_pb2.ListQuarantinedResponse(
+            sessions=[
+                admin_pb2.QuarantinedSession(
+                    workspace_id=record.workspace_id,
+                    session_id=record.session_id,
+                    node_id=record.node_id,
+                    reason=record.reason,
+                    since_unix=record.since_unix,
+                )
+                for record in records
+            ]
         )
 
     @rpc_boundary

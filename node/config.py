@@ -19,6 +19,7 @@
     --max-moves-in-flight  MAX_MOVES_IN_FLIGHT            64
     --loop-stall-limit-seconds LOOP_STALL_LIMIT_SECONDS   10
     --max-in-flight        MAX_IN_FLIGHT                  256
+    --storage-timeout-seconds STORAGE_TIMEOUT_SECONDS     10
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -59,6 +60,7 @@ DEFAULT_RECONCILE_INTERVAL_SECONDS = 1.0
 DEFAULT_MAX_MOVES_IN_FLIGHT = 64
 DEFAULT_LOOP_STALL_LIMIT_SECONDS = 10.0
 DEFAULT_MAX_IN_FLIGHT = 256
+DEFAULT_STORAGE_TIMEOUT_SECONDS = 10.0
 MIN_LEASE_TTL_SECONDS = 2
 
 
@@ -102,6 +104,9 @@ class NodeConfig:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     """Calls, restores and handoffs the node runs at once; a call past it is refused with
     RESOURCE_EXHAUSTED and a retry hint (the gateway retries it), never queued."""
+    storage_timeout_seconds: float = DEFAULT_STORAGE_TIMEOUT_SECONDS
+    """How long one storage call may take; past it the call fails with UNAVAILABLE, and a
+    node whose storage stops answering serves NOT_SERVING and gives its lease up."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -159,6 +164,10 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("LOOP_STALL_LIMIT_SECONDS", default=str(DEFAULT_LOOP_STALL_LIMIT_SECONDS)),
     )
     add("--max-in-flight", default=env("MAX_IN_FLIGHT", default=str(DEFAULT_MAX_IN_FLIGHT)))
+    add(
+        "--storage-timeout-seconds",
+        default=env("STORAGE_TIMEOUT_SECONDS", default=str(DEFAULT_STORAGE_TIMEOUT_SECONDS)),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -202,6 +211,9 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             args.loop_stall_limit_seconds, field="--loop-stall-limit-seconds"
         ),
         max_in_flight=whole_number(args.max_in_flight, field="--max-in-flight", minimum=1),
+        storage_timeout_seconds=positive_seconds(
+            args.storage_timeout_seconds, field="--storage-timeout-seconds"
+        ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

@@ -64,8 +64,10 @@ class Heartbeat:
         loop_stall_limit_seconds: float,
         metrics: NodeMetrics,
         on_change: Callable[[], None],
+        is_storage_healthy: Callable[[], bool] = lambda: True,
     ) -> None:
         self._etcd_endpoints = etcd_endpoints
+        self._is_storage_healthy = is_storage_healthy
         self._keys = keys
         self._initial_record = record
         self._lease_ttl_seconds = lease_ttl_seconds
@@ -183,6 +185,11 @@ class Heartbeat:
 
     # -- the heartbeat thread -------------------------------------------------------------
 
+    def _is_healthy(self) -> bool:
+        """Whether the node may hold a lease: its main loop runs and its storage answers (a
+        node that cannot reach its sessions' files must let them fail over)."""
+        return self._is_main_loop_alive() and self._is_storage_healthy()
+
     def _is_main_loop_alive(self) -> bool:
         stalled_seconds = time.monotonic() - self._progress_at
         if stalled_seconds <= self._loop_stall_limit_seconds:
@@ -237,7 +244,7 @@ class Heartbeat:
                 self._initial_record,
                 lease_ttl_seconds=self._lease_ttl_seconds,
                 on_lease_change=self._notify,
-                is_healthy=self._is_main_loop_alive,
+                is_healthy=self._is_healthy,
             )
             await registration.start()
         except Exception as error:

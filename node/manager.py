@@ -30,20 +30,24 @@ from node.drivers.base import DriverFactory
 from node.events import Subscription
 from node.metrics import NodeMetrics
 from node.page_tokens import decode_page_token, encode_page_token
+from node.quarantine_book import QuarantineBook
 from node.reporting import SessionReporter
 from node.restore import RestorePipeline
 from node.session import HostedSession
 from node.session_factory import SessionFactory
 from node.session_state import SessionState, SessionView
 from node.session_table import SessionTable
-from node.storage import SessionMeta, SessionStorage
-from registry import AlreadyExists, InvalidInput, NotFound, Unavailable
+from node.storage import CorruptRecord, SessionMeta, SessionStorage
+from node.storage_errors import StaleWrite
+from registry import AlreadyExists, InvalidInput, NotFound, Quarantined, Unavailable
 from registry.accounts import AccountStore
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 STOPPING_RETRY_AFTER_MS = 200
 """The retry hint while this node shuts down: the gateway re-routes meanwhile."""
+STALE_DELETE_RETRY_AFTER_MS = 100
+"""Retry hint of a delete refused because a newer owner took the session meanwhile."""
 
 
 class SessionManager:
@@ -62,6 +66,7 @@ class SessionManager:
         budget: WorkBudget,
         may_write: Callable[[], bool],
         is_node_gone: Callable[[str], Awaitable[bool]],
+        quarantine: QuarantineBook,
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
     ) -> None:
@@ -95,7 +100,9 @@ class SessionManager:
             budget=budget,
             is_stopping=lambda: self._is_stopping,
             is_node_gone=is_node_gone,
+            quarantine=quarantine,
         )
+        self._quarantine = quarantine
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -201,7 +208,15 @@ class SessionManager:
         session = self._table.get((workspace_id, session_id))
         if session is not None:
             return session.view()
-        stored = await self._storage.load_meta(workspace_id, session_id)
+        reason = self._quarantine.reason_of(workspace_id, session_id)
+        if reason is None:
+            try:
+                stored = await self._storage.load_meta(workspace_id, session_id)
+            except CorruptRecord as error:
+                reason = str(error)
+                self._quarantine.quarantine(workspace_id, session_id, reason)
+        if reason is not None:
+            raise Quarantined(f"session {workspace_id}/{session_id} is quarantined: {reason}")
         if stored is not None and stored.deleted:
             return SessionView(meta=stored.changed(state=SessionState.STOPPED.value))
         raise NotFound(f"session {workspace_id}/{session_id} not found")
@@ -225,9 +240,17 @@ class SessionManager:
         return [sessions[sid].view() for sid in page], next_token
 
     async def delete(
-        self, workspace_id: str, session_id: str, *, reason: str, details: str = ""
+        self,
+        workspace_id: str,
+        session_id: str,
+        *,
+        reason: str,
+        details: str = "",
+        epoch: int | None = None,
     ) -> SessionView:
-        """Stop, log out and mark deleted (idempotent; see the module docstring)."""
+        """Stop, log out and mark deleted (idempotent; see the module docstring). ``epoch``:
+        the ownership the call was authorized under; a stored meta of a newer owner is not
+        overwritten (the call gets ``Unavailable`` and the caller retries at the new owner)."""
         self._refuse_if_stopping()
         key = (workspace_id, session_id)
         async with self._table.locked(key):
@@ -252,11 +275,13 @@ class SessionManager:
                     )
                 )
             if not stored.deleted:
-                stored = await self._delete_offline(stored, reason=reason, details=details)
+                stored = await self._delete_offline(
+                    stored, reason=reason, details=details, epoch=epoch
+                )
             return SessionView(meta=stored.changed(state=SessionState.STOPPED.value))
 
     async def _delete_offline(
-        self, stored: SessionMeta, *, reason: str, details: str
+        self, stored: SessionMeta, *, reason: str, details: str, epoch: int | None
     ) -> SessionMeta:
         """Record the deletion of a session stored but not running here (its node is gone)."""
         now = time.time()
@@ -268,7 +293,13 @@ class SessionManager:
             disconnected_at_unix=now,
             updated_at_unix=now,
         )
-        await self._storage.save_meta(stored)
+        try:
+            await self._storage.save_meta(stored, fence_epoch=epoch)
+        except StaleWrite as error:
+            raise Unavailable(
+                f"session {stored.workspace_id}/{stored.session_id} moved to a newer owner",
+                retry_after_ms=STALE_DELETE_RETRY_AFTER_MS,
+            ) from error
         await self._storage.delete_credentials(stored.workspace_id, stored.session_id)
         self._reporter.deleted_offline(
             stored.workspace_id, stored.session_id, reason=reason, details=details

@@ -81,6 +81,11 @@ SHED_CALLS = Counter(
     "Calls refused with RESOURCE_EXHAUSTED and a retry hint because the node was at its limit.",
     ["node_id"],
 )
+QUARANTINED = Counter(
+    "sessionmesh_node_sessions_quarantined",
+    "Stored sessions this node could not restore (unreadable files) and set aside.",
+    ["node_id"],
+)
 OWNED_SLOTS = Gauge(
     "sessionmesh_node_owned_slots",
     "Slots this node owns now.",
@@ -159,6 +164,10 @@ class NodeMetrics:
     def fenced(self) -> None:
         """The node stopped sessions to fence itself."""
         self._fences.inc()
+
+    def quarantined(self) -> None:
+        """A stored session could not be restored and was set aside."""
+        QUARANTINED.labels(self._node_id).inc()
 
     def in_flight(self, count: int) -> None:
         """The node runs ``count`` calls, restores and handoffs now."""

@@ -26,6 +26,7 @@ from node.serving import ServingCheck, moving
 from node.slot_table import SlotTable, Unit
 from registry import (
     ClusterKeys,
+    MeshError,
     Owner,
     OwnershipView,
     acquire_pinned,
@@ -248,9 +249,13 @@ class Moves:
                     owner = slots.owner_of_slot(slot)
                     if owner is None or not serving.wants(workspace_id):
                         continue
-                    await self._manager.restore_workspaces(
-                        [workspace_id], epoch=owner.epoch, is_takeover=True
-                    )
+                    try:
+                        await self._manager.restore_workspaces(
+                            [workspace_id], epoch=owner.epoch, is_takeover=True
+                        )
+                    except MeshError as error:  # one workspace must not stop the pass
+                        _log.error("converge_failed", workspace_id=workspace_id, error=error)
+                        continue
                     self._catalog.mark_served([workspace_id])
 
     def _slot_of(self, workspace_id: str) -> int:

@@ -22,10 +22,12 @@ import structlog
 from node.budget import WorkBudget
 from node.epoch_fence import Fenced
 from node.metrics import NodeMetrics
+from node.quarantine_book import QuarantineBook
 from node.reporting import SessionReporter
 from node.session_factory import SessionFactory
 from node.session_table import SessionTable
-from node.storage import SessionMeta, SessionStorage
+from node.storage import CorruptRecord, SessionMeta, SessionStorage
+from registry import InvalidInput, MeshError
 
 _log = structlog.get_logger(__name__)
 
@@ -55,7 +57,9 @@ class RestorePipeline:
         budget: WorkBudget,
         is_stopping: Callable[[], bool],
         is_node_gone: Callable[[str], Awaitable[bool]],
+        quarantine: QuarantineBook,
     ) -> None:
+        self._quarantine = quarantine
         self._budget = budget
         self._is_node_gone = is_node_gone
         self._node_id = node_id
@@ -75,23 +79,55 @@ class RestorePipeline:
         :meth:`SessionFactory.open`)."""
         metas: list[SessionMeta] = []
         for workspace_id in workspace_ids:
-            for session_id in await self._storage.list_sessions(workspace_id):
-                meta = await self._storage.load_meta(workspace_id, session_id)
-                if meta is not None and not meta.deleted:
-                    metas.append(meta)
+            metas.extend(await self._stored_metas(workspace_id))
         results = await asyncio.gather(
             *(self._restore(meta, epoch, is_takeover) for meta in metas),
             return_exceptions=True,
         )
         for meta, result in zip(metas, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, (CorruptRecord, InvalidInput)):
+                self._quarantine.quarantine(meta.workspace_id, meta.session_id, str(result))
+            elif isinstance(result, BaseException):
                 _log.error(
                     "session_restore_failed",
                     workspace_id=meta.workspace_id,
                     session_id=meta.session_id,
                     error=result,
                 )
+            elif result is True:
+                self._quarantine.restored(meta.workspace_id, meta.session_id)
         return sum(1 for result in results if result is True)
+
+    async def _stored_metas(self, workspace_id: str) -> list[SessionMeta]:
+        """The workspace's stored, not deleted sessions. One that cannot be read is
+        quarantined and the others are returned; a workspace whose folder cannot be listed
+        (an impossible id in the catalog, a storage error) yields none."""
+        try:
+            session_ids = await self._storage.list_sessions(workspace_id)
+        except InvalidInput as error:
+            self._quarantine.quarantine(workspace_id, "", str(error))
+            return []
+        except MeshError as error:  # the storage failed or stalled: not the session's fault
+            _log.error("workspace_restore_failed", workspace_id=workspace_id, error=error)
+            return []
+        metas: list[SessionMeta] = []
+        for session_id in session_ids:
+            try:
+                meta = await self._storage.load_meta(workspace_id, session_id)
+            except (CorruptRecord, InvalidInput) as error:
+                self._quarantine.quarantine(workspace_id, session_id, str(error))
+                continue
+            except MeshError as error:
+                _log.error(
+                    "session_restore_failed",
+                    workspace_id=workspace_id,
+                    session_id=session_id,
+                    error=error,
+                )
+                continue
+            if meta is not None and not meta.deleted:
+                metas.append(meta)
+        return metas
 
     async def _wait_let_go(self, meta: SessionMeta) -> bool:
         """Wait (bounded) for a previous runner that may still run the session to record it

@@ -21,9 +21,12 @@ from node.config import NodeConfig
 from node.heartbeat import Heartbeat
 from node.lease_fence import LeaseFence
 from node.manager import SessionManager
+from node.quarantine_book import QuarantineBook
 from node.reconciler import Reconciler
 from node.shutdown import run_step
 from node.slot_table import SlotTable
+from node.storage import SessionStorage
+from node.storage_health import StorageHealth
 from registry import (
     MembershipWatcher,
     OwnershipView,
@@ -59,6 +62,9 @@ class NodeParts:
     reconciler: Reconciler
     lease_fence: LeaseFence
     accounts: AccountStore | None
+    storage: SessionStorage
+    storage_health: StorageHealth
+    quarantine: QuarantineBook
 
 
 class NodeServer:
@@ -159,7 +165,10 @@ class NodeServer:
             await self._step("lease", parts.heartbeat.stop(), limit)
             await self._step("ownership_view", parts.view.stop(), limit)
             await self._step("membership_watch", parts.membership.stop(), limit)
+            await self._step("quarantine", parts.quarantine.stop(), limit)
             await self._step("etcd", parts.etcd.close(), limit)
+            await self._step("storage_health", parts.storage_health.stop(), limit)
+            parts.storage.close()
             _log.info("node_stopped", node_id=self.node_id)
 
     async def _step(self, name: str, step: Awaitable[object], limit_seconds: float) -> None:

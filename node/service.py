@@ -157,7 +157,11 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         reason, details = _validate_reason(request.reason, request.details)
         async with self._serve(workspace_id) as authorization:
             view = await self._manager.delete(
-                workspace_id, session_id, reason=reason, details=details
+                workspace_id,
+                session_id,
+                reason=reason,
+                details=details,
+                epoch=authorization.epoch,
             )
             await self._catalog.note_sessions(workspace_id)
             self._serving.confirm(authorization)

@@ -28,8 +28,9 @@ from node.drivers.base import Driver, DriverEvent, DriverEventKind
 from node.epoch_fence import EpochFence, Fenced
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
 from node.session_state import STORED_STATES, SessionState, SessionView
-from node.storage import OutboxEntry, SessionMeta, SessionStorage
-from registry import Unavailable
+from node.storage import CorruptRecord, OutboxEntry, SessionMeta, SessionStorage
+from node.storage_errors import StaleWrite
+from registry import MeshError, Unavailable
 
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -272,9 +273,17 @@ class HostedSession:
             if state in STORED_STATES:
                 try:
                     await self._guard()
-                    await self._storage.save_meta(self._meta)
-                except Fenced:
+                    await self._storage.save_meta(self._meta, fence_epoch=self.epoch)
+                except (Fenced, StaleWrite):
                     pass  # the newer owner's meta stays; this state lives in memory only
+                except (CorruptRecord, MeshError) as error:  # unreadable meta, failing disk
+                    _log.warning(
+                        "session_meta_not_written",
+                        workspace_id=self.workspace_id,
+                        session_id=self.session_id,
+                        state=state.value,
+                        error=repr(error),
+                    )
         if previous is state:
             return
         self._broadcaster.publish(

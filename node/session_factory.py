@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 
 from node.drivers.base import DriverFactory
-from node.epoch_fence import EpochFence
+from node.epoch_fence import EpochFence, Fenced
 from node.session import HostedSession, SessionObserver
 from node.storage import SessionMeta, SessionStorage
+from node.storage_errors import StaleWrite
 
 
 class SessionFactory:
@@ -80,5 +81,11 @@ class SessionFactory:
             on_fenced=self._on_fenced,
             may_write=self._may_write,
         )
-        await self._storage.save_meta(session.meta)
+        try:
+            # A takeover overwrites on purpose (see above); any other open is fenced by epoch.
+            await self._storage.save_meta(
+                session.meta, fence_epoch=None if is_takeover else epoch
+            )
+        except StaleWrite as error:
+            raise Fenced(f"session {workspace_id}/{session_id}: {error}") from error
         return session

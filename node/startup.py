@@ -35,12 +35,14 @@ from node.metrics import NodeMetrics
 from node.moves import Moves
 from node.peer_liveness import PeerLiveness
 from node.placement import NodePlacement
+from node.quarantine_book import QuarantineBook
 from node.reconciler import Reconciler
 from node.server import NodeParts, NodeServer
 from node.service import SessionService
 from node.serving import ServingCheck
 from node.slot_table import SlotTable
 from node.storage import SessionStorage
+from node.storage_health import StorageHealth
 from protos import SESSION_SERVICE_NAME, session_pb2_grpc
 from registry import (
     ACTIVE,
@@ -171,7 +173,26 @@ async def start_node(
     """Start a node as ``config`` says; raises ``Unavailable`` if etcd or the port is not
     there. Whatever was opened before a failure is closed again."""
     async with contextlib.AsyncExitStack() as cleanup:
-        storage = SessionStorage(config.storage_path)
+        health_servicer: HealthServicer | None = None
+
+        def storage_health_changed(is_healthy: bool) -> None:
+            if health_servicer is not None:
+                _publish_health(health_servicer, is_healthy)
+
+        storage_root = config.storage_path.resolve()
+        storage_health = StorageHealth(
+            root=storage_root,
+            node_id=config.node_id,
+            timeout_seconds=config.storage_timeout_seconds,
+            on_change=storage_health_changed,
+        )
+        cleanup.push_async_callback(storage_health.stop)
+        storage = SessionStorage(
+            storage_root,
+            timeout_seconds=config.storage_timeout_seconds,
+            on_stall=storage_health.stalled,
+        )
+        cleanup.callback(storage.close)
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
         server, address = await _bind(config, cleanup)
         accounts = await _open_accounts(config, cleanup)
@@ -193,6 +214,7 @@ async def start_node(
             loop_stall_limit_seconds=config.loop_stall_limit_seconds,
             metrics=metrics,
             on_change=lease_changed,
+            is_storage_healthy=storage_health.is_healthy,
         )
         placement = NodePlacement(
             node_id=config.node_id, membership=membership, ring=ring, slots=slots
@@ -203,6 +225,8 @@ async def start_node(
             placement=placement,
             is_lease_confirmed=heartbeat.is_confirmed,
         )
+        quarantine = QuarantineBook(etcd=etcd, keys=keys, node_id=config.node_id, metrics=metrics)
+        cleanup.push_async_callback(quarantine.stop)
         manager = SessionManager(
             node_id=config.node_id,
             node_address=address,
@@ -216,6 +240,7 @@ async def start_node(
             is_node_gone=PeerLiveness(
                 is_member=placement.is_alive, last_address=membership.last_address
             ).is_gone,
+            quarantine=quarantine,
             restore_concurrency=config.restore_concurrency,
             accounts=accounts,
         )
@@ -267,6 +292,7 @@ async def start_node(
         await server.start()
         for service_name in ("", SESSION_SERVICE_NAME):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        storage_health.start()
 
         await heartbeat.start()
         cleanup.push_async_callback(heartbeat.stop)
@@ -294,8 +320,33 @@ async def start_node(
         reconciler=reconciler,
         lease_fence=lease_fence,
         accounts=accounts,
+        storage=storage,
+        storage_health=storage_health,
+        quarantine=quarantine,
     )
     return NodeServer(config=config, address=address, parts=parts)
+
+
+def _publish_health(health_servicer: HealthServicer, is_serving: bool) -> None:
+    """SERVING or NOT_SERVING for the node and its session service (scheduled: the health
+    servicer is async, and storage health changes from a callback)."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if is_serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+
+    async def publish() -> None:
+        for service_name in ("", SESSION_SERVICE_NAME):
+            await health_servicer.set(service_name, status)
+
+    task = asyncio.get_running_loop().create_task(publish(), name="publish-health")
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()
+"""Health publications in flight (kept referenced until they finish)."""
 
 
 def _draining_publisher(

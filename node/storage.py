@@ -11,8 +11,12 @@
 Ids are checked with ``registry.ids.validate_id`` before any path is built, and the
 resolved path must stay under the root, so no id can reach outside the tree. Whole files are
 replaced atomically (temp file, flush, rename, flush); the message log is appended to; writes
-queued together share their flushes (:mod:`node.group_commit`). A write that must be durable
-returns only once it is on disk. All file I/O runs in worker threads, never on the event loop.
+queued together share a trip to the worker thread (:mod:`node.group_commit`). A write that
+must be durable returns only once it is on disk. All file I/O runs in this storage's own
+worker threads, never on the event loop nor in the default pool, and every call is bounded by
+``timeout_seconds``: past it the caller gets ``StorageStalled`` and ``on_stall`` is told (a
+hung NFS mount must not hold the node's slots nor its shutdown). Disk errors become
+:mod:`node.storage_errors`; a record that does not parse becomes :class:`CorruptRecord`.
 """
 
 from __future__ import annotations
@@ -20,89 +24,89 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from node import message_log
-from node.group_commit import TEMP_PREFIX, GroupCommitWriter
+from node.commit_io import fsync_folder
+from node.group_commit import GroupCommitWriter
+from node.storage_errors import StorageStalled, storage_errors
+from node.storage_files import (
+    CorruptRecord,
+    confined,
+    encode,
+    json_files,
+    meta_of,
+    read_json,
+    refuse_if_newer,
+    remove_legacy_outbox,
+)
 from node.storage_records import OutboxEntry, SessionMeta
 from registry import InvalidInput, MessageStatus, validate_id
 
-__all__ = ["OutboxEntry", "SessionMeta", "SessionStorage"]
+__all__ = ["CorruptRecord", "OutboxEntry", "SessionMeta", "SessionStorage"]
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+"""How long one storage call may take before its caller gets ``StorageStalled``."""
+STORAGE_THREADS = 8
+"""Worker threads of one storage (reads, scans and the group commits)."""
+
 
 _WORKSPACE_PREFIX = "workspace_"
 _META = "meta.json"
 _CREDENTIALS = "credentials.json"
 _LEGACY_OUTBOX = message_log.LEGACY_OUTBOX
 _MAX_CACHED_LOG_PATHS = 65_536
-_JSON_SUFFIX = ".json"
-_TEMP_PREFIX = TEMP_PREFIX
-"""Temp files start with a dot, so scans skip any a crash left behind."""
-
-
-def _from_dict(cls: type[Any], raw: dict[str, Any]) -> Any:
-    # Ignore fields a newer version wrote, so an older node can still read the file.
-    return cls(**{name: raw[name] for name in cls.__dataclass_fields__ if name in raw})
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-@functools.lru_cache(maxsize=65_536)
-def _resolved_folder(folder: str) -> Path:
-    # Cached, and built on the cached parent: resolving walks every component with a system
-    # call, and a create burst touches thousands of new session folders under a few
-    # workspace folders — one lstat per new folder instead of one per component. A folder
-    # swapped for a symlink after its first check would need write access to the storage
-    # root itself.
-    path = Path(folder)
-    if path.parent == path:
-        return path
-    candidate = _resolved_folder(str(path.parent)) / path.name
-    return candidate.resolve() if candidate.is_symlink() else candidate
-
-
-def _confined(path: Path, root: Path) -> Path:
-    """``path`` if, with symlinks resolved, it stays under ``root`` (runs in a worker thread:
-    resolving touches the file system)."""
-    if path.is_symlink() or not _resolved_folder(str(path.parent)).is_relative_to(root):
-        raise InvalidInput(f"path {path} leaves the storage root")
-    return path
-
-
-def _read_json(path: Path, root: Path) -> Any:
-    _confined(path, root)
-    try:
-        return json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
-def _encode(value: Any) -> bytes:
-    # Compact: a restore writes one meta per session, and pretty-printing showed in profiles.
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class SessionStorage:
     """The session tree under ``root`` (a local folder, or NFS/EFS shared by every node)."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        on_stall: Callable[[], None] = lambda: None,
+    ) -> None:
         self._root = Path(root).resolve()
-        self._writer = GroupCommitWriter(self._root, check=self._confine)
+        self._timeout_seconds = timeout_seconds
+        self._on_stall = on_stall
+        self._executor = ThreadPoolExecutor(STORAGE_THREADS, thread_name_prefix="storage")
+        self._writer = GroupCommitWriter(
+            self._root,
+            check=self._confine,
+            executor=self._executor,
+            timeout_seconds=timeout_seconds,
+            on_stall=on_stall,
+        )
         self._log_paths: dict[tuple[str, str], Path] = {}
         self._session_dirs: dict[tuple[str, str], Path] = {}
 
     def _confine(self, path: Path) -> Path:
-        return _confined(path, self._root)
+        return confined(path, self._root)
+
+    async def _run(self, action: str, function: Callable[..., Any], *args: Any) -> Any:
+        """``function(*args)`` on a storage thread, bounded in time, disk errors mapped."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        try:
+            async with asyncio.timeout(self._timeout_seconds):
+                with storage_errors(action):
+                    return await future
+        except TimeoutError:
+            self._on_stall()
+            raise StorageStalled(
+                f"cannot {action}: storage did not answer within {self._timeout_seconds:g} s"
+            ) from None
+
+    def close(self) -> None:
+        """Let the storage threads go (one stuck in a hung mount is left behind)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def root(self) -> Path:
@@ -145,47 +149,61 @@ class SessionStorage:
             self._log_paths[key] = path
         return path
 
-    async def save_meta(self, meta: SessionMeta) -> None:
-        """Write ``meta.json`` atomically."""
+    async def save_meta(self, meta: SessionMeta, *, fence_epoch: int | None = None) -> None:
+        """Write ``meta.json`` atomically. With ``fence_epoch``, the write is refused
+        (``StaleWrite``) when the stored meta names a newer owner epoch — checked in the
+        worker thread just before the rename, so a writer paused after its own check cannot
+        overwrite a newer owner's meta."""
         path = self.session_dir(meta.workspace_id, meta.session_id) / _META
-        await self._writer.write(path, _encode(asdict(meta)))
+        precondition = None
+        if fence_epoch is not None:
+            precondition = functools.partial(refuse_if_newer, path, self._root, fence_epoch)
+        with storage_errors(f"write {meta.workspace_id}/{meta.session_id} meta"):
+            await self._writer.write(path, encode(asdict(meta)), precondition=precondition)
 
     async def load_meta(self, workspace_id: str, session_id: str) -> SessionMeta | None:
-        """The stored meta, or None if the session was never stored."""
+        """The stored meta, or None if the session was never stored. Raises
+        ``CorruptRecord`` for a meta that does not parse."""
         path = self.session_dir(workspace_id, session_id) / _META
-        raw = await asyncio.to_thread(_read_json, path, self._root)
-        return None if raw is None else _from_dict(SessionMeta, raw)
+        action = f"read {workspace_id}/{session_id} meta"
+        raw = await self._run(action, read_json, path, self._root)
+        return meta_of(raw, path)
 
     async def save_credentials(
         self, workspace_id: str, session_id: str, credentials: dict[str, Any]
     ) -> None:
         """Write ``credentials.json`` atomically."""
         path = self.session_dir(workspace_id, session_id) / _CREDENTIALS
-        await self._writer.write(path, _encode(credentials))
+        with storage_errors(f"write {workspace_id}/{session_id} credentials"):
+            await self._writer.write(path, encode(credentials))
 
     async def load_credentials(self, workspace_id: str, session_id: str) -> dict[str, Any] | None:
         """The stored credentials, or None if the session was never paired."""
         path = self.session_dir(workspace_id, session_id) / _CREDENTIALS
-        raw = await asyncio.to_thread(_read_json, path, self._root)
-        return raw if isinstance(raw, dict) else None
+        action = f"read {workspace_id}/{session_id} credentials"
+        raw = await self._run(action, read_json, path, self._root)
+        if raw is not None and not isinstance(raw, dict):
+            raise CorruptRecord(f"{path.name} is not an object")
+        return raw
 
     async def delete_credentials(self, workspace_id: str, session_id: str) -> None:
         """Forget the credentials (after a logout); no error if there are none."""
         path = self.session_dir(workspace_id, session_id) / _CREDENTIALS
 
         def remove() -> None:
-            _confined(path, self._root)
+            confined(path, self._root)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-                _fsync_directory(path.parent)
+                fsync_folder(path.parent)
 
-        await asyncio.to_thread(remove)
+        await self._run(f"delete {workspace_id}/{session_id} credentials", remove)
 
     async def append_accepted(self, workspace_id: str, session_id: str, entry: OutboxEntry) -> None:
         """Append an accepted message to the session's log; returns once it is on disk."""
         validate_id(entry.client_message_id, field="client_message_id")
         path = self._log_file(workspace_id, session_id)
-        await self._writer.append(path, message_log.accepted_record(entry))
+        with storage_errors(f"accept a message of {workspace_id}/{session_id}"):
+            await self._writer.append(path, message_log.accepted_record(entry))
 
     def append_status(
         self, workspace_id: str, session_id: str, client_message_id: str, status: MessageStatus
@@ -203,13 +221,16 @@ class SessionStorage:
         """Replace the session's log with one holding just ``entries`` (compacted), durably;
         then retire the per-message files of the old format, if any."""
         path = self._log_file(workspace_id, session_id)
-        await self._writer.write(path, message_log.compacted(entries))
+        with storage_errors(f"rewrite {workspace_id}/{session_id} messages"):
+            await self._writer.write(path, message_log.compacted(entries))
         legacy = self.session_dir(workspace_id, session_id) / _LEGACY_OUTBOX
-        await asyncio.to_thread(_remove_legacy_outbox, legacy, self._root)
+        action = f"retire {workspace_id}/{session_id} old outbox"
+        await self._run(action, remove_legacy_outbox, legacy, self._root)
 
     async def close_messages(self, workspace_id: str, session_id: str) -> None:
         """Make everything appended to the session's log durable and close it (it stops)."""
-        await self._writer.close(self._log_file(workspace_id, session_id))
+        with storage_errors(f"close {workspace_id}/{session_id} messages"):
+            await self._writer.close(self._log_file(workspace_id, session_id))
 
     async def load_outbox(self, workspace_id: str, session_id: str) -> list[OutboxEntry]:
         """Every message of the session, in ``seq`` order: its log, and the per-message files
@@ -237,18 +258,20 @@ class SessionStorage:
         legacy = self.session_dir(workspace_id, session_id) / _LEGACY_OUTBOX
 
         def read_all() -> tuple[list[OutboxEntry], bool]:
-            _confined(path, self._root)
+            confined(path, self._root)
             try:
                 data: bytes | None = path.read_bytes()
             except FileNotFoundError:
                 data = None
             logged = message_log.replay(data) if data is not None else {}
-            legacy_files = _json_files(legacy)
-            old = [_read_json(file, self._root) for file in legacy_files]
+            legacy_files = json_files(legacy)
+            old = [read_json(file, self._root) for file in legacy_files]
             entries = message_log.merge(logged, (raw for raw in old if raw is not None))
             return entries, data is not None or bool(legacy_files)
 
-        return await asyncio.to_thread(read_all)
+        return await self._run(  # type: ignore[no-any-return]
+            f"read {workspace_id}/{session_id} messages", read_all
+        )
 
     async def list_sessions(self, workspace_id: str) -> list[str]:
         """Every session of a workspace that has a ``meta.json``, sorted."""
@@ -263,7 +286,7 @@ class SessionStorage:
                 if entry.is_dir() and (entry / _META).is_file()
             )
 
-        return await asyncio.to_thread(scan)
+        return await self._run(f"list {workspace_id}", scan)  # type: ignore[no-any-return]
 
     async def size_bytes(self, workspace_id: str, session_id: str) -> int:
         """Total size of the session's files."""
@@ -277,28 +300,6 @@ class SessionStorage:
                         total += os.stat(os.path.join(dirpath, name)).st_size
             return total
 
-        return await asyncio.to_thread(measure)
-
-
-def _json_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        return []
-    return [
-        path
-        for path in directory.iterdir()
-        if path.suffix == _JSON_SUFFIX and not path.name.startswith(_TEMP_PREFIX)
-    ]
-
-
-def _remove_legacy_outbox(directory: Path, root: Path) -> None:
-    """Delete an old-format outbox folder whose entries a compacted log now holds."""
-    files = _json_files(directory)
-    if not files:
-        return
-    for path in files:
-        _confined(path, root)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-    with contextlib.suppress(OSError):  # a leftover temp file keeps it: harmless
-        directory.rmdir()
-    _fsync_directory(directory.parent)
+        return await self._run(  # type: ignore[no-any-return]
+            f"measure {workspace_id}/{session_id}", measure
+        )

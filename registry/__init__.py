@@ -24,6 +24,7 @@ from registry.errors import (
     MeshError,
     NotFound,
     NotOwner,
+    Quarantined,
     Unavailable,
 )
 from registry.etcd import connect_etcd, parse_endpoints
@@ -60,6 +61,12 @@ from registry.ownership import (
     set_pin,
 )
 from registry.placement import place_slot
+from registry.quarantine import (
+    QuarantineRecord,
+    quarantine_session,
+    quarantined,
+    release_quarantine,
+)
 from registry.ring import Ring, RingTable
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
 from registry.status import PUSHBACK_METADATA_KEY, from_rpc_error, owner_address, rpc_boundary
@@ -88,6 +95,8 @@ __all__ = [
     "NotOwner",
     "Owner",
     "OwnershipView",
+    "QuarantineRecord",
+    "Quarantined",
     "Retries",
     "Ring",
     "RingTable",
@@ -111,7 +120,10 @@ __all__ = [
     "parse_log_level",
     "place_slot",
     "positive_seconds",
+    "quarantine_session",
+    "quarantined",
     "release_pinned",
+    "release_quarantine",
     "release_slot",
     "request_drain",
     "rpc_boundary",

@@ -9,8 +9,10 @@
     ├── CapacityExhausted     RESOURCE_EXHAUSTED  node at MAX_SESSIONS_PER_INSTANCE
     ├── NotOwner              FAILED_PRECONDITION this node does not own the workspace
     │                                             (owner in trailing metadata)
-    └── Unavailable           UNAVAILABLE         no node alive, or a handoff in progress
-                                                  (retry hint in trailing metadata)
+    ├── Unavailable           UNAVAILABLE         no node alive, or a handoff in progress
+    │                                             (retry hint in trailing metadata)
+    └── Quarantined           DATA_LOSS           the session's stored files cannot be read
+                                                  (listed by ``meshctl quarantine``)
 
 Servers turn a ``MeshError`` into a status at one boundary, and clients turn a status back in
 one place: both in :mod:`registry.status`.
@@ -95,8 +97,22 @@ class Unavailable(MeshError):
         super().__init__(message, retry_after_ms=retry_after_ms)
 
 
+class Quarantined(MeshError):
+    """The session's stored files cannot be read; it is set aside until they are repaired."""
+
+    status_code = grpc.StatusCode.DATA_LOSS
+
+
 ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     cls.status_code: cls
-    for cls in (InvalidInput, NotFound, AlreadyExists, CapacityExhausted, NotOwner, Unavailable)
+    for cls in (
+        InvalidInput,
+        NotFound,
+        AlreadyExists,
+        CapacityExhausted,
+        NotOwner,
+        Unavailable,
+        Quarantined,
+    )
 }
 """The class of each status code that has one (the way back from a status to an error)."""

@@ -8,6 +8,7 @@
     /sessionmesh/<cluster>/pinned-owners/<ws>     like owners/, for a pinned workspace
     /sessionmesh/<cluster>/catalog/<slot>/<ws>    no lease: the workspaces a slot holds
     /sessionmesh/<cluster>/drain/<node_id>        no lease: an operator asked the node to drain
+    /sessionmesh/<cluster>/quarantine/<ws>/<sid>  no lease: a session that cannot be restored
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class ClusterKeys:
     def drain(self, node_id: str) -> bytes:
         """Key asking one node to drain."""
         return self.drain_prefix + node_id.encode()
+
+    @property
+    def quarantine_prefix(self) -> bytes:
+        """Prefix of the quarantined sessions."""
+        return self.root + b"quarantine/"
+
+    def quarantine(self, workspace_id: str, session_id: str) -> bytes:
+        """Key of one quarantined session (``session_id`` empty: the whole workspace)."""
+        return self.quarantine_prefix + f"{workspace_id}/{session_id}".encode()
 
     def catalog(self, slot: int, workspace_id: str) -> bytes:
         """Key recording that ``slot`` holds ``workspace_id``."""

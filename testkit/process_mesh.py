@@ -356,6 +356,11 @@ class ProcessMesh:
         (self.state_dir / f"{node_id}.block-seconds").write_text(str(seconds))
         os.kill(self.process_id(node_id), signal.SIGUSR1)
 
+    def toggle_node_storage(self, node_id: str) -> None:
+        """Make ``node_id``'s storage hang, or answer again (every ``fsync`` of its session
+        storage waits meanwhile); the mesh must run nodes as ``testkit.blockable_node``."""
+        os.kill(self.process_id(node_id), signal.SIGUSR2)
+
     async def kill_node(self, node_id: str) -> None:
         """SIGKILL a node: no drain, no lease revoke; its lease must expire."""
         await self._reap(self._processes[node_id], grace_seconds=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import time
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from node import group_commit
+from node import commit_io, group_commit
 from node.message_log import DEDUPE_WINDOW_SECONDS
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
+from node.storage_errors import StorageFailed
 from registry import InvalidInput, MessageStatus
 from testkit import eventually
 
@@ -135,7 +137,7 @@ class TestAtomicWrites:
             raise OSError("disk gone")
 
         monkeypatch.setattr(os, "replace", broken_replace)
-        with pytest.raises(OSError, match="disk gone"):
+        with pytest.raises(StorageFailed, match="disk gone"):
             await storage.save_credentials("ws-1", "s-1", {"token": "new"})
         monkeypatch.undo()
         assert await storage.load_credentials("ws-1", "s-1") == {"token": "old"}
@@ -191,23 +193,23 @@ class TestGroupCommit:
         assert await storage.load_credentials("ws-1", "s-good") == {"token": "y"}
         assert list(outside.iterdir()) == []
 
-    async def test_a_failed_flush_fails_the_whole_group_and_keeps_old_files(
+    async def test_a_failed_flush_fails_the_write_and_keeps_the_old_file(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         storage = SessionStorage(tmp_path)
         await storage.save_credentials("ws-1", "s-1", {"token": "old"})
 
-        def broken_flush(root: Path) -> None:
-            raise OSError("disk gone")
+        def broken_fsync(descriptor: int) -> None:
+            raise OSError(errno.EIO, "disk gone")
 
-        monkeypatch.setattr(group_commit, "flush_file_system", broken_flush)
+        monkeypatch.setattr(commit_io, "fsync_file", broken_fsync)
         results = await asyncio.gather(
             storage.save_credentials("ws-1", "s-1", {"token": "new"}),
             storage.save_credentials("ws-1", "s-2", {"token": "other"}),
             return_exceptions=True,
         )
         monkeypatch.undo()
-        assert [str(result) for result in results] == ["disk gone", "disk gone"]
+        assert all(isinstance(result, StorageFailed) for result in results), results
         assert await storage.load_credentials("ws-1", "s-1") == {"token": "old"}
         assert await storage.load_credentials("ws-1", "s-2") is None
         assert [path.name for path in _all_files(tmp_path)] == ["credentials.json"]
@@ -319,7 +321,7 @@ class TestStatusAppends:
 
     def _count_groups(self, monkeypatch: pytest.MonkeyPatch) -> list[int]:
         sizes: list[int] = []
-        real = group_commit.commit_group
+        real = commit_io.commit_group
 
         def counted(ops: list[object], *args: object) -> None:
             sizes.append(len(ops))
@@ -369,7 +371,7 @@ class TestStatusAppends:
         def full_disk(op: object, *args: object) -> None:
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(group_commit, "_append", full_disk)
+        monkeypatch.setattr(commit_io, "_append", full_disk)
         with capture_logs() as logs:
             storage.append_status("ws-1", "s-1", "m-1", MessageStatus.SENT)
             await storage.close_messages("ws-1", "s-1")  # commits the queued status

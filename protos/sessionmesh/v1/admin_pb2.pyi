@@ -229,3 +229,27 @@ class CheckHealthResponse(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeHealth]
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeHealth, _Mapping]]] = ...) -> None: ...
+
+class ListQuarantinedRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class QuarantinedSession(_message.Message):
+    __slots__ = ("workspace_id", "session_id", "node_id", "reason", "since_unix")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    session_id: str
+    node_id: str
+    reason: str
+    since_unix: float
+    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., node_id: _Optional[str] = ..., reason: _Optional[str] = ..., since_unix: _Optional[float] = ...) -> None: ...
+
+class ListQuarantinedResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[QuarantinedSession]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[QuarantinedSession, _Mapping]]] = ...) -> None: ...

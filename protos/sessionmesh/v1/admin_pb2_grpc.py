@@ -79,6 +79,11 @@ class AdminServiceStub:
                 request_serializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.CheckHealthRequest.SerializeToString,
                 response_deserializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.CheckHealthResponse.FromString,
                 _registered_method=True)
+        self.ListQuarantined = channel.unary_unary(
+                '/sessionmesh.v1.AdminService/ListQuarantined',
+                request_serializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.ListQuarantinedRequest.SerializeToString,
+                response_deserializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.ListQuarantinedResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -151,6 +156,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListQuarantined(self, request, context):
+        """Lists the sessions the nodes could not restore from their stored files and set
+        aside (read from etcd). Calls for such a session answer DATA_LOSS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +211,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CheckHealth,
                     request_deserializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.CheckHealthRequest.FromString,
                     response_serializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.CheckHealthResponse.SerializeToString,
+            ),
+            'ListQuarantined': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuarantined,
+                    request_deserializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.ListQuarantinedRequest.FromString,
+                    response_serializer=protos_dot_sessionmesh_dot_v1_dot_admin__pb2.ListQuarantinedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +461,33 @@ class AdminService:
             '/sessionmesh.v1.AdminService/CheckHealth',
             protos_dot_sessionmesh_dot_v1_dot_admin__pb2.CheckHealthRequest.SerializeToString,
             protos_dot_sessionmesh_dot_v1_dot_admin__pb2.CheckHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuarantined(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionmesh.v1.AdminService/ListQuarantined',
+            protos_dot_sessionmesh_dot_v1_dot_admin__pb2.ListQuarantinedRequest.SerializeToString,
+            protos_dot_sessionmesh_dot_v1_dot_admin__pb2.ListQuarantinedResponse.FromString,
             options,
             channel_credentials,
             insecure,

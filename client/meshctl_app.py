@@ -1,0 +1,106 @@
+"""The ``meshctl`` app and what its commands share: the gateway and ``--json`` options, one
+call to the ``AdminService`` per command (a failed call exits 1 with its status), output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+
+from protos import admin_pb2_grpc
+from registry import InvalidInput, parse_host_port
+
+DEFAULT_GATEWAY = "127.0.0.1:7000"
+
+_T = TypeVar("_T")
+AdminCall = Callable[[admin_pb2_grpc.AdminServiceStub], Awaitable[_T]]
+
+app = typer.Typer(
+    help="Operate a sessionmesh cluster through its gateway's AdminService.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Piped output (scripts, CI logs) gets room for whole rows instead of an 80-column guess.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+
+def _gateway_address(value: str) -> str:
+    try:
+        parse_host_port(value, field="--gateway", allow_port_zero=False)
+    except InvalidInput:
+        raise typer.BadParameter(f"{value!r} is not HOST:PORT") from None
+    return value
+
+
+GatewayOption = Annotated[
+    str,
+    typer.Option(
+        "--gateway",
+        envvar="MESHCTL_GATEWAY",
+        callback=_gateway_address,
+        help="The gateway's HOST:PORT.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document instead.")]
+WaitTimeoutOption = Annotated[
+    float, typer.Option("--timeout-seconds", min=0.1, help="Give up --wait after this long.")
+]
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``message`` as an error and exit 1."""
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def run_call(gateway: str, call: AdminCall[_T]) -> _T:
+    """Run ``call`` with a stub on a fresh channel; a failed RPC ends the CLI with exit 1."""
+
+    async def run() -> _T:
+        async with grpc.aio.insecure_channel(gateway) as channel:
+            stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
+            return await call(stub)
+
+    try:
+        return asyncio.run(run())
+    except grpc.aio.AioRpcError as error:
+        hint = (
+            f" (is the gateway at {gateway}?)"
+            if error.code() == grpc.StatusCode.UNAVAILABLE
+            else ""
+        )
+        fail(f"{error.code().name}: {error.details()}{hint}")
+    except TimeoutError as error:
+        fail(str(error) or "timed out")
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    """``message`` as JSON-ready data (proto field names, defaults shown)."""
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def print_json(message: Message) -> None:
+    """Print ``message`` as one JSON document."""
+    sys.stdout.write(json.dumps(as_dict(message), indent=2, sort_keys=True) + "\n")
+
+
+def percent(share: float) -> str:
+    """``0.125`` → ``12.5%``."""
+    return f"{share * 100:.1f}%"
+
+
+def session_count_text(count: int) -> str:
+    """A session count, ``?`` when unknown (negative)."""
+    return "?" if count < 0 else str(count)
