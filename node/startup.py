@@ -51,6 +51,7 @@ from registry import (
     OwnershipView,
     RingTable,
     Unavailable,
+    UndecodableRequestInterceptor,
     connect_etcd,
     parse_host_port,
 )
@@ -126,7 +127,8 @@ async def _bind(
     config: NodeConfig, cleanup: contextlib.AsyncExitStack
 ) -> tuple[grpc.aio.Server, str]:
     """The gRPC server with its port bound, and the address others dial."""
-    server = grpc.aio.server(interceptors=server_interceptors())
+    # The span interceptor first: a request that does not parse is traced too.
+    server = grpc.aio.server(interceptors=[*server_interceptors(), UndecodableRequestInterceptor()])
     cleanup.push_async_callback(server.stop, None)
     try:
         port = server.add_insecure_port(config.listen_address)
