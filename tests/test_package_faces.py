@@ -86,7 +86,9 @@ FACES: dict[str, list[str]] = {
     ],
     "registry.accounts": [
         "DEFAULT_DATABASE_URL",
+        "DEFAULT_MAX_PENDING_SESSIONS",
         "AccountStore",
+        "MoveHistory",
         "WhatsappAccount",
         "current",
         "downgrade",
