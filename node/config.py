@@ -10,6 +10,7 @@
     --storage PATH         SESSION_STORAGE_PATH           .mesh/sessions
     --max-sessions N       MAX_SESSIONS_PER_INSTANCE      500
     --database-url URL     DATABASE_URL                   sqlite:///.mesh/accounts.db ('' = off)
+    --accounts-max-pending-sessions ACCOUNTS_MAX_PENDING_SESSIONS 20000
     --simnet HOST:PORT     SIMNET_ADDR                    127.0.0.1:7100
     --metrics-listen H:P   METRICS_LISTEN                 '' (off)
     --lease-ttl-seconds    LEASE_TTL_SECONDS              5
@@ -47,6 +48,7 @@ from registry import (
     validate_id,
     whole_number,
 )
+from registry.accounts import DEFAULT_MAX_PENDING_SESSIONS
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -84,6 +86,9 @@ class NodeConfig:
     """MAX_SESSIONS_PER_INSTANCE: the most sessions this node hosts (its ring weight)."""
     database_url: str = DEFAULT_DATABASE_URL
     """Accounts DB URL (SQLAlchemy form); empty turns the accounts DB off."""
+    accounts_max_pending_sessions: int = DEFAULT_MAX_PENDING_SESSIONS
+    """Sessions with accounts DB changes queued, at most (while the DB is down or slow); past
+    it a change for a session with nothing queued is dropped and counted."""
     simnet_address: str = DEFAULT_SIMNET
     """host:port of simnet, for the built-in sim driver."""
     metrics_listen: str = ""
@@ -140,6 +145,11 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     # Not env(): an explicitly empty DATABASE_URL turns the accounts DB off.
     add("--database-url", default=environ.get("DATABASE_URL", DEFAULT_DATABASE_URL))
+    add(
+        "--accounts-max-pending-sessions",
+        default=env("ACCOUNTS_MAX_PENDING_SESSIONS", default=str(DEFAULT_MAX_PENDING_SESSIONS)),
+        metavar="N",
+    )
     add("--simnet", default=env("SIMNET_ADDR", default=DEFAULT_SIMNET), metavar="HOST:PORT")
     add("--metrics-listen", default=env("METRICS_LISTEN"), metavar="HOST:PORT")
     add(
@@ -192,6 +202,9 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         storage_path=Path(args.storage),
         max_sessions=whole_number(args.max_sessions, field="--max-sessions", minimum=1),
         database_url=args.database_url,
+        accounts_max_pending_sessions=whole_number(
+            args.accounts_max_pending_sessions, field="--accounts-max-pending-sessions", minimum=1
+        ),
         simnet_address=args.simnet,
         metrics_listen=args.metrics_listen,
         lease_ttl_seconds=whole_number(

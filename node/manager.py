@@ -77,7 +77,11 @@ class SessionManager:
         """Whether the node serves a workspace right now: checked right before a created
         session joins, after every await (a handoff may have begun meanwhile)."""
         self._reporter = SessionReporter(
-            node_id=node_id, node_address=node_address, metrics=metrics, accounts=accounts
+            node_id=node_id,
+            node_address=node_address,
+            storage=storage,
+            metrics=metrics,
+            accounts=accounts,
         )
         self._table = SessionTable(node_id=node_id, max_sessions=max_sessions, metrics=metrics)
         self._factory = SessionFactory(
@@ -195,12 +199,20 @@ class SessionManager:
             labels=dict(labels or {}),
             created_at_unix=now,
             updated_at_unix=now,
+            instance_migration_count=0,
         )
+        if stored is not None:
+            # Created again after a delete: the moves so far still count, as in the DB's row.
+            meta = meta.changed(
+                node_id=stored.node_id,
+                instance_migration_count=stored.instance_migration_count,
+                previous_node_id=stored.previous_node_id,
+                last_instance_migration_at_unix=stored.last_instance_migration_at_unix,
+            )
         session = await self._factory.open(
             meta, restore_credentials=False, epoch=epoch, is_new=stored is None
         )
-        storage_path = str(self._storage.session_dir(workspace_id, session_id))
-        self._reporter.created(session, storage_path=storage_path)
+        self._reporter.created(session)
         return session
 
     async def get(self, workspace_id: str, session_id: str) -> SessionView:

@@ -6,6 +6,8 @@ series labelled by ``node_id`` so several nodes in one process (tests) never col
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 SESSIONS = Gauge(
@@ -84,6 +86,17 @@ SHED_CALLS = Counter(
 QUARANTINED = Counter(
     "sessionmesh_node_sessions_quarantined",
     "Stored sessions this node could not restore (unreadable files) and set aside.",
+    ["node_id"],
+)
+ACCOUNTS_CHANGES_DROPPED = Counter(
+    "sessionmesh_node_accounts_changes_dropped",
+    "Accounts DB changes given up: queue_full (one per change refused by the full queue), "
+    "row_refused and unwritten_at_stop (one per session whose queued changes were dropped).",
+    ["node_id", "reason"],
+)
+ACCOUNTS_PENDING = Gauge(
+    "sessionmesh_node_accounts_pending_sessions",
+    "Sessions with accounts DB changes queued and not yet committed.",
     ["node_id"],
 )
 OWNED_SLOTS = Gauge(
@@ -181,6 +194,14 @@ class NodeMetrics:
         """The event loop ran a timer ``seconds`` late."""
         self._loop_lag.set(seconds)
         self._loop_lag_histogram.observe(seconds)
+
+    def accounts_changes_dropped(self, reason: str, count: int) -> None:
+        """``count`` accounts DB changes were given up, for ``reason``."""
+        ACCOUNTS_CHANGES_DROPPED.labels(self._node_id, reason).inc(count)
+
+    def watch_accounts_pending(self, pending_sessions: Callable[[], int]) -> None:
+        """Report ``pending_sessions()`` at every scrape."""
+        ACCOUNTS_PENDING.labels(self._node_id).set_function(pending_sessions)
 
     def owned_slots(self, count: int) -> None:
         """The node owns ``count`` slots now."""

@@ -4,7 +4,10 @@ the restores and stops of sessions that go with them.
 The reconciler schedules them (and a call may acquire an empty slot on demand); each runs
 under its unit's step lock in the slot table, so an acquire, its restores and a handoff of
 one unit never interleave. A handoff is one fixed sequence: refuse calls for the unit, stop its
-sessions gracefully (state flushed, no logout), flush the accounts DB rows, release the key.
+sessions gracefully (state flushed, no logout), release the key. It never waits on the accounts
+DB: it only asks the store to write its rows soon, and every session's stored meta carries its
+move count to the next owner, so the rows count each move once whichever node's rows land first
+(or if the old node's never do).
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ class Moves:
                 leaving = self._catalog.served_in_slot(slot, excluding=set(slots.pins()))
                 await self._manager.stop_workspaces(leaving)
                 self._catalog.mark_unserved(leaving)
-                await self._flush_accounts()
+                self._write_accounts_soon()
                 await release_slot(self._etcd, self._keys, slot, owner)
                 slots.drop_slot(slot)
                 self._catalog.forget_slot(slot)
@@ -180,11 +183,11 @@ class Moves:
             if await release_slot(self._etcd, self._keys, slot, holder):
                 _log.info("stale_slot_released", node_id=self._node_id, slot=slot)
 
-    async def _flush_accounts(self) -> None:
-        # This node's queued DB rows land before the next owner's: the order of assignments
-        # (and so previous_node_id and instance_migration_count) follows the real moves.
+    def _write_accounts_soon(self) -> None:
+        # Not a flush: a handoff must not wait on the DB (down, blackholed or just slow). Asked
+        # now, this node's rows usually land before the next owner's all the same.
         if self._accounts is not None:
-            await self._accounts.flush()
+            self._accounts.write_soon()
 
     # -- pinned workspaces --------------------------------------------------------------
 
@@ -222,7 +225,7 @@ class Moves:
             try:
                 await self._manager.stop_workspaces({workspace_id})
                 self._catalog.mark_unserved({workspace_id})
-                await self._flush_accounts()
+                self._write_accounts_soon()
                 await release_pinned(self._etcd, self._keys, workspace_id, owner)
                 slots.drop_pin(workspace_id)
                 self._metrics.handed_off()

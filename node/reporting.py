@@ -6,10 +6,25 @@ nothing here waits on the database.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from node.metrics import NodeMetrics
 from node.session import HostedSession
 from node.session_state import SessionState
-from registry.accounts import AccountStore
+from node.storage import SessionMeta, SessionStorage
+from registry.accounts import AccountStore, MoveHistory
+
+
+def _history(meta: SessionMeta) -> MoveHistory | None:
+    """The session's moves as its stored meta counts them (None: an older meta, uncounted)."""
+    if meta.instance_migration_count is None:
+        return None
+    moved_at = meta.last_instance_migration_at_unix
+    return MoveHistory(
+        count=meta.instance_migration_count,
+        previous_node_id=meta.previous_node_id,
+        moved_at=datetime.fromtimestamp(moved_at, UTC).replace(tzinfo=None) if moved_at else None,
+    )
 
 
 class SessionReporter:
@@ -20,15 +35,17 @@ class SessionReporter:
         *,
         node_id: str,
         node_address: str,
+        storage: SessionStorage,
         metrics: NodeMetrics,
         accounts: AccountStore | None,
     ) -> None:
         self._node_id = node_id
         self._node_address = node_address
+        self._storage = storage
         self._metrics = metrics
         self._accounts = accounts
 
-    def created(self, session: HostedSession, *, storage_path: str) -> None:
+    def created(self, session: HostedSession) -> None:
         """A new session was created on this node."""
         if self._accounts is not None:
             self._accounts.record_created(
@@ -37,12 +54,14 @@ class SessionReporter:
                 phone_number=session.meta.phone_number,
                 node_id=self._node_id,
                 node_url=self._node_address,
-                storage_path=storage_path,
+                storage_path=self._storage_path(session),
                 epoch=session.epoch,
+                history=_history(session.meta),
             )
 
     def assigned(self, session: HostedSession) -> None:
-        """A stored session now runs on this node (restored or adopted)."""
+        """A stored session now runs on this node (restored or adopted). It carries what its
+        creation recorded too: if the creating node's rows never land, these still do."""
         if self._accounts is not None:
             self._accounts.record_assignment(
                 workspace_id=session.workspace_id,
@@ -50,7 +69,13 @@ class SessionReporter:
                 node_id=self._node_id,
                 node_url=self._node_address,
                 epoch=session.epoch,
+                history=_history(session.meta),
+                phone_number=session.meta.phone_number,
+                storage_path=self._storage_path(session),
             )
+
+    def _storage_path(self, session: HostedSession) -> str:
+        return str(self._storage.session_dir(session.workspace_id, session.session_id))
 
     def deleted_offline(
         self, workspace_id: str, session_id: str, *, reason: str, details: str

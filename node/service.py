@@ -26,6 +26,7 @@ from registry import (
     InvalidInput,
     NotFound,
     rpc_boundary,
+    validate_free_text,
     validate_id,
     validate_labels,
     validate_phone_number,
@@ -35,7 +36,6 @@ from registry import (
 
 DEFAULT_DELETE_REASON = "user_initiated"
 MAX_REASON_CHARS = 64
-MAX_DETAILS_CHARS = 4096
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,11 +51,8 @@ def _validate_reason(reason: str, details: str) -> tuple[str, str]:
     reason = reason or DEFAULT_DELETE_REASON
     if len(reason) > MAX_REASON_CHARS or not reason.isprintable():
         raise InvalidInput(f"reason is invalid: at most {MAX_REASON_CHARS} printable characters")
-    if len(details) > MAX_DETAILS_CHARS:
-        raise InvalidInput(
-            f"details has {len(details)} characters; the limit is {MAX_DETAILS_CHARS}"
-        )
-    return reason, details
+    # Printable excludes NUL and lone surrogates: like details, the reason must fit the DB.
+    return reason, validate_free_text(details, field="details")
 
 
 class SessionService(session_pb2_grpc.SessionServiceServicer):

@@ -66,12 +66,7 @@ class SessionFactory:
         )
         entries = [] if is_new else await self._storage.open_messages(workspace_id, session_id)
         session = HostedSession(
-            meta=meta.changed(
-                node_id=self._node_id,
-                deleted=False,
-                updated_at_unix=time.time(),
-                owner_epoch=epoch,
-            ),
+            meta=_opened_here(meta, self._node_id, epoch),
             storage=self._storage,
             driver=self._driver_factory(workspace_id, session_id),
             outbox_entries=entries,
@@ -83,9 +78,23 @@ class SessionFactory:
         )
         try:
             # A takeover overwrites on purpose (see above); any other open is fenced by epoch.
-            await self._storage.save_meta(
-                session.meta, fence_epoch=None if is_takeover else epoch
-            )
+            await self._storage.save_meta(session.meta, fence_epoch=None if is_takeover else epoch)
         except StaleWrite as error:
             raise Fenced(f"session {workspace_id}/{session_id}: {error}") from error
         return session
+
+
+def _opened_here(meta: SessionMeta, node_id: str, epoch: int) -> SessionMeta:
+    """``meta`` as a session opened on ``node_id`` under ``epoch`` records it: a session that
+    ran on another node before has moved once more (its count travels with it, so the
+    accounts DB gets every move exactly once whichever node's rows land first)."""
+    now = time.time()
+    opened = meta.changed(node_id=node_id, deleted=False, updated_at_unix=now, owner_epoch=epoch)
+    if meta.node_id in ("", node_id):
+        return opened
+    count = meta.instance_migration_count
+    return opened.changed(
+        instance_migration_count=None if count is None else count + 1,
+        previous_node_id=meta.node_id,
+        last_instance_migration_at_unix=now,
+    )

@@ -1,10 +1,11 @@
 """Starting a node: every part wired to the ones it needs, in an order that lets each start.
 
-Bind the port (port 0: any free one), open the accounts DB (migrating it first), connect etcd
-and follow membership into the ring and ownership into a view, start serving, register in
-etcd, then run the reconciler's first pass to completion (it acquires the slots placement
-gives this node and restores their sessions) and keep it running. Whatever was opened before
-a failure is closed again.
+Bind the port (port 0: any free one), start the accounts store (it migrates the schema and
+writes beside everything else, so a DB that is down holds nothing up), connect etcd and follow
+membership into the ring and ownership into a view, start serving, register in etcd, then run
+the reconciler's first pass to completion (it acquires the slots placement gives this node and
+restores their sessions) and keep it running. Whatever was opened before a failure is closed
+again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
-import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -53,17 +53,17 @@ from registry import (
     OwnershipView,
     RingTable,
     Unavailable,
+    UndecodableRequestInterceptor,
     connect_etcd,
     parse_host_port,
 )
-from registry.accounts import AccountStore, upgrade
+from registry.accounts import AccountStore
 from telemetry import HealthServicer, new_health_servicer, server_interceptors
 
 _log = structlog.get_logger(__name__)
 
 START_TIMEOUT_SECONDS = 10.0
 """How long a starting node waits to see its own record in etcd."""
-_MIGRATION_RETRY_MAX_DELAY_SECONDS = 0.5
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
@@ -72,18 +72,6 @@ def _version() -> str:
         return importlib.metadata.version("sessionmesh")
     except importlib.metadata.PackageNotFoundError:
         return ""
-
-
-async def _migrate(database_url: str) -> None:
-    """Bring the accounts schema to head; one retry, because two nodes starting at once on
-    one SQLite file can collide on the migration itself."""
-    try:
-        await asyncio.to_thread(upgrade, database_url)
-    except Exception as error:
-        _log.warning("accounts_migration_retry", error=error)
-        # Jittered, so the two colliding nodes do not collide again.
-        await asyncio.sleep(random.uniform(0.05, _MIGRATION_RETRY_MAX_DELAY_SECONDS))
-        await asyncio.to_thread(upgrade, database_url)
 
 
 def _dialable_address(listen_address: str, bound_port: int) -> str:
@@ -128,7 +116,8 @@ async def _bind(
     config: NodeConfig, cleanup: contextlib.AsyncExitStack
 ) -> tuple[grpc.aio.Server, str]:
     """The gRPC server with its port bound, and the address others dial."""
-    server = grpc.aio.server(interceptors=server_interceptors())
+    # The span interceptor first: a request that does not parse is traced too.
+    server = grpc.aio.server(interceptors=[*server_interceptors(), UndecodableRequestInterceptor()])
     cleanup.push_async_callback(server.stop, None)
     try:
         port = server.add_insecure_port(config.listen_address)
@@ -138,12 +127,19 @@ async def _bind(
 
 
 async def _open_accounts(
-    config: NodeConfig, cleanup: contextlib.AsyncExitStack
+    config: NodeConfig, metrics: NodeMetrics, cleanup: contextlib.AsyncExitStack
 ) -> AccountStore | None:
+    """The accounts store, started: it upgrades the schema and writes in the background, as
+    soon and as often as the DB answers."""
     if not config.database_url:
         return None
-    await _migrate(config.database_url)
-    accounts = AccountStore(config.database_url)
+    accounts = AccountStore(
+        config.database_url,
+        max_pending_sessions=config.accounts_max_pending_sessions,
+        upgrade_schema=True,
+        on_changes_dropped=metrics.accounts_changes_dropped,
+    )
+    metrics.watch_accounts_pending(lambda: accounts.pending_count)
     await accounts.start()
     cleanup.push_async_callback(accounts.stop)
     return accounts
@@ -195,10 +191,10 @@ async def start_node(
         cleanup.callback(storage.close)
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
         server, address = await _bind(config, cleanup)
-        accounts = await _open_accounts(config, cleanup)
+        metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
+        accounts = await _open_accounts(config, metrics, cleanup)
         etcd, keys, membership, ring, view = await _follow_etcd(config, cleanup)
 
-        metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
         slots = SlotTable(metrics=metrics)
         budget = WorkBudget(node_id=config.node_id, limit=config.max_in_flight, metrics=metrics)
 

@@ -33,6 +33,13 @@ class SessionMeta:
     owner_epoch: int = 0
     """Epoch (ownership key create revision) of the owner that last restored or created it: a
     node whose epoch is older must not write any more (see ``node.fencing``)."""
+    instance_migration_count: int | None = None
+    """How many times it moved to another node (an open on a node other than ``node_id``);
+    None in a meta written before the count was kept: the accounts DB then counts by itself."""
+    previous_node_id: str = ""
+    """The node it last moved from; empty if it never moved."""
+    last_instance_migration_at_unix: float = 0.0
+    """When it last moved; 0 if it never did."""
 
     def changed(self, **changes: Any) -> SessionMeta:
         """A copy with ``changes`` applied."""

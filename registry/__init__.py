@@ -15,6 +15,7 @@ from registry.catalog import (
     update_catalog,
     update_catalog_counts,
 )
+from registry.decoding import UndecodableRequestInterceptor
 from registry.errors import (
     OWNER_METADATA_KEY,
     RETRY_AFTER_METADATA_KEY,
@@ -39,6 +40,7 @@ from registry.flags import (
     whole_number,
 )
 from registry.ids import (
+    validate_free_text,
     validate_id,
     validate_labels,
     validate_phone_number,
@@ -101,6 +103,7 @@ __all__ = [
     "Ring",
     "RingTable",
     "Unavailable",
+    "UndecodableRequestInterceptor",
     "acquire_pinned",
     "acquire_slot",
     "call_safely",
@@ -132,6 +135,7 @@ __all__ = [
     "stop_task",
     "update_catalog",
     "update_catalog_counts",
+    "validate_free_text",
     "validate_id",
     "validate_labels",
     "validate_phone_number",

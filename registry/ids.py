@@ -15,6 +15,8 @@ MAX_ID_LENGTH = 64
 MAX_TEXT_CHARS = 4096
 """The longest message text ``SendMessage`` accepts."""
 MAX_RECIPIENT_CHARS = 128
+MAX_DETAILS_CHARS = 4096
+"""The longest free text (``DeleteSession``'s details) the API takes, and the accounts DB keeps."""
 MAX_LABELS = 32
 MAX_LABEL_CHARS = 256
 PHONE_PATTERN = re.compile(r"\+?[0-9]{5,20}")
@@ -45,6 +47,24 @@ def validate_text(value: str) -> str:
         raise InvalidInput("text is required")
     if len(value) > MAX_TEXT_CHARS:
         raise InvalidInput(f"text has {len(value)} characters; the limit is {MAX_TEXT_CHARS}")
+    return value
+
+
+def validate_free_text(value: str, *, field: str, max_chars: int = MAX_DETAILS_CHARS) -> str:
+    """Return ``value`` if every accounts database can store it — at most ``max_chars``
+    characters, no NUL (PostgreSQL refuses it), no lone surrogate (no driver encodes one) —
+    else raise ``InvalidInput`` naming ``field``."""
+    if len(value) > max_chars:
+        raise InvalidInput(f"{field} has {len(value)} characters; the limit is {max_chars}")
+    if "\x00" in value:
+        raise InvalidInput(f"{field} contains a NUL character (U+0000), which cannot be stored")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInput(
+                f"{field} is not valid UTF-8: a lone surrogate at character {error.start}"
+            ) from None
     return value
 
 

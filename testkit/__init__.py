@@ -33,6 +33,7 @@ from testkit.ownership_monitor import (
 from testkit.ports import HOST, free_port
 from testkit.process_mesh import MeshSettings, ProcessMesh, running_process_mesh
 from testkit.sizes import ChaosSizes, chaos_sizes, is_full_size
+from testkit.tcp_proxy import TcpProxy, running_tcp_proxy
 from testkit.waiting import ProcessStartError, eventually, wait_listening
 from testkit.workload import (
     ASYNCIO_GENERATOR,
@@ -66,6 +67,7 @@ __all__ = [
     "ProcessStartError",
     "RunningNode",
     "SessionKey",
+    "TcpProxy",
     "account_of",
     "assert_exactly_once",
     "assert_never_two_live",
@@ -85,6 +87,7 @@ __all__ = [
     "running_node",
     "running_process_mesh",
     "running_simnet",
+    "running_tcp_proxy",
     "session_states",
     "start_sessions",
     "undelivered",

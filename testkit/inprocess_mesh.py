@@ -4,6 +4,7 @@ of N nodes behind a gateway (:func:`running_inprocess_mesh`), with handles on th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -112,16 +113,13 @@ class InProcessMesh:
     gateway: gateway.GatewayServer
     nodes: dict[str, node.NodeServer] = field(default_factory=dict)
     max_sessions: int = 500
+    database_url: str = ""
+    """The accounts DB every node shares (see :func:`running_inprocess_mesh`)."""
 
     @property
     def storage(self) -> Path:
         """The shared session storage folder."""
         return self.tmp_path / "sessions"
-
-    @property
-    def database_url(self) -> str:
-        """The shared SQLite accounts DB."""
-        return f"sqlite:///{self.tmp_path / 'accounts.db'}"
 
     def node_flags(self, node_id: str) -> list[str]:
         """The command-line flags of one node of this mesh."""
@@ -238,11 +236,15 @@ async def running_inprocess_mesh(
     node_count: int = 2,
     pair_delay_ms: int = 30,
     max_sessions: int = 500,
+    database_url: str = "",
 ) -> AsyncIterator[InProcessMesh]:
-    """Start simnet, a gateway and ``node_count`` nodes; stop all of them afterwards."""
+    """Start simnet, a gateway and ``node_count`` nodes; stop all of them afterwards.
+
+    ``database_url``: the accounts DB (upgraded first, so the nodes do not race to migrate it);
+    empty: a SQLite file in ``tmp_path``."""
     async with running_simnet(pair_delay_ms=pair_delay_ms, ack_delay_ms=2) as simnet:
-        database_url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        upgrade(database_url)
+        database_url = database_url or f"sqlite:///{tmp_path / 'accounts.db'}"
+        await asyncio.to_thread(upgrade, database_url)  # off the loop: it may run a proxy
         gateway_config = gateway.load_config(
             ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster], environ={}
         )
@@ -254,6 +256,7 @@ async def running_inprocess_mesh(
             simnet=simnet,
             gateway=gateway_server,
             max_sessions=max_sessions,
+            database_url=database_url,
         )
         try:
             for index in range(1, node_count + 1):

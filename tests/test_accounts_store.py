@@ -9,10 +9,10 @@ import pytest
 import structlog.testing
 from sqlmodel import Session, select
 
-from registry import Unavailable
-from registry.accounts import AccountStore, WhatsappAccount, downgrade, upgrade
+from registry.accounts import AccountStore, MoveHistory, WhatsappAccount, downgrade, upgrade
 from registry.accounts.engine import make_engine
 from registry.accounts.models import utc_now
+from registry.accounts.store import MAX_ROW_ATTEMPTS
 from testkit import eventually
 from tests.test_migrations import server_database
 
@@ -240,7 +240,7 @@ class TestWriting:
             downgrade(sqlite_url, "base")
             with structlog.testing.capture_logs() as events:
                 await store.flush()
-            assert "accounts_flush_failed" in [event["event"] for event in events], events
+            assert "accounts_unavailable" in [event["event"] for event in events], events
             assert store.pending_count == 1
             assign(store, "node-c")
             upgrade(sqlite_url)
@@ -251,10 +251,132 @@ class TestWriting:
         finally:
             await store.stop()
 
-    async def test_start_refuses_a_schema_behind_head(self, tmp_path: Path) -> None:
+    async def test_a_schema_behind_head_holds_the_writes_until_upgraded(
+        self, tmp_path: Path
+    ) -> None:
         url = f"sqlite:///{tmp_path / 'old.db'}"
         upgrade(url, "0001")
-        store = AccountStore(url)
-        with pytest.raises(Unavailable, match="sessionmesh-db upgrade"):
-            await store.start()
+        store = AccountStore(url, flush_interval_seconds=60)
+        with structlog.testing.capture_logs() as events:
+            await store.start()  # starts all the same: the DB is beside the call path
+            create(store)
+            await store.flush()
+        unavailable = [event for event in events if event["event"] == "accounts_unavailable"]
+        assert unavailable and "sessionmesh-db upgrade" in str(unavailable[-1]["error"])
+        assert store.pending_count == 1
+        upgrade(url)
+        await store.flush()
         await store.stop()
+        assert set(read_rows(url)) == {"s-1"}
+
+
+class Drops:
+    """What a store told ``on_changes_dropped``, by reason."""
+
+    def __init__(self) -> None:
+        self.by_reason: dict[str, int] = {}
+
+    def __call__(self, reason: str, count: int) -> None:
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + count
+
+
+class TestABadRowIsIsolated:
+    """A row the database refuses does not hold the others back: the batch is split until it
+    fails alone, it is retried a few times, then dropped, logged and counted."""
+
+    async def test_the_other_rows_land_and_later_batches_too(self, database_url: str) -> None:
+        drops = Drops()
+        store = AccountStore(database_url, flush_interval_seconds=60, on_changes_dropped=drops)
+        await store.start()
+        try:
+            create(store, "s-1")
+            create(store, "s-\ud800")  # no driver can encode a lone surrogate: refused
+            create(store, "s-3")
+            with structlog.testing.capture_logs() as events:
+                for _ in range(MAX_ROW_ATTEMPTS):
+                    await store.flush()
+                    assert {"s-1", "s-3"} <= set(read_rows(database_url))
+            refused = [event for event in events if event["event"] == "accounts_row_refused"]
+            assert [event["session_id"] for event in refused] == ["s-\ud800"]
+            assert drops.by_reason == {"row_refused": 1}
+            assert store.pending_count == 0
+            create(store, "s-4")
+            await store.flush()
+            assert set(read_rows(database_url)) == {"s-1", "s-3", "s-4"}
+        finally:
+            await store.stop()
+
+    async def test_text_the_database_cannot_take_is_stored_cleaned(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        create(store)
+        store.record_disconnect(
+            workspace_id="ws-1",
+            session_id="s-1",
+            reason="r" * 100,
+            details="nul\x00 and a lone \ud800 surrogate" + "x" * 5000,
+        )
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert row.disconnect_reason == "r" * 64
+        assert row.disconnect_details is not None
+        assert row.disconnect_details.startswith("nul and a lone ? surrogate")
+        assert len(row.disconnect_details) == 4096
+
+
+def history(count: int, previous: str = "") -> MoveHistory:
+    return MoveHistory(
+        count=count, previous_node_id=previous, moved_at=utc_now() if previous else None
+    )
+
+
+class TestMovesCountedFromTheSessionsOwnHistory:
+    """A placement that carries the session's own move history sets the move columns to it,
+    so each move is counted once whatever order the nodes' rows land in, and whether the rows
+    of a node the session only passed through land at all."""
+
+    async def test_rows_landing_out_of_order_count_each_move_once(self, database_url: str) -> None:
+        stores = {
+            node_id: AccountStore(database_url, flush_interval_seconds=60) for node_id in "abc"
+        }
+        for each in stores.values():
+            await each.start()
+        try:
+            # Created on a, moved to b, then to c, while none of them could write.
+            stores["a"].record_created(
+                workspace_id="ws-1", session_id="s-1", phone_number="+15550001",
+                node_id="node-a", node_url="a:1", storage_path="/data/s-1", epoch=10,
+                history=history(0),
+            )  # fmt: skip
+            for node_id, epoch, count, previous in (("b", 20, 1, "node-a"), ("c", 30, 2, "node-b")):
+                stores[node_id].record_assignment(
+                    workspace_id="ws-1", session_id="s-1", node_id=f"node-{node_id}",
+                    node_url=f"{node_id}:1", epoch=epoch, history=history(count, previous),
+                    phone_number="+15550001", storage_path="/data/s-1",
+                )  # fmt: skip
+            for node_id in "cab":  # the newest owner's rows first, a node in between last
+                await stores[node_id].flush()
+            row = read_rows(database_url)["s-1"]
+            assert (row.assigned_node_id, row.previous_node_id) == ("node-c", "node-b")
+            assert row.instance_migration_count == 2
+            assert (row.phone_number, row.session_storage_path) == ("+15550001", "/data/s-1")
+            assert row.last_instance_migration_at is not None
+        finally:
+            for each in stores.values():
+                await each.stop()
+
+    async def test_a_history_coalesced_with_later_moves_keeps_every_move(
+        self, store: AccountStore, database_url: str
+    ) -> None:
+        create(store)
+        await store.flush()
+        store.record_assignment(
+            workspace_id="ws-1", session_id="s-1", node_id="node-b", node_url="b:1",
+            history=history(1, "node-a"),
+        )  # fmt: skip
+        assign(store, "node-c")  # a placement without history, coalesced after it
+        assign(store, "node-a")
+        await store.flush()
+        row = read_rows(database_url)["s-1"]
+        assert (row.instance_migration_count, row.previous_node_id) == (3, "node-c")
+        assert row.assigned_node_id == "node-a"

@@ -65,6 +65,16 @@ BAD_REQUESTS: list[tuple[str, Any, str]] = [
         pb.DeleteSessionRequest(workspace_id="ws-1", session_id="s-1", reason="r" * 65),
         "reason",
     ),
+    (
+        "DeleteSession",
+        pb.DeleteSessionRequest(workspace_id="ws-1", session_id="s-1", details="a\x00b"),
+        "details",
+    ),
+    (
+        "DeleteSession",
+        pb.DeleteSessionRequest(workspace_id="ws-1", session_id="s-1", details="d" * 4097),
+        "details",
+    ),
     ("GetQrCode", pb.GetQrCodeRequest(workspace_id="ws 1", session_id="s-1"), "workspace_id"),
 ]
 """(method, request, what the error message must name): each one invalid in one way."""
@@ -126,3 +136,38 @@ class TestTheNodeValidatesEveryField:
         error = await error_of(stream.read())
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert files_under(node.storage) == []
+
+
+def _with_bad_utf8(message: Any, placeholder: str) -> bytes:
+    """``message`` serialized, its ``placeholder`` text replaced by bytes that are not UTF-8."""
+    return message.SerializeToString().replace(placeholder.encode(), b"\xff\xfe")
+
+
+class TestTheNodeRefusesRequestsThatDoNotParse:
+    """A request that does not parse (a string that is not UTF-8) is INVALID_ARGUMENT too,
+    before any handler runs: nothing is stored."""
+
+    async def test_a_unary_call_is_invalid_argument(self, node: RunningNode) -> None:
+        payload = _with_bad_utf8(
+            pb.DeleteSessionRequest(workspace_id="ws-1", session_id="s-1", details="XX"), "XX"
+        )
+        raw_call = node.channel.unary_unary(
+            f"/{SESSION_SERVICE_NAME}/DeleteSession",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        error = await error_of(raw_call(payload, timeout=5))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request does not parse" in (error.details() or "")
+        assert files_under(node.storage) == []
+
+    async def test_a_stream_is_invalid_argument(self, node: RunningNode) -> None:
+        payload = _with_bad_utf8(pb.WatchSessionRequest(workspace_id="ws-1", session_id="XX"), "XX")
+        raw_stream = node.channel.unary_stream(
+            f"/{SESSION_SERVICE_NAME}/WatchSession",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        error = await error_of(raw_stream(payload, timeout=5).read())
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "request does not parse" in (error.details() or "")

@@ -1,6 +1,6 @@
 """The test kit itself: ports picked outside the ephemeral range and never twice, an etcd that
 answers and restarts on its ports with its data, waits that fail fast when a process exits,
-and a public face listed in ``__all__``."""
+a TCP proxy that refuses, blackholes and resumes, and a public face listed in ``__all__``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ import aetcd
 import pytest
 
 import testkit
-from testkit import EtcdProcess, ProcessStartError, etcd_in, free_port, ports, wait_listening
+from testkit import (
+    EtcdProcess,
+    ProcessStartError,
+    etcd_in,
+    free_port,
+    ports,
+    running_tcp_proxy,
+    wait_listening,
+)
 from testkit.ports import HOST
 
 
@@ -142,6 +150,51 @@ class TestWaitListening:
             await wait_listening(address, name="ghost", timeout_seconds=0.3)
 
 
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1024):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+async def _round_trip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(payload)
+        return await reader.readexactly(len(payload))
+    finally:
+        writer.close()
+
+
+class TestTcpProxy:
+    """The proxy forwards, refuses (nothing listens), blackholes (accepts, never answers) and
+    resumes on the same port, delivering what it held."""
+
+    async def test_forward_refuse_blackhole_resume(self) -> None:
+        echo = await asyncio.start_server(_echo, HOST, 0)
+        echo_port = echo.sockets[0].getsockname()[1]
+        try:
+            async with running_tcp_proxy(HOST, echo_port) as proxy:
+                assert await _round_trip(proxy.port, b"hello") == b"hello"
+                await proxy.refuse()
+                with pytest.raises(ConnectionRefusedError):
+                    await asyncio.open_connection(HOST, proxy.port)
+                await proxy.blackhole()
+                reader, writer = await asyncio.open_connection(HOST, proxy.port)  # accepted
+                writer.write(b"held")
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await reader.readexactly(4)
+                await proxy.resume()
+                async with asyncio.timeout(5):
+                    assert await reader.readexactly(4) == b"held"
+                writer.close()
+                assert await _round_trip(proxy.port, b"again") == b"again"
+        finally:
+            echo.close()
+            await echo.wait_closed()
+
+
 class TestPublicFace:
     """``testkit`` re-exports its public names, each one importable, nothing unlisted."""
 
@@ -151,8 +204,8 @@ class TestPublicFace:
         public = {name for name in vars(testkit) if not name.startswith("_")}
         modules = {
             "checklist", "etcd", "etcd_cluster", "ground_truth", "inprocess_mesh",
-            "ownership_monitor", "ports",
-            "process_mesh", "sizes", "waiting", "workload",
+            "ownership_monitor", "ports", "process_mesh", "sizes", "tcp_proxy", "waiting",
+            "workload",
         }  # fmt: skip
         assert public - modules == set(testkit.__all__)
 

@@ -10,6 +10,8 @@ from sqlalchemy import BigInteger, DateTime, Index, Text, UniqueConstraint
 from sqlalchemy.dialects import mysql
 from sqlmodel import Field, SQLModel
 
+from registry.ids import MAX_DETAILS_CHARS
+
 TIMESTAMP = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 """Naive UTC timestamps; MySQL/MariaDB keep microseconds only when asked to."""
 
@@ -19,6 +21,9 @@ PATH_LENGTH = 1024
 PHONE_LENGTH = 32
 STATUS_LENGTH = 32
 REASON_LENGTH = 64
+DETAILS_LENGTH = MAX_DETAILS_CHARS
+"""Characters of ``disconnect_details`` kept (a TEXT column): at 4 bytes each, under MySQL's
+65,535-byte TEXT."""
 
 
 def utc_now() -> datetime:
@@ -57,11 +62,11 @@ class WhatsappAccount(SQLModel, table=True):
     session_file_size_bytes: int | None = Field(default=None, sa_type=BigInteger)
     session_storage_verified_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     instance_migration_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """How many times the session moved to another node."""
     owner_epoch: int = Field(
         default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"}
     )
     """The newest owner epoch (etcd create revision) that wrote this row; older ones are refused."""
-    """How many times the session moved to another node."""
     last_instance_migration_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     last_activity_at: datetime | None = Field(default=None, sa_type=TIMESTAMP)
     created_at: datetime = Field(default_factory=utc_now, sa_type=TIMESTAMP)

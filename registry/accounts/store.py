@@ -1,193 +1,148 @@
-"""The accounts database, written beside the call path.
+"""The accounts database, written beside the call path — also when it is down.
 
-Every ``record_*`` method only enqueues and returns at once: no call waits on the DB.
-Each takes the owner ``epoch`` the change was made under; a row keeps the newest epoch that
-wrote it (``owner_epoch``) and refuses changes made under an older one, so a stale owner's late
-write cannot overwrite its successor's. A background task writes what is queued in batches
-(one transaction per batch, activity coalesced per session), off the event loop.
+Every ``record_*`` method only enqueues and returns at once: no call, move or start waits on
+the DB. Each takes the owner ``epoch`` the change was made under; a row keeps the newest epoch
+that wrote it (``owner_epoch``) and refuses changes made under an older one, so a stale owner's
+late write cannot overwrite its successor's. A background task brings the schema to head (if
+asked), then writes what is queued in batches — one transaction per batch, changes coalesced
+per session (:mod:`registry.accounts.changes`) — on a thread of its own
+(:mod:`registry.accounts.writer`).
+
+When the database is unreachable or not ready the store logs ``accounts_unavailable`` and
+tries again with a jittered backoff, keeping what is queued; it logs ``accounts_available``
+when it writes again. The queue is bounded (``max_pending_sessions``): once full, a change for
+a session with nothing queued yet is dropped, while sessions already queued go on coalescing.
+A row the database refuses on its own is retried ``MAX_ROW_ATTEMPTS`` times, then dropped.
+Every drop is logged and told to ``on_changes_dropped(reason, count)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
-from datetime import datetime
+import time
+from collections.abc import Callable
+from functools import partial
 
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session, col, select
 
+from registry.accounts.changes import MoveHistory, Pending, Placements
 from registry.accounts.engine import make_engine
-from registry.accounts.models import (
-    ID_LENGTH,
-    PATH_LENGTH,
-    PHONE_LENGTH,
-    REASON_LENGTH,
-    STATUS_LENGTH,
-    URL_LENGTH,
-    WhatsappAccount,
-    utc_now,
-)
-from registry.accounts.schema import current_revision, head_revision
+from registry.accounts.models import utc_now
+from registry.accounts.schema import current_revision, head_revision, upgrade
+from registry.accounts.writer import BatchOutcome, DatabaseThread, SessionKey, write_batch
+from registry.background import stop_task
+from registry.backoff import Backoff, Retries
 from registry.errors import Unavailable
 
 _log = structlog.get_logger(__name__)
 
-_SELECT_CHUNK = 500
-"""Sessions per ``IN (...)`` query, under every backend's bound-parameter limit."""
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """The session was created on, or moved to, a node (applied in order)."""
-
-    node_id: str
-    node_url: str
-    at: datetime
-    phone_number: str | None = None
-    storage_path: str | None = None
-    is_creation: bool = False
-
-
-@dataclass
-class _Pending:
-    """Everything queued for one session since the last flush."""
-
-    workspace_id: str
-    placements: list[_Placement] = field(default_factory=list)
-    status: str | None = None
-    disconnect: tuple[str, str, datetime] | None = None
-    activity_at: datetime | None = None
-    storage: tuple[int, datetime] | None = None
-    epoch: int = 0
-    """The newest owner epoch these changes were made under (0: no fence, always applied)."""
-
-    def absorb(self, newer: _Pending) -> None:
-        """Fold changes queued after this batch into it (used when a write is retried)."""
-        self.workspace_id = newer.workspace_id
-        self.epoch = max(self.epoch, newer.epoch)
-        self.placements.extend(newer.placements)
-        self.status = newer.status or self.status
-        self.disconnect = newer.disconnect or self.disconnect
-        if newer.activity_at is not None:
-            self.activity_at = max(self.activity_at or newer.activity_at, newer.activity_at)
-        self.storage = newer.storage or self.storage
-
-
-def _clip(value: str, length: int) -> str:
-    # A value longer than its column would fail the whole batch on every retry.
-    return value[:length]
-
-
-def _apply(row: WhatsappAccount, pending: _Pending, now: datetime) -> None:
-    for placement in pending.placements:
-        if placement.is_creation:
-            if placement.phone_number:
-                row.phone_number = _clip(placement.phone_number, PHONE_LENGTH)
-            if placement.storage_path:
-                row.session_storage_path = _clip(placement.storage_path, PATH_LENGTH)
-        node_id = _clip(placement.node_id, ID_LENGTH)
-        if row.assigned_node_id and row.assigned_node_id != node_id:
-            row.previous_node_id = row.assigned_node_id
-            row.instance_migration_count = (row.instance_migration_count or 0) + 1
-            row.last_instance_migration_at = placement.at
-        row.assigned_node_id = node_id
-        row.assigned_node_url = _clip(placement.node_url, URL_LENGTH)
-    if pending.status is not None:
-        row.status = _clip(pending.status, STATUS_LENGTH)
-    if pending.disconnect is not None:
-        reason, details, disconnected_at = pending.disconnect
-        row.disconnect_reason = _clip(reason, REASON_LENGTH)
-        row.disconnect_details = details
-        row.disconnected_at = disconnected_at
-    if pending.activity_at is not None:
-        row.last_activity_at = max(row.last_activity_at or pending.activity_at, pending.activity_at)
-    if pending.storage is not None:
-        row.session_file_size_bytes, row.session_storage_verified_at = pending.storage
-    row.updated_at = now
+DEFAULT_MAX_PENDING_SESSIONS = 20_000
+"""Sessions with queued changes, at most (about 1 KB each)."""
+MAX_ROW_ATTEMPTS = 3
+"""Writes a row may fail on its own before its changes are dropped: more than one, because two
+nodes inserting one new row at once make one of them fail once."""
+STATEMENT_TIMEOUT_SECONDS = 10.0
+"""No statement of a batch waits longer for a server database's answer."""
+STOP_TIMEOUT_SECONDS = 3.0
+"""How long ``stop`` waits for the database to take what is queued."""
+RETRY_BACKOFF = Backoff(initial_seconds=0.5, max_seconds=10.0, jitter=0.2)
+"""Delays between attempts while the database is unavailable."""
+QUEUE_FULL = "queue_full"
+ROW_REFUSED = "row_refused"
+UNWRITTEN_AT_STOP = "unwritten_at_stop"
+"""The reasons a change is dropped, as ``on_changes_dropped`` hears them."""
 
 
 class AccountStore:
-    """Queue-fed writer of the ``whatsapp_accounts`` table.
+    """Queue-fed writer of the ``whatsapp_accounts`` table (see the module docstring).
 
     Changes are coalesced per session: one row write per session per flush, whatever the
-    number of calls. A failed write is logged and retried at the next flush, never raised.
+    number of calls. A failed write is logged and retried, never raised.
     """
 
-    def __init__(self, database_url: str, *, flush_interval_seconds: float = 0.5) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        flush_interval_seconds: float = 0.5,
+        max_pending_sessions: int = DEFAULT_MAX_PENDING_SESSIONS,
+        upgrade_schema: bool = False,
+        on_changes_dropped: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._database_url = database_url
         self._flush_interval_seconds = flush_interval_seconds
+        self._max_pending_sessions = max_pending_sessions
+        self._upgrade_schema = upgrade_schema
+        self._on_changes_dropped = on_changes_dropped
         self._engine: Engine | None = None
-        self._pending: dict[tuple[str, str], _Pending] = {}
-        """Queued changes by (workspace_id, session_id): session ids are scoped by workspace."""
+        """Opened and used on the database thread only."""
+        self._thread: DatabaseThread | None = None
+        self._pending: dict[SessionKey, Pending] = {}
+        self._in_flight = 0
+        """Sessions in the batch being written (they count against the bound)."""
+        self._is_ready = False
+        """The schema was found at head since the database last failed."""
+        self._unavailable_since: float | None = None
+        self._retries = Retries(RETRY_BACKOFF)
+        self._dropped_unlogged = 0
         self._write_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        """Set by ``write_soon`` and ``stop``: the writer does not wait for its interval."""
         self._task: asyncio.Task[None] | None = None
 
     @property
     def pending_count(self) -> int:
         """Sessions with changes not yet committed."""
-        return len(self._pending)
+        return len(self._pending) + self._in_flight
 
     async def start(self) -> None:
-        """Open the engine (schema must be at head, see ``sessionmesh-db upgrade``) and start.
-
-        Raises ``Unavailable`` if the schema is not at head. An unreachable database only logs:
-        changes queue up and are written once it answers.
-        """
-        self._engine = await asyncio.to_thread(make_engine, self._database_url)
-        try:
-            revision = await asyncio.to_thread(self._read_revision)
-        except SQLAlchemyError as error:
-            _log.warning("accounts_db_unreachable", error=error)
-        else:
-            expected = head_revision()
-            if revision != expected:
-                await asyncio.to_thread(self._engine.dispose)
-                self._engine = None
-                raise Unavailable(
-                    f"accounts schema is at {revision or 'nothing'}, expected {expected}: "
-                    "run `sessionmesh-db upgrade`"
-                )
+        """Start the background writer and return at once: the database is reached (and the
+        schema upgraded, with ``upgrade_schema``) beside the caller, as often as it takes."""
+        self._thread = DatabaseThread(name="accounts-db")
         self._stopping.clear()
-        self._task = asyncio.create_task(self._flush_periodically(), name="accounts-flush")
+        self._task = asyncio.create_task(self._write_periodically(), name="accounts-flush")
 
     async def stop(self) -> None:
-        """Write everything queued, then close."""
+        """Write what is queued (waiting at most ``STOP_TIMEOUT_SECONDS`` for the database),
+        then close; what could not be written is logged and dropped."""
         if self._task is not None:
-            # Not cancel(): a flush in a worker thread would go on behind our back.
             self._stopping.set()
-            await self._task
+            self._wake.set()
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                    await asyncio.shield(self._task)
+                    await self.flush()
+            except TimeoutError:
+                await stop_task(self._task)
             self._task = None
-        await self.flush()
-        if self._pending:
-            _log.error("accounts_changes_dropped", sessions=len(self._pending))
-        if self._engine is not None:
-            await asyncio.to_thread(self._engine.dispose)
-            self._engine = None
+        lost = self.pending_count
+        if lost:
+            self._pending = {}
+            self._dropped(UNWRITTEN_AT_STOP, lost)
+        if self._thread is not None:
+            if not self._thread.is_busy:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+                        await self._thread.run(self._dispose)
+            # A call still stuck on the database closes the engine when it ends (or never:
+            # the thread is a daemon, it does not hold the process's exit up).
+            self._thread.close(last=self._dispose)
+            self._thread = None
 
     async def flush(self) -> None:
-        """Write everything queued so far, and return when it is committed.
+        """Write everything queued so far now (whatever the backoff), and return when it is
+        committed — or when the attempt failed: then it is logged and the changes stay queued."""
+        await self._attempt()
 
-        If the write fails, the error is logged and the changes stay queued for the next flush.
-        """
-        async with self._write_lock:
-            if not self._pending or self._engine is None:
-                return
-            batch, self._pending = self._pending, {}
-            try:
-                await asyncio.to_thread(self._write, batch)
-            except Exception as error:
-                # Not only SQLAlchemyError: whatever fails, the changes must not be lost.
-                _log.warning("accounts_flush_failed", sessions=len(batch), error=error)
-                for key, newer in self._pending.items():
-                    if key in batch:
-                        batch[key].absorb(newer)
-                    else:
-                        batch[key] = newer
-                self._pending = batch
+    def write_soon(self) -> None:
+        """Write what is queued at the next chance, without waiting for it (a handoff's rows
+        then usually land before the next owner's)."""
+        self._wake.set()
+
+    # -- recording ----------------------------------------------------------------------
 
     def record_created(
         self,
@@ -199,109 +154,235 @@ class AccountStore:
         node_url: str,
         storage_path: str,
         epoch: int = 0,
+        history: MoveHistory | None = None,
     ) -> None:
-        """A session was created on ``node_id`` (insert, or update if the row exists)."""
-        self._queue(workspace_id, session_id, epoch).placements.append(
-            _Placement(
-                node_id=node_id,
-                node_url=node_url,
-                at=utc_now(),
-                phone_number=phone_number or None,
-                storage_path=storage_path or None,
-                is_creation=True,
-            )
+        """A session was created on ``node_id`` (insert, or update if the row exists);
+        ``history``: see :meth:`record_assignment`."""
+        self.record_assignment(
+            workspace_id=workspace_id,
+            session_id=session_id,
+            node_id=node_id,
+            node_url=node_url,
+            epoch=epoch,
+            history=history,
+            phone_number=phone_number,
+            storage_path=storage_path,
         )
 
     def record_assignment(
-        self, *, workspace_id: str, session_id: str, node_id: str, node_url: str, epoch: int = 0
+        self,
+        *,
+        workspace_id: str,
+        session_id: str,
+        node_id: str,
+        node_url: str,
+        epoch: int = 0,
+        history: MoveHistory | None = None,
+        phone_number: str = "",
+        storage_path: str = "",
     ) -> None:
-        """The session now runs on ``node_id``. If it ran elsewhere before, that node becomes
-        ``previous_node_id``, ``instance_migration_count`` grows by one and
-        ``last_instance_migration_at`` is set; the same node again changes nothing."""
-        self._queue(workspace_id, session_id, epoch).placements.append(
-            _Placement(node_id=node_id, node_url=node_url, at=utc_now())
-        )
+        """The session now runs on ``node_id``. With ``history`` (the session's own record of
+        its moves) the move columns are set to it; without, a row naming another node makes
+        that node ``previous_node_id``, adds one to ``instance_migration_count`` and sets
+        ``last_instance_migration_at``, and the same node again changes nothing."""
+        pending = self._queue(workspace_id, session_id, epoch)
+        if pending is not None:
+            pending.place(
+                Placements(
+                    first_node_id=node_id,
+                    first_at=utc_now(),
+                    node_id=node_id,
+                    node_url=node_url,
+                    history=history,
+                    phone_number=phone_number or None,
+                    storage_path=storage_path or None,
+                )
+            )
 
     def record_status(
         self, *, workspace_id: str, session_id: str, status: str, epoch: int = 0
     ) -> None:
         """The session's state changed (``status``: the state name, lower case, e.g. ``ready``)."""
-        self._queue(workspace_id, session_id, epoch).status = status
+        if (pending := self._queue(workspace_id, session_id, epoch)) is not None:
+            pending.status = status
 
     def record_disconnect(
         self, *, workspace_id: str, session_id: str, reason: str, details: str, epoch: int = 0
     ) -> None:
         """The session disconnected or was deleted: sets ``disconnected_at``, reason, details."""
-        self._queue(workspace_id, session_id, epoch).disconnect = (reason, details, utc_now())
+        if (pending := self._queue(workspace_id, session_id, epoch)) is not None:
+            pending.disconnect = (reason, details, utc_now())
 
     def record_activity(self, *, workspace_id: str, session_id: str, epoch: int = 0) -> None:
         """The session did something now; coalesced, written at the next flush."""
-        self._queue(workspace_id, session_id, epoch).activity_at = utc_now()
+        if (pending := self._queue(workspace_id, session_id, epoch)) is not None:
+            pending.activity_at = utc_now()
 
     def record_storage(
         self, *, workspace_id: str, session_id: str, size_bytes: int, epoch: int = 0
     ) -> None:
         """The session's stored files were verified at ``size_bytes`` now."""
-        self._queue(workspace_id, session_id, epoch).storage = (size_bytes, utc_now())
+        if (pending := self._queue(workspace_id, session_id, epoch)) is not None:
+            pending.storage = (size_bytes, utc_now())
 
-    def _queue(self, workspace_id: str, session_id: str, epoch: int) -> _Pending:
+    def _queue(self, workspace_id: str, session_id: str, epoch: int) -> Pending | None:
+        """The session's queued changes, or None if the change must be dropped (queue full)."""
         key = (workspace_id, session_id)
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(workspace_id=workspace_id)
+            if self.pending_count >= self._max_pending_sessions:
+                if not self._dropped_unlogged:
+                    _log.warning(
+                        "accounts_queue_full", max_pending_sessions=self._max_pending_sessions
+                    )
+                self._dropped_unlogged += 1
+                self._count_dropped(QUEUE_FULL, 1)
+                return None
+            pending = self._pending[key] = Pending(workspace_id=workspace_id)
         pending.workspace_id = workspace_id
         pending.epoch = max(pending.epoch, epoch)
         return pending
 
-    async def _flush_periodically(self) -> None:
+    # -- writing ------------------------------------------------------------------------
+
+    async def _write_periodically(self) -> None:
+        delay = 0.0  # the first attempt at once: upgrade the schema, write what is queued
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._flush_interval_seconds):
-                    await self._stopping.wait()
-            await self.flush()
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                answered = await self._attempt()
+            except Exception:
+                # A bug here must not end the writer: everything after it would queue forever.
+                _log.exception("accounts_write_crashed")
+                answered = False
+            if answered:
+                self._retries.reset()
+                delay = self._flush_interval_seconds
+            else:
+                delay = self._retries.next_delay_seconds()
 
-    def _read_revision(self) -> str | None:
-        assert self._engine is not None
+    async def _attempt(self) -> bool:
+        """Reach the database if it was not, then write what is queued; whether it answered."""
+        if self._thread is None:
+            return False
+        async with self._write_lock:
+            if self._dropped_unlogged:
+                self._dropped_unlogged, dropped = 0, self._dropped_unlogged
+                _log.warning("accounts_changes_dropped", reason=QUEUE_FULL, count=dropped)
+            if not self._is_ready:
+                try:
+                    await self._thread.run(self._prepare)
+                except Exception as error:
+                    # Not only SQLAlchemyError: a bad SQLite path is an OSError, a schema
+                    # at an unknown revision an Alembic error; all of them may heal.
+                    self._unavailable(error)
+                    return False
+                self._is_ready = True
+            if not self._pending:
+                self._available()
+                return True
+            batch, self._pending = self._pending, {}
+            self._in_flight = len(batch)
+            try:
+                outcome = await self._thread.run(partial(self._write, batch))
+            except asyncio.CancelledError:
+                # Given up on (a stop past its bound): counted as unwritten, though the
+                # thread may still commit it.
+                self._settle(BatchOutcome(unwritten=batch))
+                raise
+            finally:
+                self._in_flight = 0
+            self._settle(outcome)
+            if outcome.database_error is not None:
+                self._unavailable(outcome.database_error)
+                return False
+            self._available()
+            return True
+
+    def _settle(self, outcome: BatchOutcome) -> None:
+        """Queue again what was not written, under what was queued meanwhile."""
+        requeued = dict(outcome.unwritten)
+        for key, (pending, error) in outcome.refused.items():
+            pending.failures += 1
+            if pending.failures < MAX_ROW_ATTEMPTS:
+                requeued[key] = pending
+                continue
+            workspace_id, session_id = key
+            _log.error(
+                "accounts_row_refused",
+                workspace_id=workspace_id,
+                session_id=session_id,
+                attempts=pending.failures,
+                error=error,
+            )
+            self._count_dropped(ROW_REFUSED, 1)
+        if not requeued:
+            return
+        for key, newer in self._pending.items():
+            if key in requeued:
+                requeued[key].absorb(newer)
+            else:
+                requeued[key] = newer
+        self._pending = requeued
+
+    def _unavailable(self, error: BaseException) -> None:
+        self._is_ready = False
+        if self._unavailable_since is None:
+            self._unavailable_since = time.monotonic()
+        _log.warning(
+            "accounts_unavailable",
+            error=error,
+            pending_sessions=self.pending_count,
+            attempt=self._retries.attempt + 1,
+        )
+
+    def _available(self) -> None:
+        if self._unavailable_since is None:
+            return
+        _log.info(
+            "accounts_available",
+            pending_sessions=self.pending_count,
+            unavailable_seconds=round(time.monotonic() - self._unavailable_since, 1),
+        )
+        self._unavailable_since = None
+
+    def _dropped(self, reason: str, count: int) -> None:
+        _log.error("accounts_changes_dropped", reason=reason, count=count)
+        self._count_dropped(reason, count)
+
+    def _count_dropped(self, reason: str, count: int) -> None:
+        if self._on_changes_dropped is not None:
+            self._on_changes_dropped(reason, count)
+
+    # -- on the database thread ---------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Open the engine, upgrade the schema if asked, and check that it is at head."""
+        if self._engine is None:
+            self._engine = make_engine(
+                self._database_url, statement_timeout_seconds=STATEMENT_TIMEOUT_SECONDS
+            )
+        if self._upgrade_schema:
+            upgrade(self._database_url)
         with self._engine.connect() as connection:
-            return current_revision(connection)
+            revision = current_revision(connection)
+        expected = head_revision()
+        if revision != expected:
+            raise Unavailable(
+                f"accounts schema is at {revision or 'nothing'}, expected {expected}: "
+                "run `sessionmesh-db upgrade`"
+            )
 
-    def _write(self, batch: dict[tuple[str, str], _Pending]) -> None:
-        """Apply ``batch`` in one transaction (runs in a worker thread)."""
+    def _write(self, batch: dict[SessionKey, Pending]) -> BatchOutcome:
         assert self._engine is not None
-        now = utc_now()
-        session_ids = sorted({session_id for _, session_id in batch})
-        with Session(self._engine) as session, session.begin():
-            rows: dict[tuple[str, str], WhatsappAccount] = {}
-            for start in range(0, len(session_ids), _SELECT_CHUNK):
-                chunk = session_ids[start : start + _SELECT_CHUNK]
-                # FOR UPDATE: a handoff's old and new node may write one row at the same time.
-                query = (
-                    select(WhatsappAccount)
-                    .where(col(WhatsappAccount.session_id).in_(chunk))
-                    .with_for_update()
-                )
-                rows.update(
-                    ((row.workspace_id, row.session_id), row) for row in session.exec(query)
-                )
-            for (workspace_id, session_id), pending in batch.items():
-                row = rows.get((workspace_id, session_id))
-                if row is None:
-                    row = WhatsappAccount(
-                        workspace_id=workspace_id,
-                        session_id=session_id,
-                        created_at=now,
-                    )
-                    session.add(row)
-                if pending.epoch and pending.epoch < row.owner_epoch:
-                    # A stale owner's late write: a newer owner already wrote this row.
-                    _log.warning(
-                        "accounts_stale_write_refused",
-                        workspace_id=workspace_id,
-                        session_id=session_id,
-                        epoch=pending.epoch,
-                        row_epoch=row.owner_epoch,
-                    )
-                    continue
-                row.owner_epoch = max(row.owner_epoch, pending.epoch)
-                row.workspace_id = pending.workspace_id
-                _apply(row, pending, now)
+        return write_batch(self._engine, batch)
+
+    def _dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
