@@ -29,7 +29,7 @@ from registry import (
     OwnershipView,
     connect_etcd,
 )
-from routing import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy, Router
+from routing import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy, Router, closed_channels_as_errors
 from telemetry import with_trace_context
 
 _Response = TypeVar("_Response", bound=Message)
@@ -154,7 +154,8 @@ class ProxylessClient:
         while True:
             call = self._router.channels.unary_caller(address, path)
             try:
-                reply = await call(payload, timeout=timeout, metadata=metadata)
+                with closed_channels_as_errors(address):
+                    reply = await call(payload, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as error:
                 if attempts is None:
                     attempts = self._router.attempts(
@@ -265,9 +266,10 @@ class ProxylessClient:
                 payload, timeout=attempts.time_remaining(), metadata=metadata
             )
             try:
-                async for raw in call:
-                    has_received = True
-                    yield session_pb2.SessionEvent.FromString(raw)
+                with closed_channels_as_errors(address):
+                    async for raw in call:
+                        has_received = True
+                        yield session_pb2.SessionEvent.FromString(raw)
                 return
             except grpc.aio.AioRpcError as error:
                 if has_received:

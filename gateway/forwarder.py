@@ -27,7 +27,7 @@ from gateway import metrics
 from gateway.wire import workspace_id_of
 from protos import SESSION_SERVICE_NAME, session_pb2
 from registry import MeshError, rpc_boundary
-from routing import Attempts, NextAttempt, Router
+from routing import Attempts, NextAttempt, Router, closed_channels_as_errors
 from telemetry import Hop, HopTracer, rpc_attributes
 
 Context = grpc.aio.ServicerContext[object, object]
@@ -150,7 +150,8 @@ class ForwardingHandler(_GenericRpcHandler):
                         request, timeout=context.time_remaining(), metadata=call_state.metadata
                     )
                     try:
-                        response = await call
+                        with closed_channels_as_errors(call_state.address):
+                            response = await call
                     except grpc.aio.AioRpcError as error:
                         if await call_state.should_retry(error):
                             continue
@@ -178,11 +179,12 @@ class ForwardingHandler(_GenericRpcHandler):
                     request, timeout=context.time_remaining(), metadata=call_state.metadata
                 )
                 try:
-                    async for message in call:
-                        if not has_sent_message:
-                            has_sent_message = True
-                            method.latency.observe(time.perf_counter() - started_at)
-                        yield message
+                    with closed_channels_as_errors(call_state.address):
+                        async for message in call:
+                            if not has_sent_message:
+                                has_sent_message = True
+                                method.latency.observe(time.perf_counter() - started_at)
+                            yield message
                 except grpc.aio.AioRpcError as error:
                     # Once a message went out the stream cannot be replayed elsewhere.
                     if not has_sent_message and await call_state.should_retry(error):

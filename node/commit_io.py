@@ -66,7 +66,8 @@ class Op:
     is_awaited: bool = True
     """False for statuses appended without waiting: a failure is logged, not raised."""
     precondition: Callable[[], None] | None = None
-    """Runs in the worker thread just before a replacement's rename; may raise to refuse it."""
+    """Runs in the worker thread just before an append's write or a replacement's rename;
+    may raise to refuse it."""
     is_abandoned: bool = False
     """Its caller stopped waiting (the storage stalled): its outcome is no one's answer."""
     temp_name: str = ""
@@ -175,6 +176,8 @@ def commit_group(ops: list[Op], check: Callable[[Path], object], logs: OpenLogs)
 def _append(
     op: Op, logs: OpenLogs, check: Callable[[Path], object], changed_folders: set[Path]
 ) -> None:
+    if op.precondition is not None:
+        op.precondition()  # as late as it can be: just before the record reaches the file
     descriptor = logs.descriptor(op.path, check, changed_folders)
     op.offset = os.fstat(descriptor).st_size
     view = memoryview(op.data)

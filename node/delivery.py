@@ -26,6 +26,7 @@ from node.drivers.base import Driver
 from node.message_log import retained, settled_form
 from node.outbox import Outbox
 from node.storage import OutboxEntry, SessionStorage
+from node.storage_errors import StorageStalled
 from registry import MessageStatus, Unavailable
 
 _log = structlog.get_logger(__name__)
@@ -58,7 +59,7 @@ class OutboxDelivery:
         storage: SessionStorage,
         driver: Driver,
         entries: list[OutboxEntry],
-        may_write: Callable[[], bool],
+        may_write: Callable[[], int],
         span_attributes: Callable[[], dict[str, str]],
     ) -> None:
         self._workspace_id = workspace_id
@@ -70,6 +71,8 @@ class OutboxDelivery:
         self._records_since_compaction = 0
         self._span_attributes = span_attributes
         self._send_lock = asyncio.Lock()
+        self._pending: dict[str, asyncio.Future[OutboxEntry]] = {}
+        """Accepts on their way to the disk, by client_message_id."""
         self._handed_to_driver: set[str] = set()
         self._wanted = asyncio.Event()
         self._is_closed = False
@@ -103,33 +106,87 @@ class OutboxDelivery:
     ) -> SendResult:
         """Accept a message: on disk in the outbox before this returns, deduped by id.
 
-        A repeated ``client_message_id`` returns the first answer and sends nothing.
-        Raises ``Unavailable`` once the session is stopping.
+        A repeated ``client_message_id`` returns the first answer and sends nothing — also
+        while the first is still on its way to the disk. Once a message is handed to the
+        disk its commit runs to the end even if the caller leaves (a deadline that passes
+        during a slow flush): it is then accepted, delivered once, and a retry with the same
+        id says so; its ``seq`` is never handed out again. Raises ``Unavailable`` once the
+        session is stopping, or when this node may no longer write for it (its lease is not
+        confirmed) — also when that turns out only after the write, in which case the record
+        is marked FAILED behind it, so no later reader delivers it.
         """
         async with self._send_lock:
             existing = self._outbox.get(client_message_id)
             if existing is not None:
                 return SendResult(entry=existing, is_duplicate=True)
-            if self._is_closed:
-                raise Unavailable("the session is stopping", retry_after_ms=STOPPING_RETRY_AFTER_MS)
-            entry = OutboxEntry(
-                client_message_id=client_message_id,
-                to=to,
-                text=text,
-                status=MessageStatus.QUEUED,
-                accepted_at_unix=time.time(),
-                seq=self._outbox.next_seq(),
-                accepted_by_node_id=node_id,
-            )
-            if not self._may_write():  # the new owner would not see it: accept nothing
-                raise Unavailable(
-                    "this node's lease is not confirmed", retry_after_ms=NO_LEASE_RETRY_AFTER_MS
+            pending = self._pending.get(client_message_id)
+            is_duplicate = pending is not None
+            if pending is None:
+                if self._is_closed:
+                    raise Unavailable(
+                        "the session is stopping", retry_after_ms=STOPPING_RETRY_AFTER_MS
+                    )
+                lease = self._may_write()
+                if not lease:  # the new owner would not see it: accept nothing
+                    raise Unavailable(
+                        "this node's lease is not confirmed",
+                        retry_after_ms=NO_LEASE_RETRY_AFTER_MS,
+                    )
+                entry = OutboxEntry(
+                    client_message_id=client_message_id,
+                    to=to,
+                    text=text,
+                    status=MessageStatus.QUEUED,
+                    accepted_at_unix=time.time(),
+                    seq=self._outbox.reserve_seq(),
+                    accepted_by_node_id=node_id,
                 )
-            await self._storage.append_accepted(self._workspace_id, self._session_id, entry)
+                pending = asyncio.ensure_future(self._commit(entry, lease))
+                self._pending[client_message_id] = pending
+        # Shielded: a caller that leaves must not stop a commit the disk may already hold.
+        return SendResult(entry=await asyncio.shield(pending), is_duplicate=is_duplicate)
+
+    async def _commit(self, entry: OutboxEntry, lease: int) -> OutboxEntry:
+        """Write ``entry`` durably under ``lease``, then take it into the outbox (see
+        :meth:`accept`): refused unless the node still holds that same lease, confirmed, both
+        just before the write (in the worker thread) and once the record is on disk."""
+        message_id = entry.client_message_id
+
+        def same_lease() -> bool:
+            return self._may_write() == lease
+
+        try:
+            try:
+                await self._storage.append_accepted(
+                    self._workspace_id, self._session_id, entry, may_write=same_lease
+                )
+            except StorageStalled:
+                self._mark_failed_on_disk(message_id)  # it may land after all, later
+                raise
+            if not same_lease():
+                self._mark_failed_on_disk(message_id)
+                raise Unavailable(
+                    "this node's lease lapsed while the message was written",
+                    retry_after_ms=NO_LEASE_RETRY_AFTER_MS,
+                )
             self._outbox.put(entry)
             self._records_since_compaction += 1
-        self._wanted.set()
-        return SendResult(entry=entry, is_duplicate=False)
+            self._wanted.set()
+            return entry
+        finally:
+            self._pending.pop(message_id, None)
+
+    def _mark_failed_on_disk(self, message_id: str) -> None:
+        """Append FAILED behind a record that may be on disk but was not acknowledged."""
+        self._storage.append_status(
+            self._workspace_id, self._session_id, message_id, MessageStatus.FAILED
+        )
+
+    async def settle(self) -> None:
+        """Wait for every accept on its way to the disk (before the session stops and its
+        slot is released: the next owner reads the log after that, and must find them)."""
+        if self._pending:
+            await asyncio.gather(*self._pending.values(), return_exceptions=True)
 
     async def acknowledged(self, message_id: str, status: str) -> OutboxEntry | None:
         """The network acknowledged ``message_id`` with ``status``: the updated entry, written,
@@ -150,7 +207,8 @@ class OutboxDelivery:
     async def _compact_if_due(self) -> None:
         if self._records_since_compaction < max(COMPACT_AFTER_RECORDS, len(self._outbox)):
             return
-        async with self._send_lock:  # no accept in flight: the snapshot holds every one
+        async with self._send_lock:
+            await self.settle()  # no accept in flight: the snapshot holds every one
             self._records_since_compaction = 0
             kept = retained(self._outbox.entries(), now_unix=time.time())
             self._outbox.keep_only(kept)
@@ -158,7 +216,8 @@ class OutboxDelivery:
 
     async def fail_unsent(self, reason: str) -> None:
         """Mark every message not yet acknowledged FAILED (the session is being deleted)."""
-        async with self._send_lock:  # a send that passed its check lands first
+        async with self._send_lock:
+            await self.settle()  # a send that passed its check lands first
             unsent = self._outbox.queued()
             for entry in unsent:
                 failed = self._outbox.advanced(entry.client_message_id, MessageStatus.FAILED)

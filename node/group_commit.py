@@ -84,9 +84,12 @@ class GroupCommitWriter:
         refuse the write (an epoch check made as late as it can be)."""
         await self._queue_op(OpKind.REPLACE, path, data, is_durable=True, precondition=precondition)
 
-    async def append(self, path: Path, data: bytes) -> None:
-        """Append ``data`` to ``path`` durably; returns once it is on disk."""
-        await self._queue_op(OpKind.APPEND, path, data, is_durable=True)
+    async def append(
+        self, path: Path, data: bytes, *, precondition: Callable[[], None] | None = None
+    ) -> None:
+        """Append ``data`` to ``path`` durably; returns once it is on disk. ``precondition``
+        runs in the worker thread just before the write and may raise to refuse it."""
+        await self._queue_op(OpKind.APPEND, path, data, is_durable=True, precondition=precondition)
 
     def append_later(self, path: Path, data: bytes) -> None:
         """Queue ``data`` to be appended to ``path`` with the next group, without waiting

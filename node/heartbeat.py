@@ -116,6 +116,15 @@ class Heartbeat:
         """Whether the lease is healthy now: the check before an acknowledgement."""
         return time.monotonic() < self.confirmed_until
 
+    def confirmed_lease(self) -> int:
+        """The lease this node may write under now, 0 when none (safe from any thread). A
+        write checked before and after with the same non-zero answer happened under one
+        continuous ownership: a lease lost and regained meanwhile answers another id."""
+        registration = self._registration
+        if registration is None or not self.is_confirmed():
+            return 0
+        return registration.lease_id
+
     @property
     def record(self) -> NodeRecord:
         """The node record as last published."""

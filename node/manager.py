@@ -64,7 +64,7 @@ class SessionManager:
         metrics: NodeMetrics,
         admits: Callable[[str], bool],
         budget: WorkBudget,
-        may_write: Callable[[], bool],
+        may_write: Callable[[], int],
         is_node_gone: Callable[[str], Awaitable[bool]],
         quarantine: QuarantineBook,
         restore_concurrency: int = 32,

@@ -36,6 +36,12 @@ class Outbox:
         """The seq the next accepted message gets."""
         return self._last_seq + 1
 
+    def reserve_seq(self) -> int:
+        """Hand out the next seq for good: a message whose write fails leaves a gap, and no
+        seq is ever given to two messages."""
+        self._last_seq += 1
+        return self._last_seq
+
     def put(self, entry: OutboxEntry) -> None:
         """Record a new or updated entry."""
         message_id = entry.client_message_id

@@ -72,7 +72,7 @@ class HostedSession:
         observer: SessionObserver,
         fence: EpochFence,
         on_fenced: Callable[[HostedSession], None],
-        may_write: Callable[[], bool],
+        may_write: Callable[[], int],
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._fence = fence
@@ -232,7 +232,7 @@ class HostedSession:
         if self._is_stopping:
             return
         self._is_stopping = True
-        delivery_task = self._delivery.close()  # no new driver.send from here on
+        delivery_task = self._delivery.close()  # no new accept, no new driver.send from here
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
         with (
@@ -248,6 +248,10 @@ class HostedSession:
         self._driver_events.put_nowait(None)
         tasks = [self._event_task, delivery_task, self._start_task]
         await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
+        # Accepts already on their way to the disk land before the session is recorded
+        # stopped (the driver is down already: a slow disk never keeps it connected): the
+        # slot is released after this, and the next owner must find them in the log.
+        await self._delivery.settle()
         changes: dict[str, Any] = {}
         if logout:
             changes = {

@@ -24,7 +24,7 @@ class SessionFactory:
         driver_factory: DriverFactory,
         observer: SessionObserver,
         on_fenced: Callable[[HostedSession], None],
-        may_write: Callable[[], bool],
+        may_write: Callable[[], int],
     ) -> None:
         self._may_write = may_write
         self._node_id = node_id

@@ -187,6 +187,7 @@ async def start_node(
             storage_root,
             timeout_seconds=config.storage_timeout_seconds,
             on_stall=storage_health.stalled,
+            name=config.node_id,
         )
         cleanup.callback(storage.close)
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
@@ -232,7 +233,7 @@ async def start_node(
             metrics=metrics,
             admits=serving.admits,
             budget=budget,
-            may_write=heartbeat.is_confirmed,
+            may_write=heartbeat.confirmed_lease,
             is_node_gone=PeerLiveness(
                 is_member=placement.is_alive, last_address=membership.last_address
             ).is_gone,

@@ -35,7 +35,7 @@ from typing import Any
 from node import message_log
 from node.commit_io import fsync_folder
 from node.group_commit import GroupCommitWriter
-from node.storage_errors import StorageStalled, storage_errors
+from node.storage_errors import LeaseLapsed, StorageStalled, storage_errors
 from node.storage_files import (
     CorruptRecord,
     confined,
@@ -64,6 +64,11 @@ _LEGACY_OUTBOX = message_log.LEGACY_OUTBOX
 _MAX_CACHED_LOG_PATHS = 65_536
 
 
+def _require(may_write: Callable[[], bool]) -> None:
+    if not may_write():
+        raise LeaseLapsed("this node's lease lapsed before the message was written")
+
+
 class SessionStorage:
     """The session tree under ``root`` (a local folder, or NFS/EFS shared by every node)."""
 
@@ -73,11 +78,14 @@ class SessionStorage:
         *,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         on_stall: Callable[[], None] = lambda: None,
+        name: str = "",
     ) -> None:
         self._root = Path(root).resolve()
         self._timeout_seconds = timeout_seconds
         self._on_stall = on_stall
-        self._executor = ThreadPoolExecutor(STORAGE_THREADS, thread_name_prefix="storage")
+        # Named after the node, so a thread dump (or a test's failing disk) tells them apart.
+        prefix = f"storage-{name}" if name else "storage"
+        self._executor = ThreadPoolExecutor(STORAGE_THREADS, thread_name_prefix=prefix)
         self._writer = GroupCommitWriter(
             self._root,
             check=self._confine,
@@ -198,12 +206,25 @@ class SessionStorage:
 
         await self._run(f"delete {workspace_id}/{session_id} credentials", remove)
 
-    async def append_accepted(self, workspace_id: str, session_id: str, entry: OutboxEntry) -> None:
-        """Append an accepted message to the session's log; returns once it is on disk."""
+    async def append_accepted(
+        self,
+        workspace_id: str,
+        session_id: str,
+        entry: OutboxEntry,
+        *,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        """Append an accepted message to the session's log; returns once it is on disk.
+        ``may_write`` is asked in the worker thread just before the record is written: when
+        it says no (this node's lease lapsed meanwhile), nothing is written and
+        ``LeaseLapsed`` is raised."""
         validate_id(entry.client_message_id, field="client_message_id")
         path = self._log_file(workspace_id, session_id)
+        precondition = None if may_write is None else functools.partial(_require, may_write)
         with storage_errors(f"accept a message of {workspace_id}/{session_id}"):
-            await self._writer.append(path, message_log.accepted_record(entry))
+            await self._writer.append(
+                path, message_log.accepted_record(entry), precondition=precondition
+            )
 
     def append_status(
         self, workspace_id: str, session_id: str, client_message_id: str, status: MessageStatus

@@ -45,6 +45,14 @@ class StorageStalled(Unavailable):
         super().__init__(message, retry_after_ms=STORAGE_RETRY_AFTER_MS)
 
 
+class LeaseLapsed(Unavailable):
+    """A write refused at the last moment: this node's lease is no longer confirmed, so the
+    session may already run elsewhere; nothing was written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_ms=STORAGE_RETRY_AFTER_MS)
+
+
 class StaleWrite(Exception):
     """A write refused because the stored copy names a newer owner epoch than the writer's."""
 

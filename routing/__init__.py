@@ -2,7 +2,7 @@
 one channel pool, and the redirect/retry decision. Used by the gateway and the proxyless
 client; depends on ``registry`` only."""
 
-from routing.channels import ChannelPool
+from routing.channels import ChannelPool, closed_channels_as_errors
 from routing.resolver import Resolver
 from routing.retry import DEFAULT_RETRY_POLICY, Attempts, NextAttempt, RetryPolicy
 from routing.router import Router
@@ -15,4 +15,5 @@ __all__ = [
     "Resolver",
     "RetryPolicy",
     "Router",
+    "closed_channels_as_errors",
 ]

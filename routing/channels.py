@@ -1,15 +1,19 @@
 """One pooled ``grpc.aio`` channel per node address, and cached raw-bytes callables on it.
 
 Channels open on first use and close when their node leaves the membership (calls still in
-flight get a short grace) or the pool closes. Callables carry bytes both ways: the gateway
-forwards what it received, the proxyless client serializes itself, so one cache serves both.
+flight get a short grace) or the pool closes. grpc.aio ends a call on a channel closed under
+it by raising ``CancelledError`` in the task that awaits it, as if that task had been
+cancelled: :func:`closed_channels_as_errors` turns that into ``UNAVAILABLE``, so the retry
+decision sends the call on to the node that serves the workspace now. Callables carry bytes
+both ways: the gateway forwards what it received, the proxyless client serializes itself, so
+one cache serves both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import grpc
 import structlog
@@ -25,6 +29,30 @@ StreamCaller = grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
 
 def _identity(data: bytes) -> bytes:
     return data
+
+
+def channel_closed_error(address: str) -> grpc.aio.AioRpcError:
+    """The error a call on a channel closed under it stands for (retryable ``UNAVAILABLE``)."""
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=f"the channel to {address} closed under the call (its node left)",
+        debug_error_string="",
+    )
+
+
+@contextlib.contextmanager
+def closed_channels_as_errors(address: str) -> Iterator[None]:
+    """Raise :func:`channel_closed_error` instead of the ``CancelledError`` grpc.aio raises in
+    a task whose call's channel was closed; a cancel aimed at the task itself passes through."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise channel_closed_error(address) from None
 
 
 class ChannelPool:

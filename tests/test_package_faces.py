@@ -110,6 +110,7 @@ FACES: dict[str, list[str]] = {
         "Resolver",
         "RetryPolicy",
         "Router",
+        "closed_channels_as_errors",
     ],
     "node": ["NodeConfig", "NodeServer", "load_config", "start_node"],
     "gateway": ["GatewayConfig", "GatewayServer", "load_config", "start_gateway"],

@@ -1,0 +1,195 @@
+"""Races the fence cannot see: a send whose caller leaves during a slow flush, a send in flight
+while its slot is handed off, and a send whose node loses its lease while the record is on its
+way to the disk. Every send the mesh acknowledges is delivered once; one it answers with
+UNAVAILABLE was not acknowledged there, and the retry with the same id (the gateway's own)
+gets the final answer; no ``seq`` is handed out twice.
+
+The slow disk is a fault hook on one node's storage threads (``storage-<node_id>…``): its
+``fdatasync`` waits at a gate the test opens."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from node import commit_io
+from node.storage import SessionStorage
+from protos import admin_pb2, admin_pb2_grpc, session_pb2
+from testkit import InProcessMesh, eventually, running_inprocess_mesh
+
+pb = session_pb2
+SESSION = ("ws-race", "s-1")
+ACCOUNT = "ws-race/s-1"
+
+
+class _SlowDisk:
+    """Holds ``fdatasync`` on one node's storage threads until opened."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, node_id: str) -> None:
+        self.reached = threading.Event()
+        self._open = threading.Event()
+        prefix = f"storage-{node_id}"
+        real = commit_io.fdatasync_file
+
+        def held(descriptor: int) -> None:
+            if threading.current_thread().name.startswith(prefix):
+                self.reached.set()
+                self._open.wait(timeout=30)
+            real(descriptor)
+
+        monkeypatch.setattr(commit_io, "fdatasync_file", held)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+@pytest.fixture
+def slow_disks() -> Iterator[list[_SlowDisk]]:
+    made: list[_SlowDisk] = []
+    yield made
+    for disk in made:
+        disk.open()  # never leave a storage thread waiting after the test
+
+
+async def _mesh_with_session(mesh: InProcessMesh) -> str:
+    """Create the session; the node it runs on."""
+    async with mesh.stub() as stub:
+        await stub.CreateSession(
+            pb.CreateSessionRequest(workspace_id=SESSION[0], session_id=SESSION[1]), timeout=10
+        )
+    placed = await mesh.wait_ready([SESSION])
+    return placed[ACCOUNT]
+
+
+def _send(message_id: str) -> pb.SendMessageRequest:
+    return pb.SendMessageRequest(
+        workspace_id=SESSION[0],
+        session_id=SESSION[1],
+        client_message_id=message_id,
+        to="+14155550199",
+        text=f"text of {message_id}",
+    )
+
+
+async def _delivered_once(mesh: InProcessMesh, message_id: str) -> None:
+    await eventually(
+        lambda: mesh.simnet.delivered_ids(ACCOUNT)[message_id] >= 1,
+        timeout_seconds=15,
+        message=f"{message_id} delivered",
+    )
+    assert mesh.simnet.delivered_ids(ACCOUNT)[message_id] == 1
+
+
+async def _stored_seqs(mesh: InProcessMesh) -> list[int]:
+    entries = await SessionStorage(mesh.storage).load_outbox(*SESSION)
+    return [entry.seq for entry in entries]
+
+
+class TestCallerLeavesDuringASlowFlush:
+    """The caller's deadline passes while its message is being flushed."""
+
+    async def test_the_message_is_delivered_once_and_its_seq_never_reused(
+        self,
+        tmp_path: Path,
+        etcd_url: str,
+        cluster_name: str,
+        monkeypatch: pytest.MonkeyPatch,
+        slow_disks: list[_SlowDisk],
+    ) -> None:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+            owner = await _mesh_with_session(mesh)
+            disk = _SlowDisk(monkeypatch, owner)
+            slow_disks.append(disk)
+            async with mesh.stub() as stub:
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.SendMessage(_send("m-1"), timeout=0.5)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert disk.reached.is_set()
+                disk.open()
+                # Accepted after all: delivered now (not at some later restore)...
+                await _delivered_once(mesh, "m-1")
+                # ...and a retry says so instead of sending it again.
+                retried = await stub.SendMessage(_send("m-1"), timeout=10)
+                assert retried.duplicate
+                await stub.SendMessage(_send("m-2"), timeout=10)
+            await _delivered_once(mesh, "m-2")
+            seqs = await _stored_seqs(mesh)
+            assert len(seqs) == len(set(seqs)) == 2, f"a seq was handed out twice: {seqs}"
+
+
+class TestSendDuringAHandoff:
+    """The owner is asked to drain while a send's record is still on its way to the disk."""
+
+    async def test_the_acknowledged_message_is_delivered_by_the_new_owner(
+        self,
+        tmp_path: Path,
+        etcd_url: str,
+        cluster_name: str,
+        monkeypatch: pytest.MonkeyPatch,
+        slow_disks: list[_SlowDisk],
+    ) -> None:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+            owner = await _mesh_with_session(mesh)
+            disk = _SlowDisk(monkeypatch, owner)
+            slow_disks.append(disk)
+            async with (
+                mesh.stub() as stub,
+                grpc.aio.insecure_channel(mesh.gateway.address) as channel,
+            ):
+                send = stub.SendMessage(_send("m-1"), timeout=30)
+                await eventually(disk.reached.is_set, timeout_seconds=10, message="flush held")
+                admin = admin_pb2_grpc.AdminServiceStub(channel)
+                await admin.DrainNode(admin_pb2.DrainNodeRequest(node_id=owner), timeout=10)
+                await eventually(
+                    lambda: mesh.nodes[owner].slots.is_draining,
+                    timeout_seconds=10,
+                    message=f"{owner} draining",
+                )
+                disk.open()
+                answer = await send  # acknowledged: so it must reach the network
+                assert not answer.duplicate
+            placed = await mesh.wait_ready([SESSION])
+            assert placed[ACCOUNT] != owner
+            await _delivered_once(mesh, "m-1")
+
+
+class TestOwnerLosesItsLeaseMidWrite:
+    """The owner gives its lease up while a send's record is on its way to the disk (it
+    counts as unhealthy: it stays without a lease), and the other node takes over."""
+
+    async def test_the_send_is_refused_there_and_delivered_once_by_the_new_owner(
+        self,
+        tmp_path: Path,
+        etcd_url: str,
+        cluster_name: str,
+        monkeypatch: pytest.MonkeyPatch,
+        slow_disks: list[_SlowDisk],
+    ) -> None:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+            owner = await _mesh_with_session(mesh)
+            other = next(node_id for node_id in mesh.nodes if node_id != owner)
+            disk = _SlowDisk(monkeypatch, owner)
+            slow_disks.append(disk)
+            heartbeat = mesh.nodes[owner].heartbeat
+            async with mesh.stub() as stub:
+                send = stub.SendMessage(_send("m-1"), timeout=30)
+                await eventually(disk.reached.is_set, timeout_seconds=10, message="flush held")
+                # The heartbeat asks this before every refresh: no lease while it says no.
+                monkeypatch.setattr(heartbeat, "_is_storage_healthy", lambda: False)
+                await eventually(
+                    lambda: mesh.nodes[other].manager.hosted_count == 1,
+                    timeout_seconds=15,
+                    message=f"{other} took the session over",
+                )
+                disk.open()
+                # The old owner refuses it (UNAVAILABLE: not acknowledged there), the gateway
+                # sends it again to the new owner, whose answer is final: a duplicate if the
+                # record reached the log it read, a fresh accept if not. Delivered once either way.
+                answer = await send
+                assert answer.client_message_id == "m-1"
+            await _delivered_once(mesh, "m-1")
+            monkeypatch.setattr(heartbeat, "_is_storage_healthy", lambda: True)
