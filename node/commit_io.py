@@ -73,7 +73,21 @@ class Op:
     temp_name: str = ""
     offset: int | None = None
     """Where an append started in its file (to take it back)."""
+    ticket: FileTicket | None = None
+    """An append: notes the file (device, inode) the record went to."""
+    bound_to: FileTicket | None = None
+    """An append written only into the file ``bound_to`` names (skipped if the path now
+    names another file, or the bound record was never written)."""
     error: BaseException | None = field(default=None)
+
+
+@dataclass
+class FileTicket:
+    """Which file an append went to: a later record about it (a withdrawal) must reach that
+    same file, never a newer one renamed over the path since (another owner's)."""
+
+    file_id: tuple[int, int] | None = None
+    """``(st_dev, st_ino)`` once the record is written; None while it is not."""
 
 
 def fsync_file(descriptor: int) -> None:
@@ -176,10 +190,17 @@ def commit_group(ops: list[Op], check: Callable[[Path], object], logs: OpenLogs)
 def _append(
     op: Op, logs: OpenLogs, check: Callable[[Path], object], changed_folders: set[Path]
 ) -> None:
+    # The descriptor first, the precondition after: a writer paused between the two writes
+    # into the file it opened while the check still held (a newer owner renames its own file
+    # over the path only once this node's lease is gone, so a late write lands in a file no
+    # one reads), never into a file opened after a newer owner took the path over.
+    descriptor = logs.descriptor(op.path, check, changed_folders)
+    stat = os.fstat(descriptor)
+    if op.bound_to is not None and op.bound_to.file_id != (stat.st_dev, stat.st_ino):
+        return  # the bound record never reached this file: nothing here to speak of
     if op.precondition is not None:
         op.precondition()  # as late as it can be: just before the record reaches the file
-    descriptor = logs.descriptor(op.path, check, changed_folders)
-    op.offset = os.fstat(descriptor).st_size
+    op.offset = stat.st_size
     view = memoryview(op.data)
     try:
         while view:
@@ -189,6 +210,8 @@ def _append(
         with contextlib.suppress(OSError):
             os.ftruncate(descriptor, op.offset)
         raise
+    if op.ticket is not None:
+        op.ticket.file_id = (stat.st_dev, stat.st_ino)
 
 
 def _write_temp(op: Op, changed_folders: set[Path]) -> None:

@@ -25,8 +25,8 @@ from opentelemetry import trace
 from node.drivers.base import Driver
 from node.message_log import retained, settled_form
 from node.outbox import Outbox
-from node.storage import OutboxEntry, SessionStorage
-from node.storage_errors import StorageStalled
+from node.storage import FileTicket, OutboxEntry, SessionStorage
+from node.storage_errors import LeaseLapsed, StorageStalled
 from registry import MessageStatus, Unavailable
 
 _log = structlog.get_logger(__name__)
@@ -155,16 +155,17 @@ class OutboxDelivery:
         def same_lease() -> bool:
             return self._may_write() == lease
 
+        ticket = FileTicket()
         try:
             try:
                 await self._storage.append_accepted(
-                    self._workspace_id, self._session_id, entry, may_write=same_lease
+                    self._workspace_id, self._session_id, entry, may_write=same_lease, ticket=ticket
                 )
             except StorageStalled:
-                self._mark_failed_on_disk(message_id)  # it may land after all, later
+                self._withdraw(entry, ticket)  # it may land after all, later
                 raise
             if not same_lease():
-                self._mark_failed_on_disk(message_id)
+                self._withdraw(entry, ticket)
                 raise Unavailable(
                     "this node's lease lapsed while the message was written",
                     retry_after_ms=NO_LEASE_RETRY_AFTER_MS,
@@ -176,11 +177,10 @@ class OutboxDelivery:
         finally:
             self._pending.pop(message_id, None)
 
-    def _mark_failed_on_disk(self, message_id: str) -> None:
-        """Append FAILED behind a record that may be on disk but was not acknowledged."""
-        self._storage.append_status(
-            self._workspace_id, self._session_id, message_id, MessageStatus.FAILED
-        )
+    def _withdraw(self, entry: OutboxEntry, ticket: FileTicket) -> None:
+        """Withdraw a record that may be on disk but was not acknowledged: no reader of that
+        file delivers it, and a retry is accepted anew (see :mod:`node.message_log`)."""
+        self._storage.withdraw_accepted(self._workspace_id, self._session_id, entry, ticket)
 
     async def settle(self) -> None:
         """Wait for every accept on its way to the disk (before the session stops and its
@@ -209,10 +209,26 @@ class OutboxDelivery:
             return
         async with self._send_lock:
             await self.settle()  # no accept in flight: the snapshot holds every one
+            lease = self._may_write()
+            if not lease:
+                return  # the session may run elsewhere: its log is no longer ours to rewrite
             self._records_since_compaction = 0
             kept = retained(self._outbox.entries(), now_unix=time.time())
             self._outbox.keep_only(kept)
-            await self._storage.rewrite_messages(self._workspace_id, self._session_id, kept)
+            try:
+                await self._storage.rewrite_messages(
+                    self._workspace_id,
+                    self._session_id,
+                    kept,
+                    may_write=lambda: self._may_write() == lease,
+                )
+            except LeaseLapsed:
+                _log.info(
+                    "outbox_compaction_skipped",
+                    workspace_id=self._workspace_id,
+                    session_id=self._session_id,
+                    reason="lease lapsed",
+                )
 
     async def fail_unsent(self, reason: str) -> None:
         """Mark every message not yet acknowledged FAILED (the session is being deleted)."""

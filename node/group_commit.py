@@ -38,10 +38,17 @@ from pathlib import Path
 
 import structlog
 
-from node.commit_io import TEMP_PREFIX, Op, OpenLogs, OpKind, commit_group
+from node.commit_io import TEMP_PREFIX, FileTicket, Op, OpenLogs, OpKind, commit_group
 from node.storage_errors import StorageStalled
 
-__all__ = ["LINGER_SECONDS", "MAX_GROUP_SIZE", "TEMP_PREFIX", "GroupCommitWriter", "StorageStalled"]
+__all__ = [
+    "LINGER_SECONDS",
+    "MAX_GROUP_SIZE",
+    "TEMP_PREFIX",
+    "FileTicket",
+    "GroupCommitWriter",
+    "StorageStalled",
+]
 
 _log = structlog.get_logger(__name__)
 
@@ -85,17 +92,35 @@ class GroupCommitWriter:
         await self._queue_op(OpKind.REPLACE, path, data, is_durable=True, precondition=precondition)
 
     async def append(
-        self, path: Path, data: bytes, *, precondition: Callable[[], None] | None = None
+        self,
+        path: Path,
+        data: bytes,
+        *,
+        precondition: Callable[[], None] | None = None,
+        ticket: FileTicket | None = None,
     ) -> None:
         """Append ``data`` to ``path`` durably; returns once it is on disk. ``precondition``
-        runs in the worker thread just before the write and may raise to refuse it."""
-        await self._queue_op(OpKind.APPEND, path, data, is_durable=True, precondition=precondition)
+        runs in the worker thread just before the write and may raise to refuse it; ``ticket``
+        notes the file the record went to (see ``append_later``)."""
+        await self._queue_op(
+            OpKind.APPEND, path, data, is_durable=True, precondition=precondition, ticket=ticket
+        )
 
-    def append_later(self, path: Path, data: bytes) -> None:
+    def append_later(self, path: Path, data: bytes, *, bound_to: FileTicket | None = None) -> None:
         """Queue ``data`` to be appended to ``path`` with the next group, without waiting
-        (nor making it durable): see the module docstring."""
+        (nor making it durable): see the module docstring. With ``bound_to``, only into the
+        file that ticket's record went to: skipped when it was never written, or when the
+        path names another file by then."""
         loop = asyncio.get_running_loop()
-        op = Op(OpKind.APPEND, path, data, False, loop.create_future(), is_awaited=False)
+        op = Op(
+            OpKind.APPEND,
+            path,
+            data,
+            False,
+            loop.create_future(),
+            is_awaited=False,
+            bound_to=bound_to,
+        )
         self._queue.append(op)
         self._last_op = op
         if self._linger is None and (self._committer is None or self._committer.done()):
@@ -124,9 +149,10 @@ class GroupCommitWriter:
         *,
         is_durable: bool,
         precondition: Callable[[], None] | None = None,
+        ticket: FileTicket | None = None,
     ) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        op = Op(kind, path, data, is_durable, done, precondition=precondition)
+        op = Op(kind, path, data, is_durable, done, precondition=precondition, ticket=ticket)
         self._queue.append(op)
         self._last_op = op
         self._start_committing()

@@ -4,6 +4,7 @@
 
     {"a": {...OutboxEntry...}}        accepted (durable before the send is acknowledged)
     {"s": ["<client_message_id>", "DELIVERED"]}   a status the network acknowledged
+    {"x": ["<client_message_id>", <seq>]}         withdrawn: that acceptance never counted
 
 Replaying the lines in order gives every message's latest state. A crash can only tear the
 last line (appends are sequential): a line that does not parse is dropped, and the log is
@@ -13,6 +14,12 @@ written after a torn one. A compacted log holds one ``a`` line per message; a se
 answer a retried send — and is forgotten once it was accepted more than
 ``DEDUPE_WINDOW_SECONDS`` ago (:func:`retained`), so delivered messages do not accumulate
 forever. A message the network has not acknowledged is kept, body and all, however old.
+
+A withdrawal follows a record whose send was answered with an error although the record may
+have reached the file (the storage stalled during its flush, or the node's lease lapsed while
+it was written): the message was not acknowledged, so no reader may deliver it, and a retry
+with the same id is accepted anew. It is written into the same file as its record only
+(:class:`node.commit_io.FileTicket`), so it never reaches a newer owner's file.
 
 Folders written before this format kept one ``outbox/<client_message_id>.json`` per message;
 :func:`merge` reads both, and the first compaction retires the old files.
@@ -65,6 +72,11 @@ def status_record(client_message_id: str, status: MessageStatus) -> bytes:
         # Formatted, not json.dumps: the same bytes, at a third of the cost (three per send).
         return b'{"s":["%s","%s"]}\n' % (client_message_id.encode(), status.value.encode())
     return _line({"s": [client_message_id, status.value]})
+
+
+def withdrawal_record(client_message_id: str, seq: int) -> bytes:
+    """The line that withdraws the acceptance of ``client_message_id`` under ``seq``."""
+    return _line({"x": [client_message_id, seq]})
 
 
 def settled_form(entry: OutboxEntry) -> OutboxEntry:
@@ -121,6 +133,11 @@ def replay(data: bytes) -> dict[str, OutboxEntry]:
             entry = entries.get(str(message_id))
             if entry is not None and status is not None and status.progress > entry.status.progress:
                 entries[entry.client_message_id] = replace(entry, status=status)
+        elif "x" in record and isinstance(record["x"], list) and len(record["x"]) == 2:
+            message_id, seq = record["x"]
+            entry = entries.get(str(message_id))
+            if entry is not None and entry.seq == seq:
+                del entries[entry.client_message_id]
     return entries
 
 

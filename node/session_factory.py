@@ -64,7 +64,16 @@ class SessionFactory:
             if restore_credentials and not is_new
             else None
         )
-        entries = [] if is_new else await self._storage.open_messages(workspace_id, session_id)
+        lease = self._may_write()
+        entries = (
+            []
+            if is_new
+            else await self._storage.open_messages(
+                workspace_id,
+                session_id,
+                may_write=lambda: lease != 0 and self._may_write() == lease,
+            )
+        )
         session = HostedSession(
             meta=_opened_here(meta, self._node_id, epoch),
             storage=self._storage,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from node import message_log
-from node.commit_io import fsync_folder
+from node.commit_io import FileTicket, fsync_folder
 from node.group_commit import GroupCommitWriter
 from node.storage_errors import LeaseLapsed, StorageStalled, storage_errors
 from node.storage_files import (
@@ -49,7 +49,7 @@ from node.storage_files import (
 from node.storage_records import OutboxEntry, SessionMeta
 from registry import InvalidInput, MessageStatus, validate_id
 
-__all__ = ["CorruptRecord", "OutboxEntry", "SessionMeta", "SessionStorage"]
+__all__ = ["CorruptRecord", "FileTicket", "OutboxEntry", "SessionMeta", "SessionStorage"]
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 """How long one storage call may take before its caller gets ``StorageStalled``."""
@@ -66,7 +66,7 @@ _MAX_CACHED_LOG_PATHS = 65_536
 
 def _require(may_write: Callable[[], bool]) -> None:
     if not may_write():
-        raise LeaseLapsed("this node's lease lapsed before the message was written")
+        raise LeaseLapsed("this node's lease lapsed before the write: nothing was written")
 
 
 class SessionStorage:
@@ -213,18 +213,29 @@ class SessionStorage:
         entry: OutboxEntry,
         *,
         may_write: Callable[[], bool] | None = None,
+        ticket: FileTicket | None = None,
     ) -> None:
         """Append an accepted message to the session's log; returns once it is on disk.
         ``may_write`` is asked in the worker thread just before the record is written: when
         it says no (this node's lease lapsed meanwhile), nothing is written and
-        ``LeaseLapsed`` is raised."""
+        ``LeaseLapsed`` is raised. ``ticket`` notes the file it went to (for
+        :meth:`withdraw_accepted`)."""
         validate_id(entry.client_message_id, field="client_message_id")
         path = self._log_file(workspace_id, session_id)
         precondition = None if may_write is None else functools.partial(_require, may_write)
         with storage_errors(f"accept a message of {workspace_id}/{session_id}"):
             await self._writer.append(
-                path, message_log.accepted_record(entry), precondition=precondition
+                path, message_log.accepted_record(entry), precondition=precondition, ticket=ticket
             )
+
+    def withdraw_accepted(
+        self, workspace_id: str, session_id: str, entry: OutboxEntry, ticket: FileTicket
+    ) -> None:
+        """Queue the withdrawal of ``entry``'s record (its send was answered with an error),
+        into the file the record went to only (see :mod:`node.message_log`)."""
+        path = self._log_file(workspace_id, session_id)
+        record = message_log.withdrawal_record(entry.client_message_id, entry.seq)
+        self._writer.append_later(path, record, bound_to=ticket)
 
     def append_status(
         self, workspace_id: str, session_id: str, client_message_id: str, status: MessageStatus
@@ -237,13 +248,24 @@ class SessionStorage:
         self._writer.append_later(path, record)
 
     async def rewrite_messages(
-        self, workspace_id: str, session_id: str, entries: list[OutboxEntry]
+        self,
+        workspace_id: str,
+        session_id: str,
+        entries: list[OutboxEntry],
+        *,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
         """Replace the session's log with one holding just ``entries`` (compacted), durably;
-        then retire the per-message files of the old format, if any."""
+        then retire the per-message files of the old format, if any. ``may_write`` is asked
+        in the worker thread just before the rename: when it says no (this node's lease
+        lapsed, a newer owner may have the log), nothing is replaced and ``LeaseLapsed`` is
+        raised."""
         path = self._log_file(workspace_id, session_id)
+        precondition = None if may_write is None else functools.partial(_require, may_write)
         with storage_errors(f"rewrite {workspace_id}/{session_id} messages"):
-            await self._writer.write(path, message_log.compacted(entries))
+            await self._writer.write(
+                path, message_log.compacted(entries), precondition=precondition
+            )
         legacy = self.session_dir(workspace_id, session_id) / _LEGACY_OUTBOX
         action = f"retire {workspace_id}/{session_id} old outbox"
         await self._run(action, remove_legacy_outbox, legacy, self._root)
@@ -259,16 +281,18 @@ class SessionStorage:
         entries, _ = await self._read_messages(workspace_id, session_id)
         return entries
 
-    async def open_messages(self, workspace_id: str, session_id: str) -> list[OutboxEntry]:
+    async def open_messages(
+        self, workspace_id: str, session_id: str, *, may_write: Callable[[], bool] | None = None
+    ) -> list[OutboxEntry]:
         """Every message of the session (see :meth:`load_outbox`), for a node that starts
         running it: a log that exists is rewritten compacted first, so this node appends to a
         file of its own (a torn last line, or a former owner's late append, cannot mix with
         its records), settled messages past the dedupe window are forgotten and the old format is
-        retired."""
+        retired. ``may_write``: as for :meth:`rewrite_messages`."""
         entries, has_files = await self._read_messages(workspace_id, session_id)
         if has_files:
             entries = message_log.retained(entries, now_unix=time.time())
-            await self.rewrite_messages(workspace_id, session_id, entries)
+            await self.rewrite_messages(workspace_id, session_id, entries, may_write=may_write)
         return entries
 
     async def _read_messages(

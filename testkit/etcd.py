@@ -197,6 +197,16 @@ class EtcdProcess:
             self._log = None
         return code
 
+    async def kill(self) -> None:
+        """SIGKILL etcd (kill -9: no leader transfer, no clean close) and wait for it."""
+        if self._popen is None or self._popen.poll() is not None:
+            return
+        self._popen.kill()
+        await asyncio.to_thread(self._popen.wait)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
     def pause(self) -> None:
         """SIGSTOP the process: it keeps its sockets open and answers nothing (a blackhole,
         not a refused connection)."""

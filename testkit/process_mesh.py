@@ -73,6 +73,8 @@ class MeshSettings:
     etcd_members: int = 1
     """Members of the private etcd cluster (3 for the tests of etcd's own faults); every
     process is given every member's URL."""
+    database_url: str = ""
+    """The accounts DB every node uses (migrated at start); empty: a SQLite file of the mesh."""
 
 
 @dataclass
@@ -125,7 +127,9 @@ class ProcessMesh:
 
     @property
     def database_url(self) -> str:
-        """The shared SQLite accounts DB."""
+        """The accounts DB: ``settings.database_url``, or a shared SQLite file."""
+        if self.settings.database_url:
+            return self.settings.database_url
         return f"sqlite:///{(self.state_dir / 'accounts.db').resolve()}"
 
     @property

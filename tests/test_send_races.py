@@ -9,16 +9,20 @@ The slow disk is a fault hook on one node's storage threads (``storage-<node_id>
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from node import commit_io
-from node.storage import SessionStorage
+from node import commit_io, message_log
+from node.storage import FileTicket, OutboxEntry, SessionStorage
+from node.storage_errors import LeaseLapsed
 from protos import admin_pb2, admin_pb2_grpc, session_pb2
+from registry import MessageStatus
 from testkit import InProcessMesh, eventually, running_inprocess_mesh
 
 pb = session_pb2
@@ -193,3 +197,88 @@ class TestOwnerLosesItsLeaseMidWrite:
                 assert answer.client_message_id == "m-1"
             await _delivered_once(mesh, "m-1")
             monkeypatch.setattr(heartbeat, "_is_storage_healthy", lambda: True)
+
+
+def _queued(client_message_id: str, seq: int) -> OutboxEntry:
+    return OutboxEntry(
+        client_message_id=client_message_id,
+        to="+14155550101",
+        text="hello",
+        status=MessageStatus.QUEUED,
+        accepted_at_unix=time.time(),
+        seq=seq,
+        accepted_by_node_id="node-old",
+    )
+
+
+def _take_the_path_over(storage_root: Path) -> None:
+    """What a new owner's open does to the log: a compacted file of its own renamed over it."""
+    log = storage_root / "workspace_ws-race" / "s-1" / "messages.log"
+    fresh = log.with_name("new-owner.tmp")
+    fresh.write_bytes(message_log.compacted([_queued("m-new", 1)]))
+    os.replace(fresh, log)
+
+
+class TestAFormerOwnersLateWrites:
+    """A node that lost the session (its lease lapsed, a newer owner opened the log) and
+    writes late: the write goes to the file it had, never into the newer owner's."""
+
+    async def test_a_withdrawal_after_the_session_stopped_never_reaches_the_new_owners_file(
+        self, tmp_path: Path
+    ) -> None:
+        former, newer = SessionStorage(tmp_path), SessionStorage(tmp_path)
+        entry = _queued("m-1", 1)
+        ticket = FileTicket()
+        await former.append_accepted(*SESSION, entry, ticket=ticket)
+        await former.close_messages(*SESSION)  # its session stopped: the log is closed
+        assert [e.client_message_id for e in await newer.open_messages(*SESSION)] == ["m-1"]
+        # The former owner learns only now that its send failed (its lease had lapsed).
+        former.withdraw_accepted(*SESSION, entry, ticket)
+        await former.close_messages(*SESSION)
+        kept = await newer.load_outbox(*SESSION)
+        assert [(e.client_message_id, e.status) for e in kept] == [("m-1", MessageStatus.QUEUED)]
+
+    async def test_a_withdrawal_in_time_withdraws_the_record_for_every_later_reader(
+        self, tmp_path: Path
+    ) -> None:
+        former = SessionStorage(tmp_path)
+        entry = _queued("m-1", 1)
+        ticket = FileTicket()
+        await former.append_accepted(*SESSION, entry, ticket=ticket)
+        former.withdraw_accepted(*SESSION, entry, ticket)
+        await former.close_messages(*SESSION)
+        assert await SessionStorage(tmp_path).open_messages(*SESSION) == []
+        # A retry of the same id is accepted anew, under a new seq, and counts.
+        await former.append_accepted(*SESSION, _queued("m-1", 2))
+        await former.close_messages(*SESSION)
+        kept = await SessionStorage(tmp_path).load_outbox(*SESSION)
+        assert [(e.client_message_id, e.seq) for e in kept] == [("m-1", 2)]
+
+    async def test_paused_between_its_lease_check_and_its_write(self, tmp_path: Path) -> None:
+        former = SessionStorage(tmp_path)
+        await former.append_accepted(*SESSION, _queued("m-0", 1))
+        await former.close_messages(*SESSION)
+
+        def lease_checked_then_paused() -> bool:
+            # The check passes; while the writer is paused right after it, the lease
+            # expires and a newer owner takes the log over.
+            _take_the_path_over(tmp_path)
+            return True
+
+        await former.append_accepted(
+            *SESSION, _queued("m-late", 2), may_write=lease_checked_then_paused
+        )
+        kept = await SessionStorage(tmp_path).load_outbox(*SESSION)
+        assert [e.client_message_id for e in kept] == ["m-new"]
+
+    async def test_a_compaction_after_the_lease_lapsed_replaces_nothing(
+        self, tmp_path: Path
+    ) -> None:
+        former = SessionStorage(tmp_path)
+        await former.append_accepted(*SESSION, _queued("m-0", 1))
+        await former.close_messages(*SESSION)
+        _take_the_path_over(tmp_path)
+        with pytest.raises(LeaseLapsed):
+            await former.rewrite_messages(*SESSION, [_queued("m-0", 1)], may_write=lambda: False)
+        kept = await SessionStorage(tmp_path).load_outbox(*SESSION)
+        assert [e.client_message_id for e in kept] == ["m-new"]
