@@ -33,7 +33,7 @@ async def _serve(config: NodeConfig) -> None:
     stop_wait = asyncio.create_task(stop_requested.wait())
     await asyncio.wait({terminated, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
     stop_wait.cancel()
-    await node.stop()
+    await node.stop(grace_seconds=config.shutdown_grace_seconds)
     await terminated
     _log.info("node_exited", node_id=node.node_id)
 

@@ -21,6 +21,9 @@
     --loop-stall-limit-seconds LOOP_STALL_LIMIT_SECONDS   10
     --max-in-flight        MAX_IN_FLIGHT                  256
     --storage-timeout-seconds STORAGE_TIMEOUT_SECONDS     10
+    --outbox-max-queued    OUTBOX_MAX_QUEUED              10000 (per session)
+    --max-watchers-per-session MAX_WATCHERS_PER_SESSION   64
+    --shutdown-grace-seconds SHUTDOWN_GRACE_SECONDS       20
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -36,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.session_limits import DEFAULT_MAX_WATCHERS_PER_SESSION, DEFAULT_OUTBOX_MAX_QUEUED
 from registry import (
     DEFAULT_CLUSTER,
     first_set,
@@ -63,6 +67,7 @@ DEFAULT_MAX_MOVES_IN_FLIGHT = 64
 DEFAULT_LOOP_STALL_LIMIT_SECONDS = 10.0
 DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_STORAGE_TIMEOUT_SECONDS = 10.0
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 20.0
 MIN_LEASE_TTL_SECONDS = 2
 
 
@@ -112,6 +117,14 @@ class NodeConfig:
     storage_timeout_seconds: float = DEFAULT_STORAGE_TIMEOUT_SECONDS
     """How long one storage call may take; past it the call fails with UNAVAILABLE, and a
     node whose storage stops answering serves NOT_SERVING and gives its lease up."""
+    outbox_max_queued: int = DEFAULT_OUTBOX_MAX_QUEUED
+    """Messages one session may hold that the network has not acknowledged; a send past it
+    is refused with RESOURCE_EXHAUSTED and a retry hint."""
+    max_watchers_per_session: int = DEFAULT_MAX_WATCHERS_PER_SESSION
+    """Open WatchSession streams per session; one more is refused with RESOURCE_EXHAUSTED."""
+    shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
+    """How long a SIGTERM'd node may take to exit: its slots are handed off within most of
+    it (a handoff still running then is cut short), then it stops what is left and exits."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -178,6 +191,18 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--storage-timeout-seconds",
         default=env("STORAGE_TIMEOUT_SECONDS", default=str(DEFAULT_STORAGE_TIMEOUT_SECONDS)),
     )
+    add(
+        "--outbox-max-queued",
+        default=env("OUTBOX_MAX_QUEUED", default=str(DEFAULT_OUTBOX_MAX_QUEUED)),
+    )
+    add(
+        "--max-watchers-per-session",
+        default=env("MAX_WATCHERS_PER_SESSION", default=str(DEFAULT_MAX_WATCHERS_PER_SESSION)),
+    )
+    add(
+        "--shutdown-grace-seconds",
+        default=env("SHUTDOWN_GRACE_SECONDS", default=str(DEFAULT_SHUTDOWN_GRACE_SECONDS)),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -226,6 +251,15 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         max_in_flight=whole_number(args.max_in_flight, field="--max-in-flight", minimum=1),
         storage_timeout_seconds=positive_seconds(
             args.storage_timeout_seconds, field="--storage-timeout-seconds"
+        ),
+        outbox_max_queued=whole_number(
+            args.outbox_max_queued, field="--outbox-max-queued", minimum=1
+        ),
+        max_watchers_per_session=whole_number(
+            args.max_watchers_per_session, field="--max-watchers-per-session", minimum=1
+        ),
+        shutdown_grace_seconds=positive_seconds(
+            args.shutdown_grace_seconds, field="--shutdown-grace-seconds"
         ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),

@@ -25,9 +25,10 @@ from opentelemetry import trace
 from node.drivers.base import Driver
 from node.message_log import retained, settled_form
 from node.outbox import Outbox
+from node.session_limits import DEFAULT_OUTBOX_MAX_QUEUED, QUOTA_RETRY_AFTER_MS
 from node.storage import FileTicket, OutboxEntry, SessionStorage
 from node.storage_errors import LeaseLapsed, StorageStalled
-from registry import MessageStatus, Unavailable
+from registry import CapacityExhausted, MessageStatus, Unavailable
 
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -61,7 +62,11 @@ class OutboxDelivery:
         entries: list[OutboxEntry],
         may_write: Callable[[], int],
         span_attributes: Callable[[], dict[str, str]],
+        max_queued: int = DEFAULT_OUTBOX_MAX_QUEUED,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
+        self._max_queued = max_queued
+        self._on_refused = on_refused
         self._workspace_id = workspace_id
         self._session_id = session_id
         self._storage = storage
@@ -113,7 +118,9 @@ class OutboxDelivery:
         id says so; its ``seq`` is never handed out again. Raises ``Unavailable`` once the
         session is stopping, or when this node may no longer write for it (its lease is not
         confirmed) — also when that turns out only after the write, in which case the record
-        is marked FAILED behind it, so no later reader delivers it.
+        is withdrawn behind it, so no later reader delivers it and a retry is accepted anew.
+        Raises ``CapacityExhausted`` when the session already holds its quota of messages the
+        network has not acknowledged (nothing is written).
         """
         async with self._send_lock:
             existing = self._outbox.get(client_message_id)
@@ -125,6 +132,15 @@ class OutboxDelivery:
                 if self._is_closed:
                     raise Unavailable(
                         "the session is stopping", retry_after_ms=STOPPING_RETRY_AFTER_MS
+                    )
+                waiting = self._outbox.queued_count + len(self._pending)
+                if waiting >= self._max_queued:
+                    self._on_refused()
+                    raise CapacityExhausted(
+                        f"session {self._workspace_id}/{self._session_id} has {waiting} "
+                        f"messages the network has not acknowledged yet, its quota "
+                        f"(OUTBOX_MAX_QUEUED); send again once they are delivered",
+                        retry_after_ms=QUOTA_RETRY_AFTER_MS,
                     )
                 lease = self._may_write()
                 if not lease:  # the new owner would not see it: accept nothing

@@ -21,6 +21,12 @@ thread (:mod:`node.commit_io`: how each file is written, flushed and, on failure
 A group never holds an append to a file it also replaces (the append waits for the next
 group), so appends always land in the file as renamed.
 
+**Bounded in size.** At most ``max_queued`` operations wait (``MAX_QUEUED_OPS``): past it a
+durable append or a replacement is refused before it is queued (:class:`StorageBusy`,
+``RESOURCE_EXHAUSTED`` with a retry hint: nothing written), and a status appended without
+waiting is dropped and counted (``on_dropped``; re-derived as above). A close is always
+queued (one per stopping session).
+
 **Bounded in time.** Storage (a local disk, or NFS that can hang) is used from threads of its
 own, never the default pool, and no caller waits longer than ``timeout_seconds``: an operation
 still queued then is dropped (it never reaches the disk), one already in a group that hangs
@@ -39,11 +45,12 @@ from pathlib import Path
 import structlog
 
 from node.commit_io import TEMP_PREFIX, FileTicket, Op, OpenLogs, OpKind, commit_group
-from node.storage_errors import StorageStalled
+from node.storage_errors import StorageBusy, StorageStalled
 
 __all__ = [
     "LINGER_SECONDS",
     "MAX_GROUP_SIZE",
+    "MAX_QUEUED_OPS",
     "TEMP_PREFIX",
     "FileTicket",
     "GroupCommitWriter",
@@ -54,6 +61,8 @@ _log = structlog.get_logger(__name__)
 
 MAX_GROUP_SIZE = 512
 """Most operations committed together (a larger backlog is committed in several groups)."""
+MAX_QUEUED_OPS = 65_536
+"""Operations that may wait for the storage at once (see "Bounded in size")."""
 LINGER_SECONDS = 0.05
 """How long appends that need not be durable wait for company before a group is committed."""
 
@@ -70,8 +79,14 @@ class GroupCommitWriter:
         executor: Executor,
         timeout_seconds: float,
         on_stall: Callable[[], None] = lambda: None,
+        max_queued: int = MAX_QUEUED_OPS,
+        on_dropped: Callable[[], None] = lambda: None,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._root = root
+        self._max_queued = max_queued
+        self._on_dropped = on_dropped
+        self._on_refused = on_refused
         self._check = check
         self._executor = executor
         self._timeout_seconds = timeout_seconds
@@ -111,6 +126,9 @@ class GroupCommitWriter:
         (nor making it durable): see the module docstring. With ``bound_to``, only into the
         file that ticket's record went to: skipped when it was never written, or when the
         path names another file by then."""
+        if len(self._queue) >= self._max_queued:
+            self._on_dropped()
+            return
         loop = asyncio.get_running_loop()
         op = Op(
             OpKind.APPEND,
@@ -151,6 +169,12 @@ class GroupCommitWriter:
         precondition: Callable[[], None] | None = None,
         ticket: FileTicket | None = None,
     ) -> None:
+        if kind is not OpKind.CLOSE and len(self._queue) >= self._max_queued:
+            self._on_refused()
+            raise StorageBusy(
+                f"{len(self._queue)} writes wait for the storage already; {kind.value} "
+                f"{path.name} refused, nothing written"
+            )
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         op = Op(kind, path, data, is_durable, done, precondition=precondition, ticket=ticket)
         self._queue.append(op)

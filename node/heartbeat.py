@@ -172,6 +172,17 @@ class Heartbeat:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, STOP_TIMEOUT_SECONDS)
 
+    def abandon(self) -> None:
+        """Stop keeping the lease alive without revoking it: it expires a TTL later, after
+        this process is gone (the node's sessions did not all stop in time, and must be gone
+        before another node takes them)."""
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            self._tick_task = None
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+
     async def _on_thread(self, step: Coroutine[Any, Any, _T]) -> _T:
         assert self._loop is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(step, self._loop))

@@ -35,6 +35,7 @@ from node.reporting import SessionReporter
 from node.restore import RestorePipeline
 from node.session import HostedSession
 from node.session_factory import SessionFactory
+from node.session_limits import DEFAULT_LIMITS, SessionLimits
 from node.session_state import SessionState, SessionView
 from node.session_table import SessionTable
 from node.storage import CorruptRecord, SessionMeta, SessionStorage
@@ -69,6 +70,7 @@ class SessionManager:
         quarantine: QuarantineBook,
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
+        limits: SessionLimits = DEFAULT_LIMITS,
     ) -> None:
         self._node_id = node_id
         self._storage = storage
@@ -91,6 +93,7 @@ class SessionManager:
             observer=self._reporter,
             on_fenced=self._on_fenced,
             may_write=may_write,
+            limits=limits,
         )
         self._is_stopping = False
         self._restores = RestorePipeline(
@@ -353,23 +356,36 @@ class SessionManager:
 
     async def stop_workspaces(self, workspace_ids: set[str]) -> None:
         """Stop the sessions of these workspaces gracefully (state and outbox flushed, no
-        logout), as a handoff or a fence needs; they are restored elsewhere."""
-        sessions = self._table.take_workspaces(workspace_ids)
-        await asyncio.gather(*(self._stop_one(session) for session in sessions))
+        logout), as a handoff or a fence needs; they are restored elsewhere. A caller cut
+        short (a shutdown's deadline) leaves the stops running: :meth:`stop_all` waits for
+        them before the lease goes."""
+        await self._stop_sessions(self._table.take_workspaces(workspace_ids))
 
     async def stop_all_sessions(self) -> None:
         """Stop every session now (the lease is going): the node keeps running, empty."""
-        await asyncio.gather(*(self._stop_one(session) for session in self._table.take_all()))
+        await self._stop_sessions(self._table.take_all())
+
+    async def _stop_sessions(self, sessions: Iterable[HostedSession]) -> None:
+        tasks = [self._stop_in_background(session) for session in sessions]
+        if not tasks:
+            return
+        await asyncio.wait(tasks)  # not gather: a cancelled caller must not cancel a stop
+        for task in tasks:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    def _stop_in_background(self, session: HostedSession) -> asyncio.Task[None]:
+        task = asyncio.create_task(
+            self._stop_one(session), name=f"stop-{session.workspace_id}/{session.session_id}"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _on_fenced(self, session: HostedSession) -> None:
         # A newer owner took this session: drop it and stop it, writing nothing.
         if self._table.remove(session):
-            task = asyncio.create_task(
-                self._stop_one(session),
-                name=f"fenced-{session.workspace_id}/{session.session_id}",
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._stop_in_background(session)
 
     async def _stop_one(self, session: HostedSession) -> None:
         await session.stop(logout=False)
@@ -381,8 +397,12 @@ class SessionManager:
         """Stop every session gracefully (not logged out: they restore later), flushing state;
         from here on calls are refused with a retry hint."""
         self._is_stopping = True
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self.stop_all_sessions()
+        sessions = self._table.take_all()
+        stops = [*self._background, *(self._stop_in_background(s) for s in sessions)]
+        # Every stop under way too (a handoff cut short by a shutdown's deadline began some):
+        # the lease is revoked after this, and no session may still be connected then.
+        if stops:
+            await asyncio.wait(stops)
 
 
 def _check_same_phone(meta: SessionMeta, phone_number: str) -> None:

@@ -99,6 +99,19 @@ ACCOUNTS_PENDING = Gauge(
     "Sessions with accounts DB changes queued and not yet committed.",
     ["node_id"],
 )
+DROPPED = Counter(
+    "sessionmesh_node_dropped",
+    "Entries a full bounded queue dropped, by queue (driver_events: acks, inbound messages or "
+    "QR codes of one session's driver; storage_statuses: message statuses not yet written) and "
+    "kind.",
+    ["node_id", "queue", "kind"],
+)
+REFUSED = Counter(
+    "sessionmesh_node_refused",
+    "Calls refused with RESOURCE_EXHAUSTED by a limit: outbox_quota (a session's undelivered "
+    "messages), watchers (per session), storage_queue (writes waiting for the disk).",
+    ["node_id", "limit"],
+)
 OWNED_SLOTS = Gauge(
     "sessionmesh_node_owned_slots",
     "Slots this node owns now.",
@@ -206,3 +219,11 @@ class NodeMetrics:
     def owned_slots(self, count: int) -> None:
         """The node owns ``count`` slots now."""
         self._owned_slots.set(count)
+
+    def dropped(self, queue: str, kind: str) -> None:
+        """A full ``queue`` dropped one entry of ``kind``."""
+        DROPPED.labels(self._node_id, queue, kind).inc()
+
+    def refused(self, limit: str) -> None:
+        """A call was refused by ``limit``."""
+        REFUSED.labels(self._node_id, limit).inc()

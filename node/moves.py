@@ -13,6 +13,7 @@ move count to the next owner, so the rows count each move once whichever node's 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -161,8 +162,8 @@ class Moves:
             if owner is None:
                 return
             slots.begin_slot_handoff(slot)
+            leaving = self._catalog.served_in_slot(slot, excluding=set(slots.pins()))
             try:
-                leaving = self._catalog.served_in_slot(slot, excluding=set(slots.pins()))
                 await self._manager.stop_workspaces(leaving)
                 self._catalog.mark_unserved(leaving)
                 self._write_accounts_soon()
@@ -171,8 +172,20 @@ class Moves:
                 self._catalog.forget_slot(slot)
                 self._metrics.handed_off()
                 _log.info("slot_handed_off", node_id=self._node_id, slot=slot)
-            finally:
+            except asyncio.CancelledError:
+                # A shutdown's deadline cut it short: the slot keeps refusing calls (its
+                # sessions may be stopped) until the lease goes, which releases the key.
+                raise
+            except BaseException:
+                # The key is still ours (etcd refused the release): serve the slot again,
+                # with its sessions — never an owned slot answering NOT_FOUND for them.
+                if slots.owner_of_slot(slot) is not None:
+                    with contextlib.suppress(Exception):
+                        await self._manager.restore_workspaces(leaving, epoch=owner.epoch)
+                        self._catalog.mark_served(leaving)
                 slots.end_slot_handoff(slot)
+                raise
+            slots.end_slot_handoff(slot)
 
     async def release_stale_slot(self, slot: int, holder: Owner) -> None:
         """Release a key held under this node's name that this node does not run (left by a
@@ -230,8 +243,16 @@ class Moves:
                 slots.drop_pin(workspace_id)
                 self._metrics.handed_off()
                 _log.info("pin_handed_off", node_id=self._node_id, workspace_id=workspace_id)
-            finally:
+            except asyncio.CancelledError:
+                raise  # as for a slot: refusing calls until the lease goes
+            except BaseException:
+                if slots.owner_of_pin(workspace_id) is not None:  # still ours: serve it again
+                    with contextlib.suppress(Exception):
+                        await self._manager.restore_workspaces([workspace_id], epoch=owner.epoch)
+                        self._catalog.mark_served({workspace_id})
                 slots.end_pin_handoff(workspace_id)
+                raise
+            slots.end_pin_handoff(workspace_id)
 
     async def converge_workspaces(self) -> None:
         """Stop workspaces this node should no longer run (a pin elsewhere appeared) and start

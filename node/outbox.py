@@ -28,6 +28,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def queued_count(self) -> int:
+        """Messages the network has not acknowledged yet."""
+        return len(self._queued)
+
     def get(self, client_message_id: str) -> OutboxEntry | None:
         """The entry accepted under ``client_message_id``, if any."""
         return self._entries.get(client_message_id)

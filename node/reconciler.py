@@ -42,6 +42,10 @@ def _placement_key(nodes: dict[str, NodeRecord]) -> tuple[tuple[str, bool, bool]
     )
 
 
+CUT_MOVES_SECONDS = 0.5
+"""How long moves cancelled at a shutdown's deadline get to unwind."""
+
+
 class Reconciler:
     """Drives this node's ownership towards placement; see the module docstring."""
 
@@ -86,13 +90,35 @@ class Reconciler:
         """Start the loop (returns at once)."""
         self._task = asyncio.create_task(self._loop(), name="reconciler")
 
-    async def stop(self) -> None:
-        """Stop the loop and wait for the moves in flight."""
+    async def stop(self, *, timeout_seconds: float | None = None) -> None:
+        """Stop the loop and wait for the moves in flight — at most ``timeout_seconds``:
+        a move still running then is cancelled (a shutdown's deadline; the sessions it
+        touched are stopped by the node's own stop, and the lease's end releases its keys)."""
         self._is_stopped = True
         self._wake.set()
         await stop_task(self._task)
         self._task = None
-        await self.settle()
+        if timeout_seconds is None:
+            await self.settle()
+            return
+        if not await self._wait_moves(timeout_seconds):
+            cut = list(self._in_flight.values())
+            _log.warning("moves_cut_short", node_id=self._node_id, moves=len(cut))
+            for task in cut:
+                task.cancel()
+            await asyncio.wait(cut, timeout=CUT_MOVES_SECONDS)
+
+    async def _wait_moves(self, timeout_seconds: float) -> bool:
+        """Wait (without cancelling them) until no move is in flight; whether that happened
+        within ``timeout_seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        while self._in_flight:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(list(self._in_flight.values()), timeout=left)
+        return True
 
     async def settle(self) -> None:
         """Wait until no move is in flight."""
@@ -224,14 +250,22 @@ class Reconciler:
         await self._publish_draining(True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_seconds
-        while loop.time() < deadline:
-            await self.run_once()
-            await self.settle()
-            if not self._has_takeable_work():
-                return
-            # Handoffs wait for a target that is active; look again when something changes.
-            await self._wait_for_wake(max(0.0, deadline - loop.time()))
-        _log.warning("drain_incomplete", node_id=self._node_id, owned=len(self._slots.slots()))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):  # a pass cut short changes nothing
+                while True:
+                    await self.run_once()
+                    # Not settle(): its gather would cancel the handoffs at the deadline.
+                    await self._wait_moves(max(0.0, deadline - loop.time()))
+                    if not self._has_takeable_work():
+                        return
+                    # Handoffs wait for a target that is active; look again on a change.
+                    await self._wait_for_wake(max(0.0, deadline - loop.time()))
+        _log.warning(
+            "drain_incomplete",
+            node_id=self._node_id,
+            owned=len(self._slots.slots()),
+            moves_in_flight=len(self._in_flight),
+        )
 
     def _has_takeable_work(self) -> bool:
         if any(self._view.pin_of(ws) != self._node_id for ws in self._slots.pins()):

@@ -127,6 +127,14 @@ class SessionReporter:
                 epoch=session.epoch,
             )
 
+    def limit_reached(self, session: HostedSession, what: str, kind: str) -> None:
+        """A bound of the session applied: counted (``sessionmesh_node_dropped`` for the
+        driver events, ``sessionmesh_node_refused`` for a refused call)."""
+        if what == "driver_events":
+            self._metrics.dropped(what, kind)
+        else:
+            self._metrics.refused(what)
+
     def activity(self, session: HostedSession) -> None:
         """Queue the activity time (coalesced by the store)."""
         if self._accounts is not None:

@@ -22,7 +22,7 @@ from node.heartbeat import Heartbeat
 from node.lease_fence import LeaseFence
 from node.manager import SessionManager
 from node.quarantine_book import QuarantineBook
-from node.reconciler import Reconciler
+from node.reconciler import CUT_MOVES_SECONDS, Reconciler
 from node.shutdown import run_step
 from node.slot_table import SlotTable
 from node.storage import SessionStorage
@@ -41,8 +41,17 @@ _log = structlog.get_logger(__name__)
 
 LOAD_PUBLISH_INTERVAL_SECONDS = 1.0
 """The node record's ``load`` is republished at most this often, and only when it changed."""
-STOP_STEP_MARGIN_SECONDS = 5.0
-"""A stop step may take the grace period plus this before it is abandoned (and logged)."""
+DRAIN_SHARE = 0.5
+"""Of the grace period, the share the handoffs get; the rest is for stopping what is left
+(and for the process's own exit)."""
+MOVES_SHARE = 0.6
+"""By this share of the grace period, moves still running are cut short."""
+SESSIONS_SHARE = 0.85
+"""By this share, the sessions are stopped (state flushed) and calls in flight answered."""
+QUICK_STEP_SECONDS = 0.5
+"""The limit of a step that only closes something (each step is bounded)."""
+MIN_STEP_SECONDS = 0.2
+"""The least time a step of the shared budget gets, even past the grace period."""
 
 
 @dataclass(frozen=True)
@@ -139,30 +148,52 @@ class NodeServer:
             published = load
 
     async def stop(self, *, grace_seconds: float = 5.0) -> None:
-        """Drain and stop: mark draining, hand every slot off to the nodes placement picks
-        (bounded by ``grace_seconds``), stop taking calls, stop what is left (state flushed),
-        flush the accounts DB, revoke the lease, close etcd. Safe to call twice."""
+        """Drain and stop within ``grace_seconds``: mark draining, hand every slot off to
+        the nodes placement picks (within ``DRAIN_SHARE`` of the grace; a handoff still
+        running at ``MOVES_SHARE`` is cut short), stop taking calls, stop what is left (state
+        flushed), flush the accounts DB, revoke the lease, close etcd. If the sessions did not
+        all stop in time the lease is not revoked but left to expire, after this process is
+        gone: a session still connected here must not meet its next owner. Safe to call
+        twice."""
         async with self._stop_lock:
             if self._is_stopped:
                 return
             self._is_stopped = True
             parts = self._parts
-            _log.info("node_stopping", node_id=self.node_id)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            _log.info("node_stopping", node_id=self.node_id, grace_seconds=grace_seconds)
+
+            def until(share: float) -> float:
+                return max(MIN_STEP_SECONDS, started + grace_seconds * share - loop.time())
+
+            quick = QUICK_STEP_SECONDS
             await stop_task(self._load_task)
-            limit = grace_seconds + STOP_STEP_MARGIN_SECONDS
-            await self._step("catalog", parts.catalog.counts.close(), limit)
-            await parts.reconciler.drain_for_shutdown(timeout_seconds=grace_seconds)
-            await self._step("reconciler", parts.reconciler.stop(), limit)
-            await self._step("health", parts.health.enter_graceful_shutdown(), limit)
-            # New calls are refused from here; calls in flight get grace_seconds to finish,
-            # while the sessions stop (which also ends every WatchSession stream).
-            server_stopped = asyncio.create_task(parts.server.stop(grace_seconds))
-            await self._step("sessions", parts.manager.stop_all(), limit)
-            await self._step("grpc_server", server_stopped, limit)
-            await self._step("lease_fence", parts.lease_fence.stop(), limit)
+            await self._step("catalog", parts.catalog.counts.close(), quick)
+            await parts.reconciler.drain_for_shutdown(timeout_seconds=until(DRAIN_SHARE))
+            moves_limit = until(MOVES_SHARE)
+            await self._step(
+                "reconciler",
+                parts.reconciler.stop(timeout_seconds=moves_limit),
+                moves_limit + CUT_MOVES_SECONDS + quick,
+            )
+            await self._step("health", parts.health.enter_graceful_shutdown(), quick)
+            # New calls are refused from here; calls in flight get until SESSIONS_SHARE to
+            # finish, while the sessions stop (which also ends every WatchSession stream).
+            server_stopped = asyncio.create_task(parts.server.stop(until(SESSIONS_SHARE)))
+            sessions_stopped = await self._step(
+                "sessions", parts.manager.stop_all(), until(SESSIONS_SHARE)
+            )
+            await self._step("grpc_server", server_stopped, quick)
+            await self._step("lease_fence", parts.lease_fence.stop(), quick)
             if parts.accounts is not None:
-                await self._step("accounts_db", parts.accounts.stop(), limit)
-            await self._step("lease", parts.heartbeat.stop(), limit)
+                await self._step("accounts_db", parts.accounts.stop(), until(0.95))
+            if sessions_stopped:
+                await self._step("lease", parts.heartbeat.stop(), quick * 2)
+            else:
+                _log.error("node_lease_left_to_expire", node_id=self.node_id)
+                parts.heartbeat.abandon()
+            limit = quick
             await self._step("ownership_view", parts.view.stop(), limit)
             await self._step("membership_watch", parts.membership.stop(), limit)
             await self._step("quarantine", parts.quarantine.stop(), limit)
@@ -171,8 +202,8 @@ class NodeServer:
             parts.storage.close()
             _log.info("node_stopped", node_id=self.node_id)
 
-    async def _step(self, name: str, step: Awaitable[object], limit_seconds: float) -> None:
-        await run_step(name, step, node_id=self.node_id, limit_seconds=limit_seconds)
+    async def _step(self, name: str, step: Awaitable[object], limit_seconds: float) -> bool:
+        return await run_step(name, step, node_id=self.node_id, limit_seconds=limit_seconds)
 
     async def wait_for_termination(self) -> None:
         """Return when the gRPC server has stopped."""

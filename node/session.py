@@ -24,13 +24,15 @@ import structlog
 from opentelemetry import trace
 
 from node.delivery import OutboxDelivery, SendResult
+from node.driver_events import DriverEventQueue
 from node.drivers.base import Driver, DriverEvent, DriverEventKind
 from node.epoch_fence import EpochFence, Fenced
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
+from node.session_limits import DEFAULT_LIMITS, QUOTA_RETRY_AFTER_MS, SessionLimits
 from node.session_state import STORED_STATES, SessionState, SessionView
 from node.storage import CorruptRecord, OutboxEntry, SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
-from registry import MeshError, Unavailable
+from registry import CapacityExhausted, MeshError, Unavailable
 
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -57,6 +59,11 @@ class SessionObserver(Protocol):
         """The session sent or received something."""
         ...
 
+    def limit_reached(self, session: HostedSession, what: str, kind: str) -> None:
+        """A bound of the session applied: ``what`` is ``driver_events`` (``kind``: what was
+        dropped), or a limit that refused a call (``outbox_quota``, ``watchers``)."""
+        ...
+
 
 class HostedSession:
     """A session running on this node, under the owner epoch of its ``fence``."""
@@ -73,8 +80,10 @@ class HostedSession:
         fence: EpochFence,
         on_fenced: Callable[[HostedSession], None],
         may_write: Callable[[], int],
+        limits: SessionLimits = DEFAULT_LIMITS,
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
+        self._limits = limits
         self._fence = fence
         self._on_fenced = on_fenced
         self._fence_reported = False
@@ -82,7 +91,7 @@ class HostedSession:
         self._driver = driver
         self._credentials = credentials
         self._observer = observer
-        self._broadcaster = Broadcaster()
+        self._broadcaster = Broadcaster(max_queued_events=limits.max_watcher_lag)
         self._delivery = OutboxDelivery(
             workspace_id=meta.workspace_id,
             session_id=meta.session_id,
@@ -91,10 +100,15 @@ class HostedSession:
             entries=outbox_entries,
             may_write=may_write,
             span_attributes=self._span_attributes,
+            max_queued=limits.outbox_max_queued,
+            on_refused=lambda: observer.limit_reached(self, "outbox_quota", "send"),
         )
         self._qr_code = ""
         self._qr_expire_at_unix = 0.0
-        self._driver_events: asyncio.Queue[DriverEvent | None] = asyncio.Queue()
+        self._driver_events = DriverEventQueue(
+            max_events=limits.max_driver_events,
+            on_dropped=lambda kind: observer.limit_reached(self, "driver_events", kind.value),
+        )
         self._meta_lock = asyncio.Lock()
         self._event_task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -190,10 +204,19 @@ class HostedSession:
     def _on_driver_event(self, event: DriverEvent) -> None:
         # Called by the driver on the loop; handled in order by _handle_driver_events.
         if self._accepts_driver_events:
-            self._driver_events.put_nowait(event)
+            self._driver_events.offer(event)
 
     def subscribe(self) -> Subscription:
-        """A subscription to this session's events from now on."""
+        """A subscription to this session's events from now on; ``CapacityExhausted`` when
+        the session has as many watchers as it may (``--max-watchers-per-session``)."""
+        if self._broadcaster.subscriber_count >= self._limits.max_watchers:
+            self._observer.limit_reached(self, "watchers", "watch")
+            raise CapacityExhausted(
+                f"session {self.workspace_id}/{self.session_id} has "
+                f"{self._limits.max_watchers} watchers, as many as it may "
+                "(MAX_WATCHERS_PER_SESSION)",
+                retry_after_ms=QUOTA_RETRY_AFTER_MS,
+            )
         subscription = self._broadcaster.subscribe()
         if self.state is SessionState.STOPPED:
             subscription.close()
@@ -245,7 +268,7 @@ class HostedSession:
                 await self._driver.stop(logout=logout)
         # Let the event task finish what the driver reported before it stopped (credentials!).
         self._accepts_driver_events = False
-        self._driver_events.put_nowait(None)
+        self._driver_events.close()
         tasks = [self._event_task, delivery_task, self._start_task]
         await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
         # Accepts already on their way to the disk land before the session is recorded

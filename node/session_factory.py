@@ -9,6 +9,7 @@ from collections.abc import Callable
 from node.drivers.base import DriverFactory
 from node.epoch_fence import EpochFence, Fenced
 from node.session import HostedSession, SessionObserver
+from node.session_limits import DEFAULT_LIMITS, SessionLimits
 from node.storage import SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
 
@@ -25,7 +26,9 @@ class SessionFactory:
         observer: SessionObserver,
         on_fenced: Callable[[HostedSession], None],
         may_write: Callable[[], int],
+        limits: SessionLimits = DEFAULT_LIMITS,
     ) -> None:
+        self._limits = limits
         self._may_write = may_write
         self._node_id = node_id
         self._storage = storage
@@ -84,6 +87,7 @@ class SessionFactory:
             fence=fence,
             on_fenced=self._on_fenced,
             may_write=self._may_write,
+            limits=self._limits,
         )
         try:
             # A takeover overwrites on purpose (see above); any other open is fenced by epoch.

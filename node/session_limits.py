@@ -44,3 +44,7 @@ class SessionLimits:
     max_driver_events: int = DEFAULT_MAX_DRIVER_EVENTS
     max_watcher_lag: int = DEFAULT_MAX_QUEUED_EVENTS
     """Events one watcher may fall behind before it is dropped."""
+
+
+DEFAULT_LIMITS = SessionLimits()
+"""The limits when none are configured."""

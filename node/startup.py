@@ -40,6 +40,7 @@ from node.reconciler import Reconciler
 from node.server import NodeParts, NodeServer
 from node.service import SessionService
 from node.serving import ServingCheck
+from node.session_limits import SessionLimits
 from node.slot_table import SlotTable
 from node.storage import SessionStorage
 from node.storage_health import StorageHealth
@@ -183,16 +184,21 @@ async def start_node(
             on_change=storage_health_changed,
         )
         cleanup.push_async_callback(storage_health.stop)
+        metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
         storage = SessionStorage(
             storage_root,
             timeout_seconds=config.storage_timeout_seconds,
             on_stall=storage_health.stalled,
             name=config.node_id,
+            on_limit=lambda limit: (
+                metrics.dropped(limit, "status")
+                if limit == "storage_statuses"
+                else metrics.refused(limit)
+            ),
         )
         cleanup.callback(storage.close)
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
         server, address = await _bind(config, cleanup)
-        metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
         accounts = await _open_accounts(config, metrics, cleanup)
         etcd, keys, membership, ring, view = await _follow_etcd(config, cleanup)
 
@@ -240,6 +246,10 @@ async def start_node(
             quarantine=quarantine,
             restore_concurrency=config.restore_concurrency,
             accounts=accounts,
+            limits=SessionLimits(
+                outbox_max_queued=config.outbox_max_queued,
+                max_watchers=config.max_watchers_per_session,
+            ),
         )
         cleanup.push_async_callback(manager.stop_all)
         catalog = CatalogBook(

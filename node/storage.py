@@ -34,7 +34,7 @@ from typing import Any
 
 from node import message_log
 from node.commit_io import FileTicket, fsync_folder
-from node.group_commit import GroupCommitWriter
+from node.group_commit import MAX_QUEUED_OPS, GroupCommitWriter
 from node.storage_errors import LeaseLapsed, StorageStalled, storage_errors
 from node.storage_files import (
     CorruptRecord,
@@ -79,6 +79,8 @@ class SessionStorage:
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         on_stall: Callable[[], None] = lambda: None,
         name: str = "",
+        max_queued_writes: int = MAX_QUEUED_OPS,
+        on_limit: Callable[[str], None] = lambda limit: None,
     ) -> None:
         self._root = Path(root).resolve()
         self._timeout_seconds = timeout_seconds
@@ -92,6 +94,9 @@ class SessionStorage:
             executor=self._executor,
             timeout_seconds=timeout_seconds,
             on_stall=on_stall,
+            max_queued=max_queued_writes,
+            on_dropped=lambda: on_limit("storage_statuses"),
+            on_refused=lambda: on_limit("storage_queue"),
         )
         self._log_paths: dict[tuple[str, str], Path] = {}
         self._session_dirs: dict[tuple[str, str], Path] = {}

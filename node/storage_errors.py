@@ -8,6 +8,7 @@ the disk says                 error                  status
 ``EIO``, ``EROFS``, any other :class:`StorageFailed`  ``UNAVAILABLE`` (retry hint: the node gives
                                                      its slots up if it keeps failing)
 no answer in time             :class:`StorageStalled` ``UNAVAILABLE`` (retry hint)
+too many writes queued        :class:`StorageBusy`    ``RESOURCE_EXHAUSTED`` (retry hint)
 ============================  =====================  ===========================================
 
 A call that gets one of these acknowledged nothing: an accepted message is acknowledged only
@@ -29,6 +30,14 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 class StorageFull(CapacityExhausted):
     """The storage has no room (``ENOSPC``/``EDQUOT``); nothing was acknowledged."""
+
+
+class StorageBusy(CapacityExhausted):
+    """Too many writes wait for the storage already (``group_commit.MAX_QUEUED_OPS``): this
+    one is refused before it is queued; nothing was written. Retry after the hint."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after_ms=STORAGE_RETRY_AFTER_MS)
 
 
 class StorageFailed(Unavailable):
