@@ -20,11 +20,11 @@ from node.drivers.base import DriverEvent, DriverEventKind
 from node.storage import OutboxEntry, SessionStorage
 from node.storage_errors import StorageBusy
 from protos import session_pb2 as pb
-from registry import MessageStatus
-from registry.errors import RETRY_AFTER_METADATA_KEY
+from registry import RETRY_AFTER_METADATA_KEY, MessageStatus
 from simnet import SimNet
 from testkit import RunningNode, eventually, running_node, running_simnet
 from tests.calls import create, error_of, wait_state
+from tests.probes import trailing_dict
 
 SESSION = ("ws-bounds", "s-1")
 ACCOUNT = "ws-bounds/s-1"
@@ -103,7 +103,7 @@ class TestOutboxQuota:
             error = await error_of(_send(running, "m-3"))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "OUTBOX_MAX_QUEUED" in (error.details() or "")
-            assert dict(error.trailing_metadata() or ()).get(RETRY_AFTER_METADATA_KEY)
+            assert trailing_dict(error).get(RETRY_AFTER_METADATA_KEY)
             assert _refused("outbox_quota") == refused_before + 1
             replay = await _send(running, "m-0")  # a retry of an accepted one still answers
             assert replay.duplicate
