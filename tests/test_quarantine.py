@@ -56,8 +56,10 @@ class TestFailoverWithDamagedFiles:
                 credentials = folder / f"workspace_{bad_credentials[0]}" / bad_credentials[1]
                 (credentials / "credentials.json").write_text("[1, 2, 3]")  # not an object
 
-                after = await mesh.wait_ready([(ws, sid) for ws, sid in good])
-                assert victim not in after.values()
+                # Restored again (the victim hosts nothing since its fence): on a survivor,
+                # or on the victim itself once it has a lease again and the ring hands its
+                # slots back — which a loaded machine makes fast enough to see.
+                await mesh.wait_ready([(ws, sid) for ws, sid in good])
                 async with mesh.stub() as stub:
                     for ws, sid in (bad_meta, bad_credentials):
                         with pytest.raises(grpc.aio.AioRpcError) as raised:
