@@ -234,6 +234,21 @@ class SessionManager:
             raise Quarantined(f"session {workspace_id}/{session_id} is quarantined: {reason}")
         if stored is not None and stored.deleted:
             return SessionView(meta=stored.changed(state=SessionState.STOPPED.value))
+        if stored is not None:
+            raise _not_running_yet(workspace_id, session_id)
+        raise NotFound(f"session {workspace_id}/{session_id} not found")
+
+    async def _raise_not_hosted(self, workspace_id: str, session_id: str) -> None:
+        """Why a session this node serves the workspace of is not in its table: ``NotFound``
+        only when storage has no live session of that id — one that is stored but not
+        running here (its restore still under way, or stalled) is ``Unavailable``, retried:
+        a caller must never be told a session it created does not exist."""
+        try:
+            stored = await self._storage.load_meta(workspace_id, session_id)
+        except CorruptRecord:
+            stored = None
+        if stored is not None and not stored.deleted:
+            raise _not_running_yet(workspace_id, session_id)
         raise NotFound(f"session {workspace_id}/{session_id} not found")
 
     def qr_code(self, workspace_id: str, session_id: str) -> SessionView:
@@ -333,9 +348,11 @@ class SessionManager:
     ) -> SendResult:
         """Accept a message into the session's outbox (deduped on ``client_message_id``)."""
         self._refuse_if_stopping()
-        result = await self._hosted(workspace_id, session_id).send(
-            client_message_id, to, text, node_id=self._node_id, epoch=epoch
-        )
+        session = self._table.get((workspace_id, session_id))
+        if session is None:
+            await self._raise_not_hosted(workspace_id, session_id)
+        assert session is not None
+        result = await session.send(client_message_id, to, text, node_id=self._node_id, epoch=epoch)
         if not result.is_duplicate:
             self._metrics.message_accepted()
         return result
@@ -403,6 +420,17 @@ class SessionManager:
         # the lease is revoked after this, and no session may still be connected then.
         if stops:
             await asyncio.wait(stops)
+
+
+NOT_RUNNING_YET_RETRY_AFTER_MS = 500
+"""Retry hint for a stored session this node serves but does not run (yet)."""
+
+
+def _not_running_yet(workspace_id: str, session_id: str) -> Unavailable:
+    return Unavailable(
+        f"session {workspace_id}/{session_id} is stored but not running here yet (restoring)",
+        retry_after_ms=NOT_RUNNING_YET_RETRY_AFTER_MS,
+    )
 
 
 def _check_same_phone(meta: SessionMeta, phone_number: str) -> None:

@@ -22,8 +22,16 @@ from node import commit_io, message_log
 from node.storage import FileTicket, OutboxEntry, SessionStorage
 from node.storage_errors import LeaseLapsed
 from protos import admin_pb2, admin_pb2_grpc, session_pb2
-from registry import MessageStatus
-from testkit import InProcessMesh, eventually, running_inprocess_mesh
+from registry import RETRY_AFTER_METADATA_KEY, MessageStatus
+from testkit import (
+    InProcessMesh,
+    eventually,
+    running_inprocess_mesh,
+    running_node,
+    running_simnet,
+)
+from tests.calls import create, error_of, wait_state
+from tests.probes import trailing_dict
 
 pb = session_pb2
 SESSION = ("ws-race", "s-1")
@@ -282,3 +290,45 @@ class TestAFormerOwnersLateWrites:
             await former.rewrite_messages(*SESSION, [_queued("m-0", 1)], may_write=lambda: False)
         kept = await SessionStorage(tmp_path).load_outbox(*SESSION)
         assert [e.client_message_id for e in kept] == ["m-new"]
+
+
+class TestStoredButNotRunningHere:
+    """A session this node serves the workspace of, stored and not deleted, but not in its
+    table (its restore still under way, or stalled): callers are told to retry, never that a
+    session they created does not exist."""
+
+    async def test_send_and_get_answer_unavailable_not_not_found(
+        self, tmp_path: Path, etcd_url: str, cluster_name: str
+    ) -> None:
+        async with (
+            running_simnet() as simnet,
+            running_node(tmp_path, etcd_url, cluster_name, simnet) as running,
+        ):
+            await create(running.stub, *SESSION)
+            await wait_state(running.stub, *SESSION, pb.SESSION_STATE_READY)
+            manager = running.server.manager
+            # As a restore that has not brought it up yet leaves it: stored, not hosted.
+            await manager.stop_workspaces({SESSION[0]})
+            request = pb.SendMessageRequest(
+                workspace_id=SESSION[0],
+                session_id=SESSION[1],
+                client_message_id="m-1",
+                to="+14155550101",
+                text="hello",
+            )
+            sent = await error_of(running.stub.SendMessage(request, timeout=5))
+            got = await error_of(
+                running.stub.GetSession(
+                    pb.GetSessionRequest(workspace_id=SESSION[0], session_id=SESSION[1]),
+                    timeout=5,
+                )
+            )
+            for error in (sent, got):
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+                assert trailing_dict(error).get(RETRY_AFTER_METADATA_KEY)
+            never = await error_of(
+                running.stub.GetSession(
+                    pb.GetSessionRequest(workspace_id=SESSION[0], session_id="never"), timeout=5
+                )
+            )
+            assert never.code() == grpc.StatusCode.NOT_FOUND
