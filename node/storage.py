@@ -27,13 +27,13 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from node import message_log
 from node.commit_io import FileTicket, fsync_folder
+from node.daemon_pool import DaemonThreadPool
 from node.group_commit import MAX_QUEUED_OPS, GroupCommitWriter
 from node.storage_errors import LeaseLapsed, StorageStalled, storage_errors
 from node.storage_files import (
@@ -87,7 +87,7 @@ class SessionStorage:
         self._on_stall = on_stall
         # Named after the node, so a thread dump (or a test's failing disk) tells them apart.
         prefix = f"storage-{name}" if name else "storage"
-        self._executor = ThreadPoolExecutor(STORAGE_THREADS, thread_name_prefix=prefix)
+        self._executor = DaemonThreadPool(STORAGE_THREADS, thread_name_prefix=prefix)
         self._writer = GroupCommitWriter(
             self._root,
             check=self._confine,

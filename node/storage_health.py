@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
 
 from node import commit_io
+from node.daemon_pool import DaemonThreadPool
 from registry import stop_task
 
 _log = structlog.get_logger(__name__)
@@ -54,7 +54,7 @@ class StorageHealth:
         self._probe_interval_seconds = probe_interval_seconds
         self._is_healthy = True
         """Read by the heartbeat thread: a plain bool, written only on the event loop."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="storage-probe")
+        self._executor = DaemonThreadPool(1, thread_name_prefix="storage-probe")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 

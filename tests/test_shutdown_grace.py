@@ -77,3 +77,37 @@ async def test_sigterm_during_handoffs_exits_within_the_grace_and_loses_nothing(
         assert not report.failures, report.failure_summary()
         assert_exactly_once(stats, report)
         assert_never_two_live(stats, sessions)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+async def test_sigterm_with_hung_storage_still_exits_and_its_sessions_fail_over(
+    tmp_path: Path,
+) -> None:
+    """Every fsync of node-1's storage hangs (a hung NFS mount), then it is SIGTERM'd: it
+    exits within its grace all the same — its storage threads are daemons, never joined at
+    exit — and its sessions come back READY on node-2, never two live connections."""
+    settings = MeshSettings(
+        node_count=2,
+        node_module="testkit.blockable_node",
+        extra_node_flags=("--shutdown-grace-seconds", str(GRACE_SECONDS)),
+    )
+    sessions = plan_sessions(workspace_count=20, session_count=40)
+    async with running_process_mesh(tmp_path / "mesh", settings) as mesh:
+        placed = await start_sessions(mesh, sessions)
+        assert "node-1" in set(placed.values()), "no session on node-1: the test proves nothing"
+        mesh.toggle_node_storage("node-1")  # every fsync of its storage waits from now on
+        started = time.monotonic()
+        code = await mesh.stop_node("node-1")
+        elapsed = time.monotonic() - started
+        after = await wait_all_ready(
+            mesh.gateway_address, sessions, timeout_seconds=60, not_on="node-1"
+        )
+        stats = await mesh.simnet_stats()
+        print(f"SIGTERM with hung storage: exited in {elapsed:.1f}s (grace {GRACE_SECONDS}s)")
+        assert code == 0, mesh.log_tail("node-1")
+        assert elapsed <= GRACE_SECONDS + EXIT_MARGIN_SECONDS, (
+            f"node-1 took {elapsed:.1f}s to exit with a {GRACE_SECONDS}s grace"
+        )
+        assert set(after.values()) == {"node-2"}
+        assert_never_two_live(stats, sessions)

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from node import commit_io, group_commit
+from node.daemon_pool import DaemonThreadPool
 from node.message_log import DEDUPE_WINDOW_SECONDS
 from node.storage import OutboxEntry, SessionMeta, SessionStorage
 from node.storage_errors import StorageFailed
@@ -425,3 +427,22 @@ class TestIdsCannotEscape:
         with pytest.raises(InvalidInput, match="leaves the storage root"):
             await storage.save_credentials("ws-1", "s-1", {"token": "t"})
         assert list(outside.iterdir()) == []
+
+
+class TestStorageThreads:
+    """Storage runs on daemon threads (``node.daemon_pool``): never joined at exit, so a hung
+    mount cannot keep a stopped node alive; results and errors reach their callers."""
+
+    async def test_results_errors_and_daemon_threads(self) -> None:
+        pool = DaemonThreadPool(2, thread_name_prefix="storage-test")
+        loop = asyncio.get_running_loop()
+        names = await asyncio.gather(
+            *(loop.run_in_executor(pool, lambda: threading.current_thread().name) for _ in range(8))
+        )
+        assert set(names) <= {"storage-test_0", "storage-test_1"}
+        assert all(t.daemon for t in threading.enumerate() if t.name.startswith("storage-test"))
+        with pytest.raises(ZeroDivisionError):
+            await loop.run_in_executor(pool, lambda: 1 // 0)
+        pool.shutdown(wait=True)
+        with pytest.raises(RuntimeError):
+            pool.submit(print)
