@@ -53,7 +53,7 @@ bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, w
 bench-smoke: $(STAMP) bench-tools ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test
 	$(BIN)/python -m bench.run --smoke --out .mesh/bench-smoke.json
 
-chaos: $(STAMP) ## the full chaos run (about 4 min): seeded random kills, pauses, DB crashes and storage stalls under load; CHAOS_SEED=N replays one
+chaos: $(STAMP) ## the full chaos run (about 3 min): seeded random kills, pauses, DB crashes and storage stalls under load; CHAOS_SEED=N replays one
 	SESSIONMESH_FULL=1 $(BIN)/python -m testkit.chaos --json .mesh/chaos-report.json
 
 profile-gateway: $(STAMP) bench-tools ## py-spy on the gateway under h2load: top frames, flame graph in .mesh/
