@@ -364,11 +364,11 @@ class SessionManager:
         return session, session.subscribe()
 
     async def restore_workspaces(
-        self, workspace_ids: Iterable[str], *, epoch: int, is_takeover: bool = False
+        self, workspace_ids: Iterable[str], *, epoch: int, fence_epoch: int | None = None
     ) -> int:
         """Start the stored sessions of these workspaces (see :mod:`node.restore`)."""
         return await self._restores.restore_workspaces(
-            workspace_ids, epoch=epoch, is_takeover=is_takeover
+            workspace_ids, epoch=epoch, fence_epoch=fence_epoch
         )
 
     async def stop_workspaces(self, workspace_ids: set[str]) -> None:

@@ -38,6 +38,7 @@ from registry import (
     release_pinned,
     release_slot,
     slot_of,
+    takeover_epoch,
 )
 from registry.accounts import AccountStore
 
@@ -274,8 +275,15 @@ class Moves:
                     if owner is None or not serving.wants(workspace_id):
                         continue
                     try:
+                        # Its files name the pinned owner's epoch, which this slot's key may
+                        # predate: the sessions are fenced by a revision newer than both.
+                        fence_epoch = await takeover_epoch(self._etcd, self._keys, workspace_id)
+                        if fence_epoch is None:
+                            continue  # the pinned owner still holds it: the next pass
                         await self._manager.restore_workspaces(
-                            [workspace_id], epoch=owner.epoch, is_takeover=True
+                            [workspace_id],
+                            epoch=owner.epoch,
+                            fence_epoch=max(fence_epoch, owner.epoch),
                         )
                     except MeshError as error:  # one workspace must not stop the pass
                         _log.error("converge_failed", workspace_id=workspace_id, error=error)

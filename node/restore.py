@@ -72,16 +72,16 @@ class RestorePipeline:
         self._is_stopping = is_stopping
 
     async def restore_workspaces(
-        self, workspace_ids: Iterable[str], *, epoch: int, is_takeover: bool = False
+        self, workspace_ids: Iterable[str], *, epoch: int, fence_epoch: int | None = None
     ) -> int:
         """Start every stored, not deleted session of these workspaces that is not hosted yet,
-        under ``epoch``; return how many started (``is_takeover``: see
+        under ``epoch``; return how many started (``fence_epoch``: see
         :meth:`SessionFactory.open`)."""
         metas: list[SessionMeta] = []
         for workspace_id in workspace_ids:
             metas.extend(await self._stored_metas(workspace_id))
         results = await asyncio.gather(
-            *(self._restore(meta, epoch, is_takeover) for meta in metas),
+            *(self._restore(meta, epoch, fence_epoch) for meta in metas),
             return_exceptions=True,
         )
         for meta, result in zip(metas, results, strict=True):
@@ -148,7 +148,7 @@ class RestorePipeline:
             stored = await self._storage.load_meta(meta.workspace_id, meta.session_id)
         return True
 
-    async def _restore(self, meta: SessionMeta, epoch: int, is_takeover: bool) -> bool:
+    async def _restore(self, meta: SessionMeta, epoch: int, fence_epoch: int | None) -> bool:
         key = (meta.workspace_id, meta.session_id)
         if self._table.get(key) is not None:
             return False
@@ -166,7 +166,7 @@ class RestorePipeline:
                         meta,
                         restore_credentials=True,
                         epoch=epoch,
-                        is_takeover=is_takeover,
+                        fence_epoch=fence_epoch,
                         stored=meta,
                     )
                 except Fenced:

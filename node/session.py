@@ -81,9 +81,13 @@ class HostedSession:
         on_fenced: Callable[[HostedSession], None],
         may_write: Callable[[], int],
         limits: SessionLimits = DEFAULT_LIMITS,
+        authorized_epoch: int | None = None,
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._limits = limits
+        self._authorized_epoch = fence.epoch if authorized_epoch is None else authorized_epoch
+        """The epoch of the ownership calls for it are authorized under (the slot's or pin's
+        key); its files are fenced by ``fence.epoch``, newer after a takeover from a pin."""
         self._fence = fence
         self._on_fenced = on_fenced
         self._fence_reported = False
@@ -235,9 +239,10 @@ class HostedSession:
         Raises ``Unavailable`` once the session is stopping, or when the call was authorized
         under another ownership than the one the session runs under (it is moving).
         """
-        if epoch != self.epoch:
+        if epoch != self._authorized_epoch:
             raise Unavailable(
-                f"session {self.workspace_id}/{self.session_id} runs under epoch {self.epoch}, "
+                f"session {self.workspace_id}/{self.session_id} runs under epoch "
+                f"{self._authorized_epoch}, "
                 f"not {epoch}",
                 retry_after_ms=EPOCH_CHANGED_RETRY_AFTER_MS,
             )

@@ -42,25 +42,28 @@ class SessionFactory:
         *,
         restore_credentials: bool,
         epoch: int,
-        is_takeover: bool = False,
+        fence_epoch: int | None = None,
         is_new: bool = False,
         stored: SessionMeta | None = None,
     ) -> HostedSession:
         """A new session for ``meta`` with its outbox (and credentials), its meta written to
-        storage as STARTING on this node under ``epoch``.
+        storage as STARTING on this node under ``epoch`` (the epoch calls are authorized
+        under).
 
-        Raises ``Fenced`` if the stored meta already names a newer owner epoch — unless
-        ``is_takeover``: the workspace comes back from a pinned owner whose epoch (another
-        key's) may be newer than this slot's, and the stored epoch is overwritten.
+        ``fence_epoch``: the epoch the session's files and accounts row are written under, when
+        it is not ``epoch`` — a workspace taken back from a pinned owner, whose files name the
+        pin key's epoch, which the slot key may predate (see ``registry.takeover_epoch``).
+        Raises ``Fenced`` if the stored meta already names a newer epoch than the fence's.
         ``is_new``: nothing is stored for the session yet (its meta was just read, absent),
         so there is nothing to check or read back. ``stored``: the meta as just read from
         storage, checked instead of reading it again.
         """
         workspace_id, session_id = meta.workspace_id, meta.session_id
-        fence = EpochFence(self._storage, workspace_id, session_id, epoch=epoch)
-        if stored is not None and not is_takeover:
+        fenced_under = epoch if fence_epoch is None else fence_epoch
+        fence = EpochFence(self._storage, workspace_id, session_id, epoch=fenced_under)
+        if stored is not None:
             fence.check_against(stored)
-        elif not (is_takeover or is_new):
+        elif not is_new:
             await fence.check()
         credentials = (
             await self._storage.load_credentials(workspace_id, session_id)
@@ -78,7 +81,7 @@ class SessionFactory:
             )
         )
         session = HostedSession(
-            meta=_opened_here(meta, self._node_id, epoch),
+            meta=_opened_here(meta, self._node_id, fenced_under),
             storage=self._storage,
             driver=self._driver_factory(workspace_id, session_id),
             outbox_entries=entries,
@@ -88,10 +91,10 @@ class SessionFactory:
             on_fenced=self._on_fenced,
             may_write=self._may_write,
             limits=self._limits,
+            authorized_epoch=epoch,
         )
         try:
-            # A takeover overwrites on purpose (see above); any other open is fenced by epoch.
-            await self._storage.save_meta(session.meta, fence_epoch=None if is_takeover else epoch)
+            await self._storage.save_meta(session.meta, fence_epoch=fenced_under)
         except StaleWrite as error:
             raise Fenced(f"session {workspace_id}/{session_id}: {error}") from error
         return session

@@ -61,6 +61,7 @@ from registry.ownership import (
     release_slot,
     request_drain,
     set_pin,
+    takeover_epoch,
 )
 from registry.placement import place_slot
 from registry.quarantine import (
@@ -133,6 +134,7 @@ __all__ = [
     "set_pin",
     "slot_of",
     "stop_task",
+    "takeover_epoch",
     "update_catalog",
     "update_catalog_counts",
     "validate_free_text",

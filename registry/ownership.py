@@ -108,6 +108,19 @@ async def release_pinned(
     return await _release(client, keys.pinned_owner(workspace_id), owner)
 
 
+async def takeover_epoch(client: aetcd.Client, keys: ClusterKeys, workspace_id: str) -> int | None:
+    """An epoch for a slot owner taking ``workspace_id`` back from a pinned owner: the store's
+    revision now, read while ``pinned-owners/<ws>`` is absent — newer than every revision that
+    key was ever created at, so the pinned owner's late writes are refused by it (a slot
+    key's own create revision may be older). None while a pinned owner still holds the key."""
+    key = keys.pinned_owner(workspace_id)
+    with etcd_errors(f"read the pinned owner of {workspace_id}"):
+        response = await client.get_prefix(key)
+    if any(item.key == key for item in response):
+        return None
+    return int(response.header.revision)
+
+
 async def set_pin(client: aetcd.Client, keys: ClusterKeys, workspace_id: str, node_id: str) -> None:
     """Pin ``workspace_id`` to ``node_id`` (operator intent; no lease)."""
     with etcd_errors(f"pin {workspace_id}"):

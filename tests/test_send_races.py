@@ -20,9 +20,16 @@ import pytest
 
 from node import commit_io, message_log
 from node.storage import FileTicket, OutboxEntry, SessionStorage
-from node.storage_errors import LeaseLapsed
+from node.storage_errors import LeaseLapsed, StaleWrite
 from protos import admin_pb2, admin_pb2_grpc, session_pb2
-from registry import RETRY_AFTER_METADATA_KEY, MessageStatus
+from registry import (
+    RETRY_AFTER_METADATA_KEY,
+    MessageStatus,
+    clear_pin,
+    connect_etcd,
+    set_pin,
+    slot_of,
+)
 from testkit import (
     InProcessMesh,
     eventually,
@@ -332,3 +339,64 @@ class TestStoredButNotRunningHere:
                 )
             )
             assert never.code() == grpc.StatusCode.NOT_FOUND
+
+
+class TestTakeoverFromAPinnedOwner:
+    """A workspace comes back from its pinned owner to the slot's owner, whose slot key may be
+    older than the pin's: its files are fenced by a revision newer than both, so the former
+    pinned owner's late write is refused, and the slot owner keeps running the session."""
+
+    async def test_the_former_pinned_owners_late_meta_write_is_refused(
+        self, tmp_path: Path, etcd_url: str, cluster_name: str
+    ) -> None:
+        async with running_inprocess_mesh(tmp_path, etcd_url, cluster_name) as mesh:
+            slot_owner = await _mesh_with_session(mesh)
+            pinned = next(node_id for node_id in mesh.nodes if node_id != slot_owner)
+            storage = SessionStorage(mesh.storage)
+            client = await connect_etcd(etcd_url)
+            keys = mesh.gateway_keys
+            try:
+                await set_pin(client, keys, SESSION[0], pinned)
+                await eventually(
+                    lambda: _runs_on(mesh, pinned), timeout_seconds=15, message="pinned"
+                )
+                pin_meta = await storage.load_meta(*SESSION)
+                assert pin_meta is not None
+                server = mesh.nodes[slot_owner]
+                slot = slot_of(SESSION[0], server.ring.slot_count)
+                slot_epoch = server.slots.slots()[slot].epoch
+                assert slot_epoch < pin_meta.owner_epoch  # the case: the slot key is older
+
+                await clear_pin(client, keys, SESSION[0])
+                await eventually(
+                    lambda: _runs_on(mesh, slot_owner), timeout_seconds=15, message="taken back"
+                )
+                taken = await storage.load_meta(*SESSION)
+                assert taken is not None and taken.owner_epoch > pin_meta.owner_epoch
+
+                # The former pinned owner, paused before its last write, writes now.
+                with pytest.raises(StaleWrite):
+                    await storage.save_meta(pin_meta, fence_epoch=pin_meta.owner_epoch)
+                async with mesh.stub() as stub:
+                    await stub.SendMessage(
+                        pb.SendMessageRequest(
+                            workspace_id=SESSION[0],
+                            session_id=SESSION[1],
+                            client_message_id="after-takeover",
+                            to="+14155550101",
+                            text="still here",
+                        ),
+                        timeout=10,
+                    )
+                await eventually(
+                    lambda: "after-takeover" in mesh.simnet.delivered_ids(ACCOUNT),
+                    timeout_seconds=15,
+                    message="delivered by the slot owner",
+                )
+                assert mesh.simnet.replaced_events == []
+            finally:
+                await client.close()
+
+
+async def _runs_on(mesh: InProcessMesh, node_id: str) -> bool:
+    return (await mesh.wait_ready([SESSION]))[f"{SESSION[0]}/{SESSION[1]}"] == node_id
