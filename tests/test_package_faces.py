@@ -80,6 +80,7 @@ FACES: dict[str, list[str]] = {
         "set_pin",
         "slot_of",
         "stop_task",
+        "takeover_epoch",
         "update_catalog",
         "update_catalog_counts",
         "validate_free_text",
