@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint protos api-baseline unit clean bench bench-smoke bench-tools profile-gateway chaos
+.PHONY: install up test lint protos api-baseline unit clean bench bench-smoke bench-tools profile-gateway chaos certs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, w
 
 bench-smoke: $(STAMP) bench-tools ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test
 	$(BIN)/python -m bench.run --smoke --out .mesh/bench-smoke.json
+
+certs: $(STAMP) ## a local CA and TLS certificates for the dev mesh in .mesh/certs (--tls-cert/--tls-key/--tls-ca)
+	$(BIN)/python -m deploy.certs --out .mesh/certs
 
 chaos: $(STAMP) ## the full chaos run (about 3 min): seeded random kills, pauses, DB crashes and storage stalls under load; CHAOS_SEED=N replays one
 	SESSIONMESH_FULL=1 $(BIN)/python -m testkit.chaos --json .mesh/chaos-report.json

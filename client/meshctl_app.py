@@ -17,6 +17,7 @@ from rich.console import Console
 
 from protos import admin_pb2_grpc
 from registry import InvalidInput, parse_host_port
+from registry.tls import CA_VARIABLE, CERT_VARIABLE, KEY_VARIABLE, TlsMaterial, load_tls
 
 DEFAULT_GATEWAY = "127.0.0.1:7000"
 
@@ -32,6 +33,38 @@ app = typer.Typer(
 # Piped output (scripts, CI logs) gets room for whole rows instead of an 80-column guess.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
+
+
+_tls: list[TlsMaterial] = []
+"""The TLS material of this invocation, once ``--tls-*`` were read (empty: plaintext)."""
+
+
+@app.callback()
+def _options(
+    tls_cert: Annotated[
+        str, typer.Option("--tls-cert", envvar=CERT_VARIABLE, help="Client certificate (PEM).")
+    ] = "",
+    tls_key: Annotated[
+        str, typer.Option("--tls-key", envvar=KEY_VARIABLE, help="Its private key (PEM).")
+    ] = "",
+    tls_ca: Annotated[
+        str, typer.Option("--tls-ca", envvar=CA_VARIABLE, help="The mesh CA (PEM).")
+    ] = "",
+) -> None:
+    """Options for every command: TLS to a gateway that serves it (all three, or none)."""
+    try:
+        material = load_tls(tls_cert, tls_key, tls_ca)
+    except InvalidInput as error:
+        raise typer.BadParameter(error.message) from None
+    _tls.clear()
+    if material is not None:
+        _tls.append(material)
+
+
+def _channel(gateway: str) -> grpc.aio.Channel:
+    if not _tls:
+        return grpc.aio.insecure_channel(gateway)
+    return grpc.aio.secure_channel(gateway, _tls[0].channel_credentials())
 
 
 def _gateway_address(value: str) -> str:
@@ -67,7 +100,7 @@ def run_call(gateway: str, call: AdminCall[_T]) -> _T:
     """Run ``call`` with a stub on a fresh channel; a failed RPC ends the CLI with exit 1."""
 
     async def run() -> _T:
-        async with grpc.aio.insecure_channel(gateway) as channel:
+        async with _channel(gateway) as channel:
             stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
             return await call(stub)
 

@@ -29,6 +29,7 @@ from registry import (
     OwnershipView,
     connect_etcd,
 )
+from registry.tls import TlsMaterial
 from routing import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy, Router, closed_channels_as_errors
 from telemetry import with_trace_context
 
@@ -61,13 +62,18 @@ class ProxylessClient:
         *,
         cluster: str,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        tls: TlsMaterial | None = None,
     ) -> None:
         keys = ClusterKeys(cluster)
         self._etcd = etcd
         self._watcher = MembershipWatcher(etcd, keys)
         self._ownership = OwnershipView(etcd, keys)
         self._router = Router(
-            self._watcher, self._ownership, cluster=cluster, retry_policy=retry_policy
+            self._watcher,
+            self._ownership,
+            cluster=cluster,
+            retry_policy=retry_policy,
+            credentials=None if tls is None else tls.channel_credentials(),
         )
 
     @classmethod
@@ -77,11 +83,13 @@ class ProxylessClient:
         etcd_endpoints: str,
         cluster: str,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        tls: TlsMaterial | None = None,
     ) -> ProxylessClient:
         """Connect to etcd and load membership and ownership; ``Unavailable`` if etcd is not
-        there (whatever was opened is closed again)."""
+        there (whatever was opened is closed again). ``tls``: the mesh certificate nodes
+        serving mutual TLS ask for (``registry.tls.load_tls``)."""
         etcd = await connect_etcd(etcd_endpoints)
-        client = cls(etcd, cluster=cluster, retry_policy=retry_policy)
+        client = cls(etcd, cluster=cluster, retry_policy=retry_policy, tls=tls)
         try:
             await client._start()
         except BaseException:

@@ -19,6 +19,7 @@ from registry import (
     parse_log_format,
     parse_log_level,
 )
+from registry.tls import TlsMaterial, add_tls_flags, tls_from_args
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
 DEFAULT_ETCD_ENDPOINTS = "http://127.0.0.1:2379"
@@ -36,6 +37,9 @@ class GatewayConfig:
     """Name of the cluster whose nodes the gateway routes to."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint; empty = no endpoint."""
+    tls: TlsMaterial | None = None
+    """Serve TLS only (a client certificate optional) and dial nodes with this certificate
+    (mutual TLS); None: plaintext both ways."""
     log_level: str = "INFO"
     """Root log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
     log_format: str = "text"
@@ -67,6 +71,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=environ.get("METRICS_LISTEN", ""),
         help="host:port for Prometheus metrics (env METRICS_LISTEN; default off)",
     )
+    add_tls_flags(parser, environ)
     parser.add_argument(
         "--log-level",
         default=environ.get("LOG_LEVEL", "INFO"),
@@ -92,6 +97,7 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
         etcd_endpoints=args.etcd,
         cluster=args.cluster,
         metrics_listen=args.metrics_listen,
+        tls=tls_from_args(args),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

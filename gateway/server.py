@@ -124,14 +124,23 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         ownership = OwnershipView(etcd, keys)
         await ownership.start()
         cleanup.push_async_callback(ownership.stop)
-        router = Router(watcher, ownership, cluster=config.cluster)
+        router = Router(
+            watcher,
+            ownership,
+            cluster=config.cluster,
+            credentials=None if config.tls is None else config.tls.channel_credentials(),
+        )
         router.start()
         cleanup.push_async_callback(router.stop)
 
         server = grpc.aio.server()
         cleanup.push_async_callback(server.stop, None)
         try:
-            port = server.add_insecure_port(config.listen_address)
+            if config.tls is None:
+                port = server.add_insecure_port(config.listen_address)
+            else:  # TLS only; a client certificate is optional on the public listener
+                credentials = config.tls.server_credentials(require_client_certificate=False)
+                port = server.add_secure_port(config.listen_address, credentials)
         except RuntimeError as error:
             raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
         address = f"{host}:{port}"

@@ -24,6 +24,7 @@
     --outbox-max-queued    OUTBOX_MAX_QUEUED              10000 (per session)
     --max-watchers-per-session MAX_WATCHERS_PER_SESSION   64
     --shutdown-grace-seconds SHUTDOWN_GRACE_SECONDS       20
+    --tls-cert/--tls-key/--tls-ca SESSIONMESH_TLS_CERT/_KEY/_CA  off (mutual TLS: see registry.tls)
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -53,6 +54,7 @@ from registry import (
     whole_number,
 )
 from registry.accounts import DEFAULT_MAX_PENDING_SESSIONS
+from registry.tls import TlsMaterial, add_tls_flags, tls_from_args
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -125,6 +127,8 @@ class NodeConfig:
     shutdown_grace_seconds: float = DEFAULT_SHUTDOWN_GRACE_SECONDS
     """How long a SIGTERM'd node may take to exit: its slots are handed off within most of
     it (a handoff still running then is cut short), then it stops what is left and exits."""
+    tls: TlsMaterial | None = None
+    """Serve mutual TLS only (callers need a certificate from the mesh CA); None: plaintext."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -203,6 +207,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--shutdown-grace-seconds",
         default=env("SHUTDOWN_GRACE_SECONDS", default=str(DEFAULT_SHUTDOWN_GRACE_SECONDS)),
     )
+    add_tls_flags(parser, environ)
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -261,6 +266,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         shutdown_grace_seconds=positive_seconds(
             args.shutdown_grace_seconds, field="--shutdown-grace-seconds"
         ),
+        tls=tls_from_args(args),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

@@ -121,7 +121,11 @@ async def _bind(
     server = grpc.aio.server(interceptors=[*server_interceptors(), UndecodableRequestInterceptor()])
     cleanup.push_async_callback(server.stop, None)
     try:
-        port = server.add_insecure_port(config.listen_address)
+        if config.tls is None:
+            port = server.add_insecure_port(config.listen_address)
+        else:  # mutual TLS only: no caller without a mesh certificate, no plaintext port
+            credentials = config.tls.server_credentials(require_client_certificate=True)
+            port = server.add_secure_port(config.listen_address, credentials)
     except RuntimeError as error:
         raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
     return server, config.advertise_address or _dialable_address(config.listen_address, port)

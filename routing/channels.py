@@ -59,7 +59,9 @@ class ChannelPool:
     """Channels by ``host:port`` (see the module docstring). No interceptors: hops trace
     themselves (:mod:`telemetry.hop`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._credentials = credentials
+        """Mutual TLS to the nodes (``registry.tls``); None: plaintext."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary_callers: dict[tuple[str, str], UnaryCaller] = {}
         self._stream_callers: dict[tuple[str, str], StreamCaller] = {}
@@ -69,7 +71,10 @@ class ChannelPool:
         """The pooled channel to ``address``, opened on first use."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address)
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(address)
+            else:
+                channel = grpc.aio.secure_channel(address, self._credentials)
             self._channels[address] = channel
         return channel
 

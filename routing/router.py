@@ -7,6 +7,8 @@ say where to go next.
 
 from __future__ import annotations
 
+import grpc
+
 from registry import MembershipWatcher, NodeRecord, OwnershipView, RingTable
 from routing.channels import ChannelPool
 from routing.resolver import Resolver
@@ -23,10 +25,11 @@ class Router:
         *,
         cluster: str,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.resolver = Resolver(membership, ownership, cluster=cluster)
         """workspace → node, from the watch-fed views."""
-        self.channels = ChannelPool()
+        self.channels = ChannelPool(credentials=credentials)
         """One channel per node address."""
         self.retry_policy = retry_policy
         """How failed calls are retried."""
