@@ -16,8 +16,15 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from protos import admin_pb2_grpc
-from registry import InvalidInput, parse_host_port
-from registry.tls import CA_VARIABLE, CERT_VARIABLE, KEY_VARIABLE, TlsMaterial, load_tls
+from registry import (
+    TLS_CA_VARIABLE,
+    TLS_CERT_VARIABLE,
+    TLS_KEY_VARIABLE,
+    InvalidInput,
+    TlsMaterial,
+    load_tls,
+    parse_host_port,
+)
 
 DEFAULT_GATEWAY = "127.0.0.1:7000"
 
@@ -42,13 +49,13 @@ _tls: list[TlsMaterial] = []
 @app.callback()
 def _options(
     tls_cert: Annotated[
-        str, typer.Option("--tls-cert", envvar=CERT_VARIABLE, help="Client certificate (PEM).")
+        str, typer.Option("--tls-cert", envvar=TLS_CERT_VARIABLE, help="Client certificate (PEM).")
     ] = "",
     tls_key: Annotated[
-        str, typer.Option("--tls-key", envvar=KEY_VARIABLE, help="Its private key (PEM).")
+        str, typer.Option("--tls-key", envvar=TLS_KEY_VARIABLE, help="Its private key (PEM).")
     ] = "",
     tls_ca: Annotated[
-        str, typer.Option("--tls-ca", envvar=CA_VARIABLE, help="The mesh CA (PEM).")
+        str, typer.Option("--tls-ca", envvar=TLS_CA_VARIABLE, help="The mesh CA (PEM).")
     ] = "",
 ) -> None:
     """Options for every command: TLS to a gateway that serves it (all three, or none)."""

@@ -27,9 +27,9 @@ from registry import (
     MeshError,
     NodeRecord,
     OwnershipView,
+    TlsMaterial,
     connect_etcd,
 )
-from registry.tls import TlsMaterial
 from routing import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy, Router, closed_channels_as_errors
 from telemetry import with_trace_context
 

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from registry import (
     DEFAULT_CLUSTER,
     InvalidInput,
+    TlsMaterial,
+    add_tls_flags,
     parse_endpoints,
     parse_flags,
     parse_host_port,
     parse_log_format,
     parse_log_level,
+    tls_from_args,
 )
-from registry.tls import TlsMaterial, add_tls_flags, tls_from_args
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
 DEFAULT_ETCD_ENDPOINTS = "http://127.0.0.1:2379"

@@ -43,6 +43,8 @@ from pathlib import Path
 from node.session_limits import DEFAULT_MAX_WATCHERS_PER_SESSION, DEFAULT_OUTBOX_MAX_QUEUED
 from registry import (
     DEFAULT_CLUSTER,
+    TlsMaterial,
+    add_tls_flags,
     first_set,
     parse_endpoints,
     parse_flags,
@@ -50,11 +52,11 @@ from registry import (
     parse_log_format,
     parse_log_level,
     positive_seconds,
+    tls_from_args,
     validate_id,
     whole_number,
 )
 from registry.accounts import DEFAULT_MAX_PENDING_SESSIONS
-from registry.tls import TlsMaterial, add_tls_flags, tls_from_args
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"

@@ -73,6 +73,15 @@ from registry.quarantine import (
 from registry.ring import Ring, RingTable
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
 from registry.status import PUSHBACK_METADATA_KEY, from_rpc_error, owner_address, rpc_boundary
+from registry.tls import (
+    TLS_CA_VARIABLE,
+    TLS_CERT_VARIABLE,
+    TLS_KEY_VARIABLE,
+    TlsMaterial,
+    add_tls_flags,
+    load_tls,
+    tls_from_args,
+)
 
 __all__ = [
     "ACTIVE",
@@ -83,6 +92,9 @@ __all__ = [
     "OWNER_METADATA_KEY",
     "PUSHBACK_METADATA_KEY",
     "RETRY_AFTER_METADATA_KEY",
+    "TLS_CA_VARIABLE",
+    "TLS_CERT_VARIABLE",
+    "TLS_KEY_VARIABLE",
     "AlreadyExists",
     "Backoff",
     "CapacityExhausted",
@@ -103,10 +115,12 @@ __all__ = [
     "Retries",
     "Ring",
     "RingTable",
+    "TlsMaterial",
     "Unavailable",
     "UndecodableRequestInterceptor",
     "acquire_pinned",
     "acquire_slot",
+    "add_tls_flags",
     "call_safely",
     "cancel_drain",
     "catalog_counts_of",
@@ -116,6 +130,7 @@ __all__ = [
     "connect_etcd",
     "first_set",
     "from_rpc_error",
+    "load_tls",
     "owner_address",
     "parse_endpoints",
     "parse_flags",
@@ -135,6 +150,7 @@ __all__ = [
     "slot_of",
     "stop_task",
     "takeover_epoch",
+    "tls_from_args",
     "update_catalog",
     "update_catalog_counts",
     "validate_free_text",

@@ -26,9 +26,9 @@ import grpc
 from registry.errors import InvalidInput
 from registry.flags import first_set
 
-CERT_VARIABLE = "SESSIONMESH_TLS_CERT"
-KEY_VARIABLE = "SESSIONMESH_TLS_KEY"
-CA_VARIABLE = "SESSIONMESH_TLS_CA"
+TLS_CERT_VARIABLE = "SESSIONMESH_TLS_CERT"
+TLS_KEY_VARIABLE = "SESSIONMESH_TLS_KEY"
+TLS_CA_VARIABLE = "SESSIONMESH_TLS_CA"
 
 
 @dataclass(frozen=True)
@@ -92,21 +92,21 @@ def add_tls_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -
     """``--tls-cert``, ``--tls-key``, ``--tls-ca`` with their environment fallbacks."""
     parser.add_argument(
         "--tls-cert",
-        default=first_set(environ, CERT_VARIABLE),
+        default=first_set(environ, TLS_CERT_VARIABLE),
         metavar="PEM",
-        help=f"this process's certificate chain (env {CERT_VARIABLE})",
+        help=f"this process's certificate chain (env {TLS_CERT_VARIABLE})",
     )
     parser.add_argument(
         "--tls-key",
-        default=first_set(environ, KEY_VARIABLE),
+        default=first_set(environ, TLS_KEY_VARIABLE),
         metavar="PEM",
-        help=f"its private key (env {KEY_VARIABLE})",
+        help=f"its private key (env {TLS_KEY_VARIABLE})",
     )
     parser.add_argument(
         "--tls-ca",
-        default=first_set(environ, CA_VARIABLE),
+        default=first_set(environ, TLS_CA_VARIABLE),
         metavar="PEM",
-        help=f"the mesh CA peers are checked against (env {CA_VARIABLE})",
+        help=f"the mesh CA peers are checked against (env {TLS_CA_VARIABLE})",
     )
 
 

@@ -20,8 +20,7 @@ from client.proxyless import ProxylessClient
 from deploy.certs import IssuedFiles, issue
 from protos import session_pb2 as pb
 from protos import session_pb2_grpc
-from registry import Unavailable
-from registry.tls import load_tls
+from registry import Unavailable, load_tls
 from simnet import SimNet
 from testkit import RunningNode, running_node, running_simnet
 
