@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from registry import (
     DEFAULT_CLUSTER,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MIN_MAX_MESSAGE_BYTES,
     InvalidInput,
     TlsMaterial,
     add_tls_flags,
@@ -21,6 +23,7 @@ from registry import (
     parse_log_format,
     parse_log_level,
     tls_from_args,
+    whole_number,
 )
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
@@ -39,6 +42,8 @@ class GatewayConfig:
     """Name of the cluster whose nodes the gateway routes to."""
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint; empty = no endpoint."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """The largest request accepted and forwarded; past it gRPC answers RESOURCE_EXHAUSTED."""
     tls: TlsMaterial | None = None
     """Serve TLS only (a client certificate optional) and dial nodes with this certificate
     (mutual TLS); None: plaintext both ways."""
@@ -75,6 +80,11 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     add_tls_flags(parser, environ)
     parser.add_argument(
+        "--max-message-bytes",
+        default=environ.get("MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
+        help="the largest request accepted (env MAX_MESSAGE_BYTES; default %(default)s)",
+    )
+    parser.add_argument(
         "--log-level",
         default=environ.get("LOG_LEVEL", "INFO"),
         help="DEBUG, INFO, WARNING, ERROR or CRITICAL (env LOG_LEVEL; default %(default)s)",
@@ -100,6 +110,9 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
         cluster=args.cluster,
         metrics_listen=args.metrics_listen,
         tls=tls_from_args(args),
+        max_message_bytes=whole_number(
+            args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES
+        ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

@@ -23,7 +23,9 @@ from registry import (
     OwnershipView,
     Unavailable,
     connect_etcd,
+    forwarding_channel_options,
     parse_host_port,
+    server_options,
 )
 from routing import Router
 from telemetry import HealthServicer, new_health_servicer
@@ -129,11 +131,12 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
             ownership,
             cluster=config.cluster,
             credentials=None if config.tls is None else config.tls.channel_credentials(),
+            channel_options=forwarding_channel_options(config.max_message_bytes),
         )
         router.start()
         cleanup.push_async_callback(router.stop)
 
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=server_options(config.max_message_bytes))
         cleanup.push_async_callback(server.stop, None)
         try:
             if config.tls is None:

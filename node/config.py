@@ -25,6 +25,7 @@
     --max-watchers-per-session MAX_WATCHERS_PER_SESSION   64
     --shutdown-grace-seconds SHUTDOWN_GRACE_SECONDS       20
     --tls-cert/--tls-key/--tls-ca SESSIONMESH_TLS_CERT/_KEY/_CA  off (mutual TLS: see registry.tls)
+    --max-message-bytes    MAX_MESSAGE_BYTES              65536 (largest request accepted)
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -43,6 +44,8 @@ from pathlib import Path
 from node.session_limits import DEFAULT_MAX_WATCHERS_PER_SESSION, DEFAULT_OUTBOX_MAX_QUEUED
 from registry import (
     DEFAULT_CLUSTER,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MIN_MAX_MESSAGE_BYTES,
     TlsMaterial,
     add_tls_flags,
     first_set,
@@ -131,6 +134,8 @@ class NodeConfig:
     it (a handoff still running then is cut short), then it stops what is left and exits."""
     tls: TlsMaterial | None = None
     """Serve mutual TLS only (callers need a certificate from the mesh CA); None: plaintext."""
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """The largest request accepted; past it gRPC answers RESOURCE_EXHAUSTED."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -210,6 +215,10 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("SHUTDOWN_GRACE_SECONDS", default=str(DEFAULT_SHUTDOWN_GRACE_SECONDS)),
     )
     add_tls_flags(parser, environ)
+    add(
+        "--max-message-bytes",
+        default=env("MAX_MESSAGE_BYTES", default=str(DEFAULT_MAX_MESSAGE_BYTES)),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -269,6 +278,9 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             args.shutdown_grace_seconds, field="--shutdown-grace-seconds"
         ),
         tls=tls_from_args(args),
+        max_message_bytes=whole_number(
+            args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES
+        ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

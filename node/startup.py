@@ -57,6 +57,7 @@ from registry import (
     UndecodableRequestInterceptor,
     connect_etcd,
     parse_host_port,
+    server_options,
 )
 from registry.accounts import AccountStore
 from telemetry import HealthServicer, new_health_servicer, server_interceptors
@@ -118,7 +119,10 @@ async def _bind(
 ) -> tuple[grpc.aio.Server, str]:
     """The gRPC server with its port bound, and the address others dial."""
     # The span interceptor first: a request that does not parse is traced too.
-    server = grpc.aio.server(interceptors=[*server_interceptors(), UndecodableRequestInterceptor()])
+    server = grpc.aio.server(
+        interceptors=[*server_interceptors(), UndecodableRequestInterceptor()],
+        options=server_options(config.max_message_bytes),
+    )
     cleanup.push_async_callback(server.stop, None)
     try:
         if config.tls is None:

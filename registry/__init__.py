@@ -70,6 +70,12 @@ from registry.quarantine import (
     quarantined,
     release_quarantine,
 )
+from registry.request_limits import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MIN_MAX_MESSAGE_BYTES,
+    forwarding_channel_options,
+    server_options,
+)
 from registry.ring import Ring, RingTable
 from registry.slots import DEFAULT_SLOT_COUNT, slot_of
 from registry.status import PUSHBACK_METADATA_KEY, from_rpc_error, owner_address, rpc_boundary
@@ -86,9 +92,11 @@ from registry.tls import (
 __all__ = [
     "ACTIVE",
     "DEFAULT_CLUSTER",
+    "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_SLOT_COUNT",
     "DRAINING",
     "LOG_FORMATS",
+    "MIN_MAX_MESSAGE_BYTES",
     "OWNER_METADATA_KEY",
     "PUSHBACK_METADATA_KEY",
     "RETRY_AFTER_METADATA_KEY",
@@ -129,6 +137,7 @@ __all__ = [
     "clear_pin",
     "connect_etcd",
     "first_set",
+    "forwarding_channel_options",
     "from_rpc_error",
     "load_tls",
     "owner_address",
@@ -146,6 +155,7 @@ __all__ = [
     "release_slot",
     "request_drain",
     "rpc_boundary",
+    "server_options",
     "set_pin",
     "slot_of",
     "stop_task",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 import structlog
@@ -59,8 +59,15 @@ class ChannelPool:
     """Channels by ``host:port`` (see the module docstring). No interceptors: hops trace
     themselves (:mod:`telemetry.hop`)."""
 
-    def __init__(self, *, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        options: Sequence[tuple[str, int]] = (),
+    ) -> None:
         self._credentials = credentials
+        self._options = list(options)
+        """Channel options (the largest request forwarded, ``registry.request_limits``)."""
         """Mutual TLS to the nodes (``registry.tls``); None: plaintext."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary_callers: dict[tuple[str, str], UnaryCaller] = {}
@@ -72,9 +79,9 @@ class ChannelPool:
         channel = self._channels.get(address)
         if channel is None:
             if self._credentials is None:
-                channel = grpc.aio.insecure_channel(address)
+                channel = grpc.aio.insecure_channel(address, options=self._options)
             else:
-                channel = grpc.aio.secure_channel(address, self._credentials)
+                channel = grpc.aio.secure_channel(address, self._credentials, options=self._options)
             self._channels[address] = channel
         return channel
 

@@ -7,6 +7,8 @@ say where to go next.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from registry import MembershipWatcher, NodeRecord, OwnershipView, RingTable
@@ -26,10 +28,11 @@ class Router:
         cluster: str,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.resolver = Resolver(membership, ownership, cluster=cluster)
         """workspace → node, from the watch-fed views."""
-        self.channels = ChannelPool(credentials=credentials)
+        self.channels = ChannelPool(credentials=credentials, options=channel_options)
         """One channel per node address."""
         self.retry_policy = retry_policy
         """How failed calls are retried."""
