@@ -26,7 +26,7 @@ import grpc
 from gateway import metrics
 from gateway.wire import workspace_id_of
 from protos import SESSION_SERVICE_NAME, session_pb2
-from registry import MeshError, rpc_boundary
+from registry import OWNER_METADATA_KEY, MeshError, rpc_boundary
 from routing import Attempts, NextAttempt, Router, closed_channels_as_errors
 from telemetry import Hop, HopTracer, rpc_attributes
 
@@ -53,12 +53,18 @@ def _is_forwardable(key: str) -> bool:
 
 
 def forwardable_metadata(metadata: Iterable[Any] | None) -> MetadataPairs:
-    """``metadata`` as ``(key, value)`` pairs, without transport headers."""
+    """``metadata`` as ``(key, value)`` pairs, without transport headers, and with the owner
+    trailer cut to the node's id: a node's address is the mesh's own business, not an
+    external caller's (``sessionmesh-owner: node-2@10.0.0.7:7001`` reaches them as
+    ``node-2``)."""
     pairs: list[tuple[str, str | bytes]] = []
     for item in metadata or ():
         key, value = cast("tuple[str, str | bytes]", tuple(item))
-        if _is_forwardable(key):
-            pairs.append((key, value))
+        if not _is_forwardable(key):
+            continue
+        if key == OWNER_METADATA_KEY and isinstance(value, str):
+            value = value.partition("@")[0]
+        pairs.append((key, value))
     return tuple(pairs)
 
 

@@ -11,7 +11,9 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway import GatewayServer
+from gateway.forwarder import forwardable_metadata
 from protos import session_pb2
+from registry import OWNER_METADATA_KEY
 from tests.fakes import RICH_STATUS_KEY, WATCH_EVENT_COUNT, RunningEchoNode
 from tests.probes import stub_of, trailing_dict
 
@@ -115,3 +117,16 @@ class TestBackToTheCaller:
         assert [event.session_id for event in events] == [
             f"{node_id}-{index}" for index in range(WATCH_EVENT_COUNT)
         ]
+
+
+class TestWhatStaysInside:
+    """A node's address is the mesh's business: the owner trailer reaches an external caller
+    as the node's id only (internal callers, straight to a node, still get the address)."""
+
+    def test_the_owner_trailer_loses_its_address_at_the_gateway(self) -> None:
+        forwarded = dict(
+            forwardable_metadata(
+                [(OWNER_METADATA_KEY, "node-2@10.0.0.7:7001"), ("x-reason", "moved")]
+            )
+        )
+        assert forwarded == {OWNER_METADATA_KEY: "node-2", "x-reason": "moved"}
