@@ -26,6 +26,8 @@
     --shutdown-grace-seconds SHUTDOWN_GRACE_SECONDS       20
     --tls-cert/--tls-key/--tls-ca SESSIONMESH_TLS_CERT/_KEY/_CA  off (mutual TLS: see registry.tls)
     --max-message-bytes    MAX_MESSAGE_BYTES              65536 (largest request accepted)
+    --max-sessions-per-workspace MAX_SESSIONS_PER_WORKSPACE  1000 (0: no quota)
+    --sends-per-second-per-workspace SENDS_PER_SECOND_PER_WORKSPACE 100 (0: no quota)
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -42,10 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.session_limits import DEFAULT_MAX_WATCHERS_PER_SESSION, DEFAULT_OUTBOX_MAX_QUEUED
+from node.workspace_quotas import (
+    DEFAULT_MAX_SESSIONS_PER_WORKSPACE,
+    DEFAULT_SENDS_PER_SECOND_PER_WORKSPACE,
+)
 from registry import (
     DEFAULT_CLUSTER,
     DEFAULT_MAX_MESSAGE_BYTES,
     MIN_MAX_MESSAGE_BYTES,
+    InvalidInput,
     TlsMaterial,
     add_tls_flags,
     first_set,
@@ -136,6 +143,11 @@ class NodeConfig:
     """Serve mutual TLS only (callers need a certificate from the mesh CA); None: plaintext."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     """The largest request accepted; past it gRPC answers RESOURCE_EXHAUSTED."""
+    max_sessions_per_workspace: int = DEFAULT_MAX_SESSIONS_PER_WORKSPACE
+    """Sessions one workspace may have (0: no quota); one more is RESOURCE_EXHAUSTED."""
+    sends_per_second_per_workspace: float = DEFAULT_SENDS_PER_SECOND_PER_WORKSPACE
+    """One workspace's send rate (bursts of twice as many; 0: no quota); past it a send is
+    RESOURCE_EXHAUSTED with the wait as its retry hint."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -219,6 +231,16 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         "--max-message-bytes",
         default=env("MAX_MESSAGE_BYTES", default=str(DEFAULT_MAX_MESSAGE_BYTES)),
     )
+    add(
+        "--max-sessions-per-workspace",
+        default=env("MAX_SESSIONS_PER_WORKSPACE", default=str(DEFAULT_MAX_SESSIONS_PER_WORKSPACE)),
+    )
+    add(
+        "--sends-per-second-per-workspace",
+        default=env(
+            "SENDS_PER_SECOND_PER_WORKSPACE", default=f"{DEFAULT_SENDS_PER_SECOND_PER_WORKSPACE:g}"
+        ),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -281,9 +303,23 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         max_message_bytes=whole_number(
             args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES
         ),
+        max_sessions_per_workspace=whole_number(
+            args.max_sessions_per_workspace, field="--max-sessions-per-workspace", minimum=0
+        ),
+        sends_per_second_per_workspace=_rate(args.sends_per_second_per_workspace),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )
+
+
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0 or rate == float("inf"):
+        raise InvalidInput(f"--sends-per-second-per-workspace {value!r} is not a rate >= 0")
+    return rate
 
 
 def load_config(

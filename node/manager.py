@@ -40,7 +40,15 @@ from node.session_state import SessionState, SessionView
 from node.session_table import SessionTable
 from node.storage import CorruptRecord, SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
-from registry import AlreadyExists, InvalidInput, NotFound, Quarantined, Unavailable
+from node.workspace_quotas import DEFAULT_QUOTAS, SendRate, WorkspaceQuotas
+from registry import (
+    AlreadyExists,
+    CapacityExhausted,
+    InvalidInput,
+    NotFound,
+    Quarantined,
+    Unavailable,
+)
 from registry.accounts import AccountStore
 
 DEFAULT_PAGE_SIZE = 50
@@ -71,7 +79,10 @@ class SessionManager:
         restore_concurrency: int = 32,
         accounts: AccountStore | None = None,
         limits: SessionLimits = DEFAULT_LIMITS,
+        quotas: WorkspaceQuotas = DEFAULT_QUOTAS,
     ) -> None:
+        self._quotas = quotas
+        self._send_rate = SendRate(quotas.sends_per_second)
         self._node_id = node_id
         self._storage = storage
         self._metrics = metrics
@@ -166,6 +177,13 @@ class SessionManager:
             if existing is not None:
                 _check_same_phone(existing.meta, phone_number)
                 return existing.view()
+            quota = self._quotas.max_sessions
+            if quota and self._table.count(workspace_id) >= quota:
+                self._metrics.refused("workspace_sessions")
+                raise CapacityExhausted(
+                    f"workspace {workspace_id} has {quota} sessions, its quota "
+                    "(MAX_SESSIONS_PER_WORKSPACE)"
+                )
             async with self._table.reservation():  # racing creates count this one
                 session = await self._open_for_create(
                     workspace_id, session_id, phone_number, labels, epoch
@@ -348,6 +366,14 @@ class SessionManager:
     ) -> SendResult:
         """Accept a message into the session's outbox (deduped on ``client_message_id``)."""
         self._refuse_if_stopping()
+        wait_ms = self._send_rate.take(workspace_id)
+        if wait_ms:
+            self._metrics.refused("send_rate")
+            raise CapacityExhausted(
+                f"workspace {workspace_id} sends faster than its quota "
+                f"({self._quotas.sends_per_second:g}/s, SENDS_PER_SECOND_PER_WORKSPACE)",
+                retry_after_ms=wait_ms,
+            )
         session = self._table.get((workspace_id, session_id))
         if session is None:
             await self._raise_not_hosted(workspace_id, session_id)

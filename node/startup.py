@@ -44,6 +44,7 @@ from node.session_limits import SessionLimits
 from node.slot_table import SlotTable
 from node.storage import SessionStorage
 from node.storage_health import StorageHealth
+from node.workspace_quotas import WorkspaceQuotas
 from protos import SESSION_SERVICE_NAME, session_pb2_grpc
 from registry import (
     ACTIVE,
@@ -257,6 +258,10 @@ async def start_node(
             limits=SessionLimits(
                 outbox_max_queued=config.outbox_max_queued,
                 max_watchers=config.max_watchers_per_session,
+            ),
+            quotas=WorkspaceQuotas(
+                max_sessions=config.max_sessions_per_workspace,
+                sends_per_second=config.sends_per_second_per_workspace,
             ),
         )
         cleanup.push_async_callback(manager.stop_all)
