@@ -179,6 +179,11 @@ async def running_private_postgres() -> AsyncIterator[PrivatePostgres]:
         pwd.getpwnam(POSTGRES_USER)
     except KeyError:
         raise RuntimeError("no 'postgres' user to run a private PostgreSQL as") from None
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            "a private PostgreSQL runs as the 'postgres' user, which only root may switch to "
+            "(setpriv): run the chaos run as root, as CI does"
+        )
     server = PrivatePostgres(bin_dir)
     try:
         await server.init()
