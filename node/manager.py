@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import NoReturn
 
 from node.budget import WorkBudget
 from node.delivery import SendResult
@@ -256,7 +257,7 @@ class SessionManager:
             raise _not_running_yet(workspace_id, session_id)
         raise NotFound(f"session {workspace_id}/{session_id} not found")
 
-    async def _raise_not_hosted(self, workspace_id: str, session_id: str) -> None:
+    async def _raise_not_hosted(self, workspace_id: str, session_id: str) -> NoReturn:
         """Why a session this node serves the workspace of is not in its table: ``NotFound``
         only when storage has no live session of that id — one that is stored but not
         running here (its restore still under way, or stalled) is ``Unavailable``, retried:
@@ -377,7 +378,6 @@ class SessionManager:
         session = self._table.get((workspace_id, session_id))
         if session is None:
             await self._raise_not_hosted(workspace_id, session_id)
-        assert session is not None
         result = await session.send(client_message_id, to, text, node_id=self._node_id, epoch=epoch)
         if not result.is_duplicate:
             self._metrics.message_accepted()

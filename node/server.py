@@ -193,12 +193,11 @@ class NodeServer:
             else:
                 _log.error("node_lease_left_to_expire", node_id=self.node_id)
                 parts.heartbeat.abandon()
-            limit = quick
-            await self._step("ownership_view", parts.view.stop(), limit)
-            await self._step("membership_watch", parts.membership.stop(), limit)
-            await self._step("quarantine", parts.quarantine.stop(), limit)
-            await self._step("etcd", parts.etcd.close(), limit)
-            await self._step("storage_health", parts.storage_health.stop(), limit)
+            await self._step("ownership_view", parts.view.stop(), quick)
+            await self._step("membership_watch", parts.membership.stop(), quick)
+            await self._step("quarantine", parts.quarantine.stop(), quick)
+            await self._step("etcd", parts.etcd.close(), quick)
+            await self._step("storage_health", parts.storage_health.stop(), quick)
             parts.storage.close()
             _log.info("node_stopped", node_id=self.node_id)
 

@@ -199,11 +199,8 @@ async def start_node(
             timeout_seconds=config.storage_timeout_seconds,
             on_stall=storage_health.stalled,
             name=config.node_id,
-            on_limit=lambda limit: (
-                metrics.dropped(limit, "status")
-                if limit == "storage_statuses"
-                else metrics.refused(limit)
-            ),
+            on_dropped=lambda: metrics.dropped("storage_statuses", "status"),
+            on_refused=lambda: metrics.refused("storage_queue"),
         )
         cleanup.callback(storage.close)
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)

@@ -80,7 +80,8 @@ class SessionStorage:
         on_stall: Callable[[], None] = lambda: None,
         name: str = "",
         max_queued_writes: int = MAX_QUEUED_OPS,
-        on_limit: Callable[[str], None] = lambda limit: None,
+        on_dropped: Callable[[], None] = lambda: None,
+        on_refused: Callable[[], None] = lambda: None,
     ) -> None:
         self._root = Path(root).resolve()
         self._timeout_seconds = timeout_seconds
@@ -95,8 +96,8 @@ class SessionStorage:
             timeout_seconds=timeout_seconds,
             on_stall=on_stall,
             max_queued=max_queued_writes,
-            on_dropped=lambda: on_limit("storage_statuses"),
-            on_refused=lambda: on_limit("storage_queue"),
+            on_dropped=on_dropped,
+            on_refused=on_refused,
         )
         self._log_paths: dict[tuple[str, str], Path] = {}
         self._session_dirs: dict[tuple[str, str], Path] = {}

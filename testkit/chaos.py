@@ -163,7 +163,7 @@ class ChaosReport:
             f"failed calls (each retried): {failed or 'none'}",
             f"reads {figures.gets}, creates {figures.creates}, watch streams "
             f"{figures.watch_streams} with {figures.watch_events} events",
-            f"lease fences {self.fences}, failovers {self.failovers}, "
+            f"fence events (node or slots) {self.fences}, failovers {self.failovers}, "
             f"database restarts {self.database_restarts}",
             f"all sessions READY {self.recovery_seconds:.1f} s after the last fault"
             if self.recovery_seconds >= 0

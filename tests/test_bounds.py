@@ -231,7 +231,12 @@ class TestStorageQueue:
         self, tmp_path: Path, hung_disk: _HungDisk
     ) -> None:
         limits: list[str] = []
-        storage = SessionStorage(tmp_path, max_queued_writes=2, on_limit=limits.append)
+        storage = SessionStorage(
+            tmp_path,
+            max_queued_writes=2,
+            on_dropped=lambda: limits.append("storage_statuses"),
+            on_refused=lambda: limits.append("storage_queue"),
+        )
         first = asyncio.create_task(storage.append_accepted(*SESSION, _entry("m-0", 1)))
         await eventually(hung_disk.reached.is_set, timeout_seconds=5, message="a flush hangs")
         queued = [

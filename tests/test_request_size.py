@@ -4,7 +4,6 @@ the request — and nothing is created or written."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,16 +15,10 @@ from protos import session_pb2 as pb
 from protos import session_pb2_grpc
 from registry import DEFAULT_MAX_MESSAGE_BYTES
 from simnet import SimNet
-from testkit import running_node, running_simnet
+from testkit import running_node
 from tests.calls import create, error_of, wait_state
 
 SESSION = ("ws-size", "s-1")
-
-
-@pytest.fixture
-async def simnet() -> AsyncIterator[SimNet]:
-    async with running_simnet() as started:
-        yield started
 
 
 def _send(text: str, message_id: str = "m-1") -> pb.SendMessageRequest:

@@ -22,7 +22,7 @@ from protos import session_pb2 as pb
 from protos import session_pb2_grpc
 from registry import Unavailable, load_tls
 from simnet import SimNet
-from testkit import RunningNode, running_node, running_simnet
+from testkit import RunningNode, running_node
 
 SESSION = ("ws-tls", "s-1")
 
@@ -36,12 +36,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> IssuedFiles:
 def foreign_certs(tmp_path_factory: pytest.TempPathFactory) -> IssuedFiles:
     """Certificates of another CA: not the mesh's."""
     return issue(tmp_path_factory.mktemp("foreign"))
-
-
-@pytest.fixture
-async def simnet() -> AsyncIterator[SimNet]:
-    async with running_simnet() as started:
-        yield started
 
 
 @pytest.fixture

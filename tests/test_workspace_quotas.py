@@ -4,26 +4,18 @@ untouched; the send refusal carries the wait as its retry hint."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import pytest
 
 from node.storage import SessionStorage
 from node.workspace_quotas import SendRate
 from protos import session_pb2 as pb
 from registry import RETRY_AFTER_METADATA_KEY
 from simnet import SimNet
-from testkit import running_node, running_simnet
+from testkit import running_node
 from tests.calls import create, error_of
 from tests.probes import trailing_dict
-
-
-@pytest.fixture
-async def simnet() -> AsyncIterator[SimNet]:
-    async with running_simnet() as started:
-        yield started
 
 
 def _send(workspace_id: str, message_id: str) -> pb.SendMessageRequest:
