@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -380,3 +382,75 @@ class TestMovesCountedFromTheSessionsOwnHistory:
         row = read_rows(database_url)["s-1"]
         assert (row.instance_migration_count, row.previous_node_id) == (3, "node-c")
         assert row.assigned_node_id == "node-a"
+
+
+def _waiting_for_a_lock(url: str) -> bool:
+    """Whether some transaction on the server waits for a row lock now."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            if url.startswith("postgresql"):
+                query = (
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            else:
+                # MariaDB lists a transaction waiting for its first lock nowhere but here.
+                query = (
+                    "SELECT count(*) FROM information_schema.processlist "
+                    "WHERE info LIKE '%%FOR UPDATE' AND time_ms > 200"
+                )
+            return bool(connection.exec_driver_sql(query).scalar())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ],
+)
+async def test_a_batch_chosen_as_a_deadlocks_victim_is_written_by_the_same_flush(
+    backend: str,
+) -> None:
+    # Two writers of the same rows (a handoff's old and new owner) can deadlock; the database
+    # then rolls one of them back, and that one must try again rather than wait for its backoff.
+    for url in server_database(backend):
+        upgrade(url)
+        store = AccountStore(url, flush_interval_seconds=60)
+        await store.start()
+        other_engine = make_engine(url)
+        try:
+            for number in range(1, 21):
+                create(store, f"s-{number}")
+            await store.flush()
+            with other_engine.connect() as other:
+                transaction = other.begin()
+                # The other writer changes s-2 and many more first: it has more to lose, so
+                # MariaDB rolls the store back; PostgreSQL rolls back whoever waited first,
+                # the store too.
+                other.exec_driver_sql(
+                    "UPDATE whatsapp_accounts SET status = 'other' WHERE session_id <> 's-1'"
+                )
+                for session_id in ("s-1", "s-2"):
+                    store.record_status(workspace_id="ws-1", session_id=session_id, status="ready")
+                with structlog.testing.capture_logs() as logs:
+                    flushing = asyncio.create_task(store.flush())
+                    # The store holds s-1 and waits for s-2; now the other asks for s-1.
+                    await eventually(partial(_waiting_for_a_lock, url), message="store waits")
+                    await asyncio.to_thread(
+                        other.exec_driver_sql,
+                        "SELECT status FROM whatsapp_accounts WHERE session_id = 's-1' FOR UPDATE",
+                    )
+                    transaction.commit()
+                    async with asyncio.timeout(30):
+                        await flushing
+            assert any(each["event"] == "accounts_lock_conflict_retried" for each in logs)
+            rows = read_rows(url)
+            assert (rows["s-1"].status, rows["s-2"].status) == ("ready", "ready")
+            assert store.pending_count == 0
+        finally:
+            other_engine.dispose()
+            await store.stop()

@@ -31,6 +31,14 @@ _log = structlog.get_logger(__name__)
 _SELECT_CHUNK = 500
 """Sessions per ``IN (...)`` query, under every backend's bound-parameter limit."""
 
+_CONFLICT_ATTEMPTS = 4
+"""Tries of one transaction the database chose as a deadlock's victim: two nodes writing one
+row at once (a handoff) is expected, and retrying at once is the standard remedy."""
+_MYSQL_CONFLICTS = frozenset({1205, 1213})
+"""MySQL/MariaDB: lock wait timeout, deadlock."""
+_SQLSTATE_CONFLICTS = frozenset({"40001", "40P01"})
+"""PostgreSQL: serialization failure, deadlock detected."""
+
 SessionKey = tuple[str, str]
 """(workspace_id, session_id): session ids are scoped by workspace."""
 _Result = TypeVar("_Result")
@@ -148,6 +156,29 @@ def write_batch(engine: Engine, batch: dict[SessionKey, Pending]) -> BatchOutcom
     return outcome
 
 
+def is_lock_conflict(error: BaseException) -> bool:
+    """Whether the database rolled the transaction back to break a deadlock or a lock wait:
+    nothing is wrong with it or with the rows, and the same transaction may run again."""
+    if not isinstance(error, DBAPIError):
+        return False
+    original = error.orig
+    if getattr(original, "sqlstate", None) in _SQLSTATE_CONFLICTS:
+        return True
+    arguments: tuple[object, ...] = getattr(original, "args", ())
+    return bool(arguments) and arguments[0] in _MYSQL_CONFLICTS
+
+
+def _write_retrying_conflicts(engine: Engine, batch: dict[SessionKey, Pending]) -> None:
+    for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+        try:
+            _write(engine, batch)
+            return
+        except DBAPIError as error:
+            if attempt == _CONFLICT_ATTEMPTS or not is_lock_conflict(error):
+                raise
+            _log.info("accounts_lock_conflict_retried", attempt=attempt, sessions=len(batch))
+
+
 def _write_isolating(
     engine: Engine, keys: list[SessionKey], batch: dict[SessionKey, Pending], outcome: BatchOutcome
 ) -> None:
@@ -155,7 +186,7 @@ def _write_isolating(
         outcome.unwritten.update((key, batch[key]) for key in keys)
         return
     try:
-        _write(engine, {key: batch[key] for key in keys})
+        _write_retrying_conflicts(engine, {key: batch[key] for key in keys})
     except Exception as error:
         if not is_row_error(error):
             outcome.database_error = error
