@@ -15,7 +15,8 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
 
-from protos import admin_pb2_grpc
+from client.bearer import bearer_interceptors
+from protos import admin_pb2_grpc, token_pb2_grpc
 from registry import (
     TLS_CA_VARIABLE,
     TLS_CERT_VARIABLE,
@@ -29,7 +30,10 @@ from registry import (
 DEFAULT_GATEWAY = "127.0.0.1:7000"
 
 _T = TypeVar("_T")
+_Stub = TypeVar("_Stub")
 AdminCall = Callable[[admin_pb2_grpc.AdminServiceStub], Awaitable[_T]]
+TokenCall = Callable[[token_pb2_grpc.TokenServiceStub], Awaitable[_T]]
+TOKEN_VARIABLE = "MESHCTL_TOKEN"
 
 app = typer.Typer(
     help="Operate a sessionmesh cluster through its gateway's AdminService.",
@@ -44,6 +48,8 @@ err = Console(stderr=True)
 
 _tls: list[TlsMaterial] = []
 """The TLS material of this invocation, once ``--tls-*`` were read (empty: plaintext)."""
+_token: list[str] = []
+"""The bearer token of this invocation (``--token``), if one was given."""
 
 
 @app.callback()
@@ -57,8 +63,21 @@ def _options(
     tls_ca: Annotated[
         str, typer.Option("--tls-ca", envvar=TLS_CA_VARIABLE, help="The mesh CA (PEM).")
     ] = "",
+    token: Annotated[
+        str,
+        typer.Option(
+            "--token",
+            envvar=TOKEN_VARIABLE,
+            help="The admin token (the gateway refuses admin calls without one).",
+            show_default=False,
+        ),
+    ] = "",
 ) -> None:
-    """Options for every command: TLS to a gateway that serves it (all three, or none)."""
+    """Options for every command: TLS to a gateway that serves it (all three, or none), and
+    the admin token."""
+    _token.clear()
+    if token.strip():
+        _token.append(token.strip())
     try:
         material = load_tls(tls_cert, tls_key, tls_ca)
     except InvalidInput as error:
@@ -69,9 +88,12 @@ def _options(
 
 
 def _channel(gateway: str) -> grpc.aio.Channel:
+    interceptors = bearer_interceptors(_token[0]) if _token else []
     if not _tls:
-        return grpc.aio.insecure_channel(gateway)
-    return grpc.aio.secure_channel(gateway, _tls[0].channel_credentials())
+        return grpc.aio.insecure_channel(gateway, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        gateway, _tls[0].channel_credentials(), interceptors=interceptors
+    )
 
 
 def _gateway_address(value: str) -> str:
@@ -104,21 +126,33 @@ def fail(message: str) -> NoReturn:
 
 
 def run_call(gateway: str, call: AdminCall[_T]) -> _T:
-    """Run ``call`` with a stub on a fresh channel; a failed RPC ends the CLI with exit 1."""
+    """Run ``call`` with an ``AdminService`` stub on a fresh channel; a failed RPC ends the
+    CLI with exit 1."""
+    return _run(gateway, admin_pb2_grpc.AdminServiceStub, call)
 
+
+def run_token_call(gateway: str, call: TokenCall[_T]) -> _T:
+    """Like :func:`run_call`, with a ``TokenService`` stub."""
+    return _run(gateway, token_pb2_grpc.TokenServiceStub, call)
+
+
+def _run(
+    gateway: str,
+    stub_type: Callable[[grpc.aio.Channel], _Stub],
+    call: Callable[[_Stub], Awaitable[_T]],
+) -> _T:
     async def run() -> _T:
         async with _channel(gateway) as channel:
-            stub = admin_pb2_grpc.AdminServiceStub(channel)  # type: ignore[no-untyped-call]
-            return await call(stub)
+            return await call(stub_type(channel))
 
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as error:
-        hint = (
-            f" (is the gateway at {gateway}?)"
-            if error.code() == grpc.StatusCode.UNAVAILABLE
-            else ""
-        )
+        hint = ""
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            hint = f" (is the gateway at {gateway}?)"
+        elif error.code() == grpc.StatusCode.UNAUTHENTICATED and not _token:
+            hint = f" (give the admin token: --token or {TOKEN_VARIABLE})"
         fail(f"{error.code().name}: {error.details()}{hint}")
     except TimeoutError as error:
         fail(str(error) or "timed out")

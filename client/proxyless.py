@@ -22,12 +22,14 @@ from google.protobuf.message import Message
 
 from protos import SESSION_SERVICE_NAME, session_pb2
 from registry import (
+    AUTHORIZATION_KEY,
     ClusterKeys,
     MembershipWatcher,
     MeshError,
     NodeRecord,
     OwnershipView,
     TlsMaterial,
+    bearer_metadata,
     connect_etcd,
 )
 from routing import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy, Router, closed_channels_as_errors
@@ -63,9 +65,11 @@ class ProxylessClient:
         cluster: str,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         tls: TlsMaterial | None = None,
+        token: str = "",
     ) -> None:
         keys = ClusterKeys(cluster)
         self._etcd = etcd
+        self._token_metadata = bearer_metadata(token) if token else ()
         self._watcher = MembershipWatcher(etcd, keys)
         self._ownership = OwnershipView(etcd, keys)
         self._router = Router(
@@ -84,12 +88,14 @@ class ProxylessClient:
         cluster: str,
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         tls: TlsMaterial | None = None,
+        token: str = "",
     ) -> ProxylessClient:
         """Connect to etcd and load membership and ownership; ``Unavailable`` if etcd is not
         there (whatever was opened is closed again). ``tls``: the mesh certificate nodes
-        serving mutual TLS ask for (``registry.tls.load_tls``)."""
+        serving mutual TLS ask for (``registry.tls.load_tls``); ``token``: the bearer token
+        sent with every call (nodes check it as the gateway does)."""
         etcd = await connect_etcd(etcd_endpoints)
-        client = cls(etcd, cluster=cluster, retry_policy=retry_policy, tls=tls)
+        client = cls(etcd, cluster=cluster, retry_policy=retry_policy, tls=tls, token=token)
         try:
             await client._start()
         except BaseException:
@@ -129,6 +135,16 @@ class ProxylessClient:
         """The node this client sends ``workspace_id``'s calls to now (from the views)."""
         return self._router.resolve(workspace_id)
 
+    def _metadata(self, metadata: Any) -> Any:
+        """The caller's metadata, with this client's token (unless the caller sent one) and
+        the trace context."""
+        if not self._token_metadata:
+            return with_trace_context(metadata)
+        pairs = tuple(metadata or ())
+        if not any(key == AUTHORIZATION_KEY for key, _ in pairs):
+            pairs = (*pairs, *self._token_metadata)
+        return with_trace_context(pairs)
+
     def _deadline(self, timeout_seconds: float | None) -> float | None:
         if timeout_seconds is None:
             return None
@@ -149,7 +165,7 @@ class ProxylessClient:
         metadata: Any,
     ) -> _Response:
         deadline = self._deadline(timeout_seconds)
-        metadata = with_trace_context(metadata)
+        metadata = self._metadata(metadata)
         workspace_id = request.workspace_id
         address = self._first_address(workspace_id)
         attempts: Attempts | None = None
@@ -265,7 +281,7 @@ class ProxylessClient:
             request.workspace_id, address=None, deadline=self._deadline(timeout_seconds)
         )
         address = await attempts.first_address()
-        metadata = with_trace_context(metadata)
+        metadata = self._metadata(metadata)
         payload = request.SerializeToString()
         path = _path("WatchSession")
         has_received = False

@@ -5,6 +5,11 @@ database is one SQLite file and the shared session storage a local folder, both
 under the state directory. Ctrl-C (or SIGTERM) stops the children in reverse
 order of start, each with SIGTERM first, so nodes deregister and flush cleanly.
 
+Tokens are on, as everywhere by default: the first start writes an admin token to
+``<state>/admin-token`` (the gateway and nodes bootstrap it), and every start makes a
+token for the demo workspace ``ws-1``; the banner prints both inside commands ready to
+paste.
+
 Ports (flags win over the environment)::
 
     --gateway-port   MESH_GATEWAY_PORT   7000
@@ -27,11 +32,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
+from protos import token_pb2, token_pb2_grpc
+from registry import bearer_metadata, new_admin_token_text
 from testkit.etcd import EtcdProcess
 from testkit.waiting import ProcessStartError, wait_listening
 
 _COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93")
 _START_TIMEOUT_SECONDS = 30.0
+DEMO_WORKSPACE = "ws-1"
+DEMO_SCOPES = ("sessions.read", "messages.send", "sessions.manage")
 
 
 @dataclass(frozen=True)
@@ -142,11 +153,40 @@ class LocalMesh:
     def __init__(self, layout: MeshLayout) -> None:
         self._layout = layout
         self._children: list[_Child] = []
+        self.admin_token = ""
+        self.demo_token = ""
+
+    @property
+    def admin_token_file(self) -> Path:
+        """Where the admin token lives (made on the first start, kept after)."""
+        return self._layout.state_dir / "admin-token"
+
+    def _ensure_admin_token(self) -> None:
+        path = self.admin_token_file
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(new_admin_token_text() + "\n")
+        self.admin_token = path.read_text().strip()
+
+    async def _create_demo_token(self) -> None:
+        address = f"{self._layout.host}:{self._layout.gateway_port}"
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = token_pb2_grpc.TokenServiceStub(channel)  # type: ignore[no-untyped-call]
+            reply = await stub.CreateToken(
+                token_pb2.CreateTokenRequest(
+                    workspace_id=DEMO_WORKSPACE, scopes=DEMO_SCOPES, name="make up demo"
+                ),
+                metadata=bearer_metadata(self.admin_token),
+                timeout=10,
+            )
+        self.demo_token = reply.token
 
     async def start(self) -> None:
         """Start every process in dependency order, waiting until each one listens."""
         layout = self._layout
         layout.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ensure_admin_token()
+        auth = ["--admin-token-file", str(self.admin_token_file)]
         try:
             etcd_command = local_etcd(layout).command()
         except RuntimeError as error:  # no etcd binary
@@ -200,6 +240,7 @@ class LocalMesh:
                     f"{layout.host}:{layout.simnet_port}",
                     "--metrics-listen",
                     layout.metrics_listen(index),
+                    *auth,
                 ],
                 port=port,
             )
@@ -215,9 +256,11 @@ class LocalMesh:
                 layout.etcd_url,
                 "--metrics-listen",
                 layout.metrics_listen(0),
+                *auth,
             ],
             port=layout.gateway_port,
         )
+        await self._create_demo_token()
 
     async def _spawn(self, name: str, command: list[str], *, port: int) -> None:
         process = await asyncio.create_subprocess_exec(
@@ -299,6 +342,7 @@ class LocalMesh:
         )
         get = '{"workspace_id":"ws-1","session_id":"s-1"}'
         svc = "sessionmesh.v1.SessionService"
+        grpcurl = f".venv/bin/grpcurl -plaintext -H 'authorization: Bearer {self.demo_token}'"
         return (
             "\nsessionmesh is up\n"
             f"  gateway   {gateway}\n"
@@ -308,12 +352,15 @@ class LocalMesh:
             f"{metrics}"
             f"  storage   {layout.state_dir / 'sessions'}\n"
             f"  accounts  {layout.database_url}\n"
-            "\ntry (grpcurl is in .venv/bin):\n"
+            f"  admin token  {self.admin_token}  (in {self.admin_token_file})\n"
+            f"  demo token   {self.demo_token}  ({DEMO_WORKSPACE}: {', '.join(DEMO_SCOPES)})\n"
+            "\ntry (grpcurl is in .venv/bin; every call needs a token):\n"
             f"  .venv/bin/grpcurl -plaintext {gateway} list\n"
-            f"  .venv/bin/grpcurl -plaintext -d '{create}' {gateway} {svc}/CreateSession\n"
-            f"  .venv/bin/grpcurl -plaintext -d '{get}' {gateway} {svc}/GetSession\n"
-            f"  .venv/bin/grpcurl -plaintext -d '{send}' {gateway} {svc}/SendMessage\n"
-            f"  .venv/bin/grpcurl -plaintext -d '{get}' {gateway} {svc}/WatchSession\n"
+            f"  {grpcurl} -d '{create}' {gateway} {svc}/CreateSession\n"
+            f"  {grpcurl} -d '{get}' {gateway} {svc}/GetSession\n"
+            f"  {grpcurl} -d '{send}' {gateway} {svc}/SendMessage\n"
+            f"  {grpcurl} -d '{get}' {gateway} {svc}/WatchSession\n"
+            f"  MESHCTL_TOKEN={self.admin_token} .venv/bin/meshctl nodes\n"
             "\nCtrl-C stops everything.\n"
         )
 

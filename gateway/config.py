@@ -12,11 +12,16 @@ from dataclasses import dataclass
 
 from registry import (
     DEFAULT_CLUSTER,
+    DEFAULT_GATEWAY_STREAMS_PER_CONNECTION,
     DEFAULT_MAX_MESSAGE_BYTES,
     MIN_MAX_MESSAGE_BYTES,
+    TOKENS_REQUIRED,
+    AuthSettings,
     InvalidInput,
     TlsMaterial,
+    add_auth_flags,
     add_tls_flags,
+    auth_from_args,
     parse_endpoints,
     parse_flags,
     parse_host_port,
@@ -43,10 +48,14 @@ class GatewayConfig:
     metrics_listen: str = ""
     """host:port of the Prometheus endpoint; empty = no endpoint."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_streams_per_connection: int = DEFAULT_GATEWAY_STREAMS_PER_CONNECTION
+    """Calls one client connection may have open at once (HTTP/2's concurrent streams)."""
     """The largest request accepted and forwarded; past it gRPC answers RESOURCE_EXHAUSTED."""
     tls: TlsMaterial | None = None
     """Serve TLS only (a client certificate optional) and dial nodes with this certificate
     (mutual TLS); None: plaintext both ways."""
+    auth: AuthSettings = TOKENS_REQUIRED
+    """Whether calls need bearer tokens (the default), and the bootstrap admin token."""
     log_level: str = "INFO"
     """Root log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
     log_format: str = "text"
@@ -79,6 +88,15 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="host:port for Prometheus metrics (env METRICS_LISTEN; default off)",
     )
     add_tls_flags(parser, environ)
+    add_auth_flags(parser, environ)
+    parser.add_argument(
+        "--max-streams-per-connection",
+        default=environ.get(
+            "MAX_STREAMS_PER_CONNECTION", str(DEFAULT_GATEWAY_STREAMS_PER_CONNECTION)
+        ),
+        help="calls one connection may have open at once (env MAX_STREAMS_PER_CONNECTION; "
+        "default %(default)s)",
+    )
     parser.add_argument(
         "--max-message-bytes",
         default=environ.get("MAX_MESSAGE_BYTES", str(DEFAULT_MAX_MESSAGE_BYTES)),
@@ -110,8 +128,12 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
         cluster=args.cluster,
         metrics_listen=args.metrics_listen,
         tls=tls_from_args(args),
+        auth=auth_from_args(args),
         max_message_bytes=whole_number(
             args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES
+        ),
+        max_streams_per_connection=whole_number(
+            args.max_streams_per_connection, field="--max-streams-per-connection", minimum=1
         ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),

@@ -26,7 +26,15 @@ import grpc
 from gateway import metrics
 from gateway.wire import workspace_id_of
 from protos import SESSION_SERVICE_NAME, session_pb2
-from registry import OWNER_METADATA_KEY, MeshError, rpc_boundary
+from registry import (
+    AUTHORIZATION_KEY,
+    OWNER_METADATA_KEY,
+    Access,
+    InvalidInput,
+    MeshError,
+    bearer_text,
+    rpc_boundary,
+)
 from routing import Attempts, NextAttempt, Router, closed_channels_as_errors
 from telemetry import Hop, HopTracer, rpc_attributes
 
@@ -91,8 +99,9 @@ class _Method:
 class ForwardingHandler(_GenericRpcHandler):
     """Serves every ``SessionService`` method by forwarding its raw bytes to the owning node."""
 
-    def __init__(self, router: Router, *, label: str = "") -> None:
+    def __init__(self, router: Router, *, access: Access, label: str = "") -> None:
         self._router = router
+        self._access = access
         self._tracer = HopTracer()
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
         service = session_pb2.DESCRIPTOR.services_by_name["SessionService"]
@@ -118,15 +127,24 @@ class ForwardingHandler(_GenericRpcHandler):
         fields = self._tracer.fields
         carrier: dict[str, str] = {}
         pairs: list[tuple[str, str | bytes]] = []
+        bearer: str | None = None
         for key, value in context.invocation_metadata() or ():
             if key in fields:
                 if isinstance(value, str):
                     carrier[key] = value
             elif _is_forwardable(key):
                 pairs.append((key, value))
+                if key == AUTHORIZATION_KEY:
+                    bearer = bearer_text(value)
         hop = self._tracer.start(method.path, method.span_attributes, carrier)
         try:
-            workspace_id = workspace_id_of(request)
+            try:
+                workspace_id = workspace_id_of(request)
+            except InvalidInput:
+                self._access.authenticate(bearer)  # a stranger learns nothing of the request
+                raise
+            # Checked here and again by the node (the token travels on with the call).
+            self._access.check_workspace(bearer, method.name, workspace_id)
             address = self._router.resolve(workspace_id).address
         except MeshError as error:
             method.count(error.status_code)

@@ -15,8 +15,17 @@ from grpc_reflection.v1alpha import reflection
 from gateway.admin import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.forwarder import ForwardingHandler
-from protos import ADMIN_SERVICE_NAME, SESSION_SERVICE_NAME, admin_pb2_grpc
+from gateway.tokens import TokenServicer
+from protos import (
+    ADMIN_SERVICE_NAME,
+    SESSION_SERVICE_NAME,
+    TOKEN_SERVICE_NAME,
+    admin_pb2_grpc,
+    token_pb2_grpc,
+)
 from registry import (
+    AccessControl,
+    AccessInterceptor,
     ClusterKeys,
     MembershipWatcher,
     NodeRecord,
@@ -24,6 +33,7 @@ from registry import (
     Unavailable,
     connect_etcd,
     forwarding_channel_options,
+    open_access,
     parse_host_port,
     server_options,
 )
@@ -46,8 +56,10 @@ class GatewayServer:
         watcher: MembershipWatcher,
         ownership: OwnershipView,
         etcd: aetcd.Client,
+        access: AccessControl,
     ) -> None:
         self._address = address
+        self._access = access
         self._server = server
         self._health = health_servicer
         self._router = router
@@ -76,6 +88,7 @@ class GatewayServer:
         await self._health.enter_graceful_shutdown()
         await self._server.stop(grace_seconds)
         await self._router.stop()
+        await self._access.stop()
         await self._ownership.stop()
         await self._watcher.stop()
         await self._etcd.close()
@@ -135,8 +148,22 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         )
         router.start()
         cleanup.push_async_callback(router.stop)
+        access = await open_access(config.auth, etcd, keys, process="gateway")
+        cleanup.push_async_callback(access.stop)
 
-        server = grpc.aio.server(options=server_options(config.max_message_bytes))
+        server = grpc.aio.server(
+            # SessionService calls are checked by the forwarding handler, which reads the
+            # workspace from the raw bytes it forwards; the admin services by the interceptor.
+            interceptors=[
+                AccessInterceptor(
+                    access.access, admin_services=(ADMIN_SERVICE_NAME, TOKEN_SERVICE_NAME)
+                )
+            ],
+            options=server_options(
+                config.max_message_bytes,
+                max_streams_per_connection=config.max_streams_per_connection,
+            ),
+        )
         cleanup.push_async_callback(server.stop, None)
         try:
             if config.tls is None:
@@ -147,17 +174,22 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         except RuntimeError as error:
             raise Unavailable(f"cannot listen on {config.listen_address}: {error}") from error
         address = f"{host}:{port}"
-        server.add_generic_rpc_handlers((ForwardingHandler(router, label=address),))
+        server.add_generic_rpc_handlers(
+            (ForwardingHandler(router, access=access.access, label=address),)
+        )
         admin = AdminServicer(
             router=router, ownership=ownership, etcd=etcd, keys=keys, label=address
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
+        tokens = TokenServicer(etcd=etcd, keys=keys)
+        token_pb2_grpc.add_TokenServiceServicer_to_server(tokens, server)  # type: ignore[no-untyped-call]
         health_servicer = new_health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (
                 SESSION_SERVICE_NAME,
                 ADMIN_SERVICE_NAME,
+                TOKEN_SERVICE_NAME,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),
@@ -177,4 +209,5 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         watcher=watcher,
         ownership=ownership,
         etcd=etcd,
+        access=access,
     )

@@ -26,8 +26,11 @@
     --shutdown-grace-seconds SHUTDOWN_GRACE_SECONDS       20
     --tls-cert/--tls-key/--tls-ca SESSIONMESH_TLS_CERT/_KEY/_CA  off (mutual TLS: see registry.tls)
     --max-message-bytes    MAX_MESSAGE_BYTES              65536 (largest request accepted)
+    --max-streams-per-connection MAX_STREAMS_PER_CONNECTION 10000 (calls open at once)
     --max-sessions-per-workspace MAX_SESSIONS_PER_WORKSPACE  1000 (0: no quota)
     --sends-per-second-per-workspace SENDS_PER_SECOND_PER_WORKSPACE 100 (0: no quota)
+    --auth                 SESSIONMESH_AUTH               tokens (or off: no checks, warned)
+    --admin-token-file     SESSIONMESH_ADMIN_TOKEN_FILE   none (the first admin token)
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -51,10 +54,15 @@ from node.workspace_quotas import (
 from registry import (
     DEFAULT_CLUSTER,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_NODE_STREAMS_PER_CONNECTION,
     MIN_MAX_MESSAGE_BYTES,
+    TOKENS_REQUIRED,
+    AuthSettings,
     InvalidInput,
     TlsMaterial,
+    add_auth_flags,
     add_tls_flags,
+    auth_from_args,
     first_set,
     parse_endpoints,
     parse_flags,
@@ -141,7 +149,11 @@ class NodeConfig:
     it (a handoff still running then is cut short), then it stops what is left and exits."""
     tls: TlsMaterial | None = None
     """Serve mutual TLS only (callers need a certificate from the mesh CA); None: plaintext."""
+    auth: AuthSettings = TOKENS_REQUIRED
+    """Whether calls need bearer tokens (the default), and the bootstrap admin token."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_streams_per_connection: int = DEFAULT_NODE_STREAMS_PER_CONNECTION
+    """Calls one client connection may have open at once (HTTP/2's concurrent streams)."""
     """The largest request accepted; past it gRPC answers RESOURCE_EXHAUSTED."""
     max_sessions_per_workspace: int = DEFAULT_MAX_SESSIONS_PER_WORKSPACE
     """Sessions one workspace may have (0: no quota); one more is RESOURCE_EXHAUSTED."""
@@ -227,6 +239,11 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("SHUTDOWN_GRACE_SECONDS", default=str(DEFAULT_SHUTDOWN_GRACE_SECONDS)),
     )
     add_tls_flags(parser, environ)
+    add_auth_flags(parser, environ)
+    add(
+        "--max-streams-per-connection",
+        default=env("MAX_STREAMS_PER_CONNECTION", default=str(DEFAULT_NODE_STREAMS_PER_CONNECTION)),
+    )
     add(
         "--max-message-bytes",
         default=env("MAX_MESSAGE_BYTES", default=str(DEFAULT_MAX_MESSAGE_BYTES)),
@@ -300,8 +317,12 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             args.shutdown_grace_seconds, field="--shutdown-grace-seconds"
         ),
         tls=tls_from_args(args),
+        auth=auth_from_args(args),
         max_message_bytes=whole_number(
             args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES
+        ),
+        max_streams_per_connection=whole_number(
+            args.max_streams_per_connection, field="--max-streams-per-connection", minimum=1
         ),
         max_sessions_per_workspace=whole_number(
             args.max_sessions_per_workspace, field="--max-sessions-per-workspace", minimum=0

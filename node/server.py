@@ -28,6 +28,7 @@ from node.slot_table import SlotTable
 from node.storage import SessionStorage
 from node.storage_health import StorageHealth
 from registry import (
+    AccessControl,
     MembershipWatcher,
     OwnershipView,
     RingTable,
@@ -74,6 +75,7 @@ class NodeParts:
     storage: SessionStorage
     storage_health: StorageHealth
     quarantine: QuarantineBook
+    access: AccessControl
 
 
 class NodeServer:
@@ -196,6 +198,7 @@ class NodeServer:
             await self._step("ownership_view", parts.view.stop(), quick)
             await self._step("membership_watch", parts.membership.stop(), quick)
             await self._step("quarantine", parts.quarantine.stop(), quick)
+            await self._step("tokens", parts.access.stop(), quick)
             await self._step("etcd", parts.etcd.close(), quick)
             await self._step("storage_health", parts.storage_health.stop(), quick)
             parts.storage.close()

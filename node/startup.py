@@ -49,6 +49,7 @@ from protos import SESSION_SERVICE_NAME, session_pb2_grpc
 from registry import (
     ACTIVE,
     DRAINING,
+    AccessInterceptor,
     ClusterKeys,
     MembershipWatcher,
     NodeRecord,
@@ -57,6 +58,7 @@ from registry import (
     Unavailable,
     UndecodableRequestInterceptor,
     connect_etcd,
+    open_access,
     parse_host_port,
     server_options,
 )
@@ -116,13 +118,17 @@ def _own_record(config: NodeConfig, address: str) -> NodeRecord:
 
 
 async def _bind(
-    config: NodeConfig, cleanup: contextlib.AsyncExitStack
+    config: NodeConfig, access: AccessInterceptor, cleanup: contextlib.AsyncExitStack
 ) -> tuple[grpc.aio.Server, str]:
     """The gRPC server with its port bound, and the address others dial."""
-    # The span interceptor first: a request that does not parse is traced too.
+    # The span interceptor first: a request that does not parse (or is refused) is traced
+    # too; the access check before the lenient parser: a stranger learns nothing.
     server = grpc.aio.server(
-        interceptors=[*server_interceptors(), UndecodableRequestInterceptor()],
-        options=server_options(config.max_message_bytes),
+        interceptors=[*server_interceptors(), access, UndecodableRequestInterceptor()],
+        options=server_options(
+            config.max_message_bytes,
+            max_streams_per_connection=config.max_streams_per_connection,
+        ),
     )
     cleanup.push_async_callback(server.stop, None)
     try:
@@ -204,9 +210,15 @@ async def start_node(
         )
         cleanup.callback(storage.close)
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
-        server, address = await _bind(config, cleanup)
+        # Until the token cache is loaded the check refuses every call (none can arrive:
+        # the server starts later).
+        access_check = AccessInterceptor(workspace_services=(SESSION_SERVICE_NAME,))
+        server, address = await _bind(config, access_check, cleanup)
         accounts = await _open_accounts(config, metrics, cleanup)
         etcd, keys, membership, ring, view = await _follow_etcd(config, cleanup)
+        access = await open_access(config.auth, etcd, keys, process=config.node_id)
+        cleanup.push_async_callback(access.stop)
+        access_check.access = access.access
 
         slots = SlotTable(metrics=metrics)
         budget = WorkBudget(node_id=config.node_id, limit=config.max_in_flight, metrics=metrics)
@@ -340,6 +352,7 @@ async def start_node(
         storage=storage,
         storage_health=storage_health,
         quarantine=quarantine,
+        access=access,
     )
     return NodeServer(config=config, address=address, parts=parts)
 

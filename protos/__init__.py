@@ -4,16 +4,27 @@ Regenerate with ``make protos``; ``tests/test_protos_fresh.py`` fails when the
 committed stubs differ from what the .proto files generate.
 """
 
-from protos.sessionmesh.v1 import admin_pb2, admin_pb2_grpc, session_pb2, session_pb2_grpc
+from protos.sessionmesh.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    session_pb2,
+    session_pb2_grpc,
+    token_pb2,
+    token_pb2_grpc,
+)
 
 SESSION_SERVICE_NAME = session_pb2.DESCRIPTOR.services_by_name["SessionService"].full_name
 ADMIN_SERVICE_NAME = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+TOKEN_SERVICE_NAME = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
 
 __all__ = [
     "ADMIN_SERVICE_NAME",
     "SESSION_SERVICE_NAME",
+    "TOKEN_SERVICE_NAME",
     "admin_pb2",
     "admin_pb2_grpc",
     "session_pb2",
     "session_pb2_grpc",
+    "token_pb2",
+    "token_pb2_grpc",
 ]

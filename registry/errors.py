@@ -11,6 +11,9 @@
     │                                             (owner in trailing metadata)
     ├── Unavailable           UNAVAILABLE         no node alive, or a handoff in progress
     │                                             (retry hint in trailing metadata)
+    ├── Unauthenticated       UNAUTHENTICATED     no token, or one the mesh does not know
+    ├── PermissionDenied      PERMISSION_DENIED   a token of another workspace, or without
+    │                                             the scope (or admin role) the call needs
     └── Quarantined           DATA_LOSS           the session's stored files cannot be read
                                                   (listed by ``meshctl quarantine``)
 
@@ -97,6 +100,18 @@ class Unavailable(MeshError):
         super().__init__(message, retry_after_ms=retry_after_ms)
 
 
+class Unauthenticated(MeshError):
+    """The call carries no bearer token, or one that is unknown, revoked or expired."""
+
+    status_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(MeshError):
+    """The caller's token is valid but does not grant this call."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Quarantined(MeshError):
     """The session's stored files cannot be read; it is set aside until they are repaired."""
 
@@ -112,6 +127,8 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
         CapacityExhausted,
         NotOwner,
         Unavailable,
+        Unauthenticated,
+        PermissionDenied,
         Quarantined,
     )
 }

@@ -9,6 +9,7 @@
     /sessionmesh/<cluster>/catalog/<slot>/<ws>    no lease: the workspaces a slot holds
     /sessionmesh/<cluster>/drain/<node_id>        no lease: an operator asked the node to drain
     /sessionmesh/<cluster>/quarantine/<ws>/<sid>  no lease: a session that cannot be restored
+    /sessionmesh/<cluster>/tokens/<token_id>      no lease: a bearer token's record (a hash)
 """
 
 from __future__ import annotations
@@ -92,6 +93,19 @@ class ClusterKeys:
     def quarantine(self, workspace_id: str, session_id: str) -> bytes:
         """Key of one quarantined session (``session_id`` empty: the whole workspace)."""
         return self.quarantine_prefix + f"{workspace_id}/{session_id}".encode()
+
+    @property
+    def tokens_prefix(self) -> bytes:
+        """Prefix of the bearer tokens' records."""
+        return self.root + b"tokens/"
+
+    def token(self, token_id: str) -> bytes:
+        """Key of one token's record."""
+        return self.tokens_prefix + token_id.encode()
+
+    def token_id_of(self, key: bytes) -> str:
+        """The token id named by a token key."""
+        return key[len(self.tokens_prefix) :].decode(errors="replace")
 
     def catalog(self, slot: int, workspace_id: str) -> bytes:
         """Key recording that ``slot`` holds ``workspace_id``."""

@@ -78,6 +78,7 @@ async def running_node(
             "--database-url", f"sqlite:///{state_dir / 'accounts.db'}",
             "--simnet", simnet.address,
             "--lease-ttl-seconds", str(LEASE_TTL_SECONDS),
+            "--auth", "off",  # extra_flags may turn tokens on again: the last flag wins
             *extra_flags,
         ],
         environ={},
@@ -133,6 +134,7 @@ class InProcessMesh:
             "--database-url", self.database_url,
             "--simnet", self.simnet.address,
             "--lease-ttl-seconds", str(LEASE_TTL_SECONDS),
+            "--auth", "off",
         ]  # fmt: skip
 
     async def start_node(self, node_id: str) -> node.NodeServer:
@@ -246,7 +248,8 @@ async def running_inprocess_mesh(
         database_url = database_url or f"sqlite:///{tmp_path / 'accounts.db'}"
         await asyncio.to_thread(upgrade, database_url)  # off the loop: it may run a proxy
         gateway_config = gateway.load_config(
-            ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster], environ={}
+            ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster, "--auth", "off"],
+            environ={},
         )
         gateway_server = await gateway.start_gateway(gateway_config)
         mesh = InProcessMesh(

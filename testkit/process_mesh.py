@@ -75,6 +75,8 @@ class MeshSettings:
     process is given every member's URL."""
     database_url: str = ""
     """The accounts DB every node uses (migrated at start); empty: a SQLite file of the mesh."""
+    auth_flags: tuple[str, ...] = ("--auth", "off")
+    """How the gateway and nodes check callers: tokens off, unless a test is about them."""
 
 
 @dataclass
@@ -282,6 +284,7 @@ class ProcessMesh:
                 "--listen", self.gateway_address,
                 "--etcd", self.etcd_url,
                 "--cluster", self.settings.cluster,
+                *self.settings.auth_flags,
             ],
         )  # fmt: skip
         await self._wait_listening(process, self.gateway_address)
@@ -305,6 +308,7 @@ class ProcessMesh:
             "--database-url", self.database_url,
             "--simnet", self.simnet_address,
             *self._optional_node_flags(),
+            *self.settings.auth_flags,
             *self.settings.extra_node_flags,
         ]  # fmt: skip
 

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from gateway import GatewayConfig, GatewayServer, start_gateway
-from registry import ClusterKeys, connect_etcd
+from registry import AUTH_OFF_SETTINGS, ClusterKeys, connect_etcd
 from simnet import SimNet
 from testkit import EtcdProcess, RunningNode, etcd_in, eventually, running_node, running_simnet
 from tests.fakes import RunningEchoNode, start_echo_node
@@ -83,7 +83,12 @@ async def etcd(etcd_url: str) -> AsyncIterator[aetcd.Client]:
 async def gateway(etcd_url: str, cluster_name: str) -> AsyncIterator[GatewayServer]:
     """A gateway on a free port for this test's cluster."""
     server = await start_gateway(
-        GatewayConfig(listen_address="127.0.0.1:0", etcd_endpoints=etcd_url, cluster=cluster_name)
+        GatewayConfig(
+            listen_address="127.0.0.1:0",
+            etcd_endpoints=etcd_url,
+            cluster=cluster_name,
+            auth=AUTH_OFF_SETTINGS,
+        )
     )
     yield server
     await server.stop(grace_seconds=0.5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -68,9 +69,16 @@ class TestLocalMesh:
         pump: asyncio.Task[None] | None = None
         try:
             async with asyncio.timeout(60):
-                await _read_until(process.stdout, "sessionmesh is up", seen)
+                await _read_until(process.stdout, "Ctrl-C stops everything", seen)
+            banner = "".join(seen[-30:])
             pump = asyncio.create_task(_drain(process.stdout, seen))
             gateway = f"127.0.0.1:{gateway_port}"
+            # The banner's commands carry the demo token; meshctl's the admin token.
+            demo = re.search(r"demo token\s+(smt_\S+)", banner)
+            admin = re.search(r"admin token\s+(smt_\S+)", banner)
+            assert demo and admin, banner
+            assert f"-H 'authorization: Bearer {demo.group(1)}'" in banner
+            bearer = ("-H", f"authorization: Bearer {demo.group(1)}")
 
             code, listed = await _grpcurl("-plaintext", gateway, "list")
             assert code == 0, listed
@@ -78,8 +86,17 @@ class TestLocalMesh:
             assert "grpc.health.v1.Health" in listed.split()
 
             request = {"workspace_id": "ws-1", "session_id": "s-1", "phone_number": "+1415555"}
-            code, created = await _grpcurl(
+            code, refused = await _grpcurl(
                 "-plaintext", "-d", json.dumps(request), gateway, f"{SERVICE}/CreateSession"
+            )
+            assert code != 0 and "Unauthenticated" in refused, refused  # tokens are on
+            code, created = await _grpcurl(
+                "-plaintext",
+                *bearer,
+                "-d",
+                json.dumps(request),
+                gateway,
+                f"{SERVICE}/CreateSession",
             )
             assert code == 0, created
             # grpcurl prints the proto field names (session_id), not the lowerCamel JSON names.
@@ -88,6 +105,7 @@ class TestLocalMesh:
             async def ready() -> bool:
                 code, got = await _grpcurl(
                     "-plaintext",
+                    *bearer,
                     "-d",
                     json.dumps({"workspace_id": "ws-1", "session_id": "s-1"}),
                     gateway,
@@ -96,6 +114,17 @@ class TestLocalMesh:
                 return code == 0 and json.loads(got).get("state") == "SESSION_STATE_READY"
 
             await eventually(ready, timeout_seconds=30, message="session READY via grpcurl")
+
+            meshctl = await asyncio.create_subprocess_exec(
+                str(BIN_DIR / "meshctl"), "--token", admin.group(1),
+                "nodes", "--json", "--gateway", gateway,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            async with asyncio.timeout(30):
+                nodes_json, _ = await meshctl.communicate()
+            assert meshctl.returncode == 0, nodes_json
+            assert len(json.loads(nodes_json)["nodes"]) == len(node_ports)
 
             for port in node_ports:  # every node serves reflection too
                 code, listed = await _grpcurl("-plaintext", f"127.0.0.1:{port}", "list")

@@ -56,9 +56,12 @@ class TestTheRequestSizeLimit:
             tmp_path, etcd_url, cluster_name, simnet, extra_flags=generous
         ) as running:
             config = gateway.load_config(
-                ["--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster_name],
+                [
+                    "--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster_name,
+                    "--auth", "off",
+                ],
                 environ={},
-            )
+            )  # fmt: skip
             assert config.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES
             server = await gateway.start_gateway(config)
             try:

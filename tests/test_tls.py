@@ -55,7 +55,7 @@ async def tls_gateway(
     config = gateway.load_config(
         [
             "--listen", "127.0.0.1:0", "--etcd", etcd_url, "--cluster", cluster_name,
-            *certs.flags("gateway"),
+            "--auth", "off", *certs.flags("gateway"),
         ],
         environ={},
     )  # fmt: skip

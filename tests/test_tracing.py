@@ -25,7 +25,7 @@ import telemetry.tracing
 from client.proxyless import ProxylessClient
 from gateway import GatewayConfig, GatewayServer, start_gateway
 from protos import session_pb2
-from registry import connect_etcd
+from registry import AUTH_OFF_SETTINGS, connect_etcd
 from telemetry import (
     build_tracer_provider,
     client_interceptors,
@@ -83,7 +83,12 @@ async def traced_cluster(
     etcd: aetcd.Client = await connect_etcd(etcd_url)
     node = await start_echo_node(etcd, cluster_name, "n1")
     gateway = await start_gateway(
-        GatewayConfig(listen_address="127.0.0.1:0", etcd_endpoints=etcd_url, cluster=cluster_name)
+        GatewayConfig(
+            listen_address="127.0.0.1:0",
+            etcd_endpoints=etcd_url,
+            cluster=cluster_name,
+            auth=AUTH_OFF_SETTINGS,
+        )
     )
     await eventually(lambda: gateway.router.ring.ring.node_ids == ["n1"])
     yield gateway, node
