@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,7 +24,7 @@ CAP = 2
 
 
 async def _watch_until_snapshot(
-    stub: session_pb2_grpc.SessionServiceStub, opened: list[grpc.aio.UnaryStreamCall]
+    stub: session_pb2_grpc.SessionServiceStub, opened: list[grpc.aio.UnaryStreamCall[Any, Any]]
 ) -> None:
     call = stub.WatchSession(pb.WatchSessionRequest(workspace_id=SESSION[0], session_id=SESSION[1]))
     opened.append(call)
@@ -33,8 +34,8 @@ async def _watch_until_snapshot(
 
 async def _assert_capped(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = session_pb2_grpc.SessionServiceStub(channel)  # type: ignore[no-untyped-call]
-        opened: list[grpc.aio.UnaryStreamCall] = []
+        stub = session_pb2_grpc.SessionServiceStub(channel)
+        opened: list[grpc.aio.UnaryStreamCall[Any, Any]] = []
         async with asyncio.timeout(10):
             for _ in range(CAP):
                 await _watch_until_snapshot(stub, opened)
