@@ -24,6 +24,7 @@ from protos import SESSION_SERVICE_NAME, session_pb2
 from registry import (
     AUTHORIZATION_KEY,
     ClusterKeys,
+    EtcdTls,
     MembershipWatcher,
     MeshError,
     NodeRecord,
@@ -89,12 +90,14 @@ class ProxylessClient:
         retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
         tls: TlsMaterial | None = None,
         token: str = "",
+        etcd_tls: EtcdTls | None = None,
     ) -> ProxylessClient:
         """Connect to etcd and load membership and ownership; ``Unavailable`` if etcd is not
         there (whatever was opened is closed again). ``tls``: the mesh certificate nodes
         serving mutual TLS ask for (``registry.tls.load_tls``); ``token``: the bearer token
-        sent with every call (nodes check it as the gateway does)."""
-        etcd = await connect_etcd(etcd_endpoints)
+        sent with every call (nodes check it as the gateway does); ``etcd_tls``: the client
+        certificate for an etcd that asks for one (``registry.load_etcd_tls``)."""
+        etcd = await connect_etcd(etcd_endpoints, tls=etcd_tls)
         client = cls(etcd, cluster=cluster, retry_policy=retry_policy, tls=tls, token=token)
         try:
             await client._start()

@@ -6,6 +6,11 @@ Writes into ``--out`` (default ``.mesh/certs``)::
     node.pem, node-key.pem        for nodes: a server and a client certificate in one
     gateway.pem, gateway-key.pem  for the gateway: it serves callers and dials nodes
     client.pem, client-key.pem    for the proxyless client and meshctl
+    etcd.pem, etcd-key.pem        for etcd's own listeners (client and peer)
+    etcd-root.pem, …-key.pem      etcd's ``root`` user: sets up its users and roles
+
+Common names are ``sessionmesh-<role>`` (``root`` for etcd-root): etcd started with
+``--client-cert-auth`` takes them as its user names.
 
 Every certificate names ``localhost``, ``127.0.0.1`` and ``::1`` and each ``--host`` given
 (the names or addresses nodes advertise), with ECDSA P-256 keys; keys are written readable
@@ -37,7 +42,17 @@ _ROLES = {
     "node": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     "gateway": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
     "client": (ExtendedKeyUsageOID.CLIENT_AUTH,),
+    "etcd": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH),
+    "etcd-root": (ExtendedKeyUsageOID.CLIENT_AUTH,),
 }
+_COMMON_NAMES = {"etcd-root": "root"}
+"""etcd takes a client certificate's common name as its user: ``root`` may set up etcd's
+users and roles (``python -m deploy.etcd_access``); the others are ``sessionmesh-<role>``."""
+
+
+def common_name(role: str) -> str:
+    """The common name of ``role``'s certificate (etcd's user name for it)."""
+    return _COMMON_NAMES.get(role, f"sessionmesh-{role}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,14 @@ class IssuedFiles:
             "--tls-cert", str(self.certificate(role)),
             "--tls-key", str(self.key(role)),
             "--tls-ca", str(self.certificate("ca")),
+        ]  # fmt: skip
+
+    def etcd_flags(self, role: str) -> list[str]:
+        """``--etcd-cacert … --etcd-cert … --etcd-key …``: ``role``'s certificate for etcd."""
+        return [
+            "--etcd-cacert", str(self.certificate("ca")),
+            "--etcd-cert", str(self.certificate(role)),
+            "--etcd-key", str(self.key(role)),
         ]  # fmt: skip
 
 
@@ -96,10 +119,10 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 def issue(
     folder: Path, *, hosts: Sequence[str] = (), days: int = DEFAULT_DAYS, force: bool = False
 ) -> IssuedFiles:
-    """Write a CA and the node, gateway and client certificates into ``folder`` (kept if
-    they exist, unless ``force``); where they are."""
+    """Write a CA and the node, gateway, client, etcd and etcd-root certificates into
+    ``folder`` (kept if they are all there, unless ``force``); where they are."""
     files = IssuedFiles(folder)
-    if files.certificate("ca").exists() and not force:
+    if not force and all(files.certificate(role).exists() for role in ("ca", *_ROLES)):
         return files
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
@@ -137,7 +160,7 @@ def issue(
         key = ec.generate_private_key(ec.SECP256R1())
         certificate = (
             x509.CertificateBuilder()
-            .subject_name(_name(f"sessionmesh {role}"))
+            .subject_name(_name(common_name(role)))
             .issuer_name(ca_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -165,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"certificates in {files.folder}:")
     for role in ("node", "gateway", "client"):
         print(f"  {role:<8} {' '.join(files.flags(role))}")
+    for role in ("node", "gateway"):
+        print(f"  {role:<8} {' '.join(files.etcd_flags(role))}")
+    print(f"  etcd     --cert-file {files.certificate('etcd')} --key-file {files.key('etcd')}")
+    print(f"           --trusted-ca-file {files.certificate('ca')} --client-cert-auth")
     sys.stdout.flush()
 
 

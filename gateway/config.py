@@ -17,11 +17,14 @@ from registry import (
     MIN_MAX_MESSAGE_BYTES,
     TOKENS_REQUIRED,
     AuthSettings,
+    EtcdTls,
     InvalidInput,
     TlsMaterial,
     add_auth_flags,
+    add_etcd_tls_flags,
     add_tls_flags,
     auth_from_args,
+    etcd_tls_from_args,
     parse_endpoints,
     parse_flags,
     parse_host_port,
@@ -54,6 +57,8 @@ class GatewayConfig:
     tls: TlsMaterial | None = None
     """Serve TLS only (a client certificate optional) and dial nodes with this certificate
     (mutual TLS); None: plaintext both ways."""
+    etcd_tls: EtcdTls | None = None
+    """TLS to etcd with this client certificate (``--etcd-cacert``…); None: plaintext."""
     auth: AuthSettings = TOKENS_REQUIRED
     """Whether calls need bearer tokens (the default), and the bootstrap admin token."""
     log_level: str = "INFO"
@@ -88,6 +93,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         help="host:port for Prometheus metrics (env METRICS_LISTEN; default off)",
     )
     add_tls_flags(parser, environ)
+    add_etcd_tls_flags(parser, environ)
     add_auth_flags(parser, environ)
     parser.add_argument(
         "--max-streams-per-connection",
@@ -119,7 +125,8 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
     parse_host_port(args.listen, field="--listen", allow_empty_host=True)
     if args.metrics_listen:
         parse_host_port(args.metrics_listen, field="--metrics-listen", allow_empty_host=True)
-    parse_endpoints(args.etcd)
+    etcd_tls = etcd_tls_from_args(args)
+    parse_endpoints(args.etcd, tls=etcd_tls)
     if not args.cluster or "/" in args.cluster:
         raise InvalidInput(f"--cluster {args.cluster!r} must be non-empty and contain no '/'")
     return GatewayConfig(
@@ -128,6 +135,7 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
         cluster=args.cluster,
         metrics_listen=args.metrics_listen,
         tls=tls_from_args(args),
+        etcd_tls=etcd_tls,
         auth=auth_from_args(args),
         max_message_bytes=whole_number(
             args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES

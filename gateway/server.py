@@ -130,7 +130,7 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
     there. Whatever was opened before a failure is closed again."""
     host, _ = parse_host_port(config.listen_address, field="listen_address", allow_empty_host=True)
     async with contextlib.AsyncExitStack() as cleanup:
-        etcd = await connect_etcd(config.etcd_endpoints)
+        etcd = await connect_etcd(config.etcd_endpoints, tls=config.etcd_tls)
         cleanup.push_async_callback(etcd.close)
         keys = ClusterKeys(config.cluster)
         watcher = MembershipWatcher(etcd, keys)

@@ -25,6 +25,7 @@
     --max-watchers-per-session MAX_WATCHERS_PER_SESSION   64
     --shutdown-grace-seconds SHUTDOWN_GRACE_SECONDS       20
     --tls-cert/--tls-key/--tls-ca SESSIONMESH_TLS_CERT/_KEY/_CA  off (mutual TLS: see registry.tls)
+    --etcd-cacert/--etcd-cert/--etcd-key ETCDCTL_CACERT/_CERT/_KEY  off (see registry.etcd_tls)
     --max-message-bytes    MAX_MESSAGE_BYTES              65536 (largest request accepted)
     --max-streams-per-connection MAX_STREAMS_PER_CONNECTION 10000 (calls open at once)
     --max-sessions-per-workspace MAX_SESSIONS_PER_WORKSPACE  1000 (0: no quota)
@@ -58,11 +59,14 @@ from registry import (
     MIN_MAX_MESSAGE_BYTES,
     TOKENS_REQUIRED,
     AuthSettings,
+    EtcdTls,
     InvalidInput,
     TlsMaterial,
     add_auth_flags,
+    add_etcd_tls_flags,
     add_tls_flags,
     auth_from_args,
+    etcd_tls_from_args,
     first_set,
     parse_endpoints,
     parse_flags,
@@ -149,6 +153,8 @@ class NodeConfig:
     it (a handoff still running then is cut short), then it stops what is left and exits."""
     tls: TlsMaterial | None = None
     """Serve mutual TLS only (callers need a certificate from the mesh CA); None: plaintext."""
+    etcd_tls: EtcdTls | None = None
+    """TLS to etcd with this client certificate (``--etcd-cacert``…); None: plaintext."""
     auth: AuthSettings = TOKENS_REQUIRED
     """Whether calls need bearer tokens (the default), and the bootstrap admin token."""
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -239,6 +245,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("SHUTDOWN_GRACE_SECONDS", default=str(DEFAULT_SHUTDOWN_GRACE_SECONDS)),
     )
     add_tls_flags(parser, environ)
+    add_etcd_tls_flags(parser, environ)
     add_auth_flags(parser, environ)
     add(
         "--max-streams-per-connection",
@@ -272,7 +279,8 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
     if args.metrics_listen:
         parse_host_port(args.metrics_listen, field="--metrics-listen")
     validate_id(args.cluster, field="--cluster")
-    parse_endpoints(args.etcd)
+    etcd_tls = etcd_tls_from_args(args)
+    parse_endpoints(args.etcd, tls=etcd_tls)
     return NodeConfig(
         node_id=node_id,
         listen_address=args.listen,
@@ -317,6 +325,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             args.shutdown_grace_seconds, field="--shutdown-grace-seconds"
         ),
         tls=tls_from_args(args),
+        etcd_tls=etcd_tls,
         auth=auth_from_args(args),
         max_message_bytes=whole_number(
             args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES

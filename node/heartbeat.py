@@ -27,7 +27,15 @@ import aetcd
 import structlog
 
 from node.metrics import NodeMetrics
-from registry import ClusterKeys, NodeRecord, NodeRegistration, Unavailable, connect_etcd, stop_task
+from registry import (
+    ClusterKeys,
+    EtcdTls,
+    NodeRecord,
+    NodeRegistration,
+    Unavailable,
+    connect_etcd,
+    stop_task,
+)
 
 _log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
@@ -65,8 +73,10 @@ class Heartbeat:
         metrics: NodeMetrics,
         on_change: Callable[[], None],
         is_storage_healthy: Callable[[], bool] = lambda: True,
+        etcd_tls: EtcdTls | None = None,
     ) -> None:
         self._etcd_endpoints = etcd_endpoints
+        self._etcd_tls = etcd_tls
         self._is_storage_healthy = is_storage_healthy
         self._keys = keys
         self._initial_record = record
@@ -255,6 +265,7 @@ class Heartbeat:
             ttl = self._lease_ttl_seconds
             etcd = await connect_etcd(
                 self._etcd_endpoints,
+                tls=self._etcd_tls,
                 call_timeout_seconds=max(MIN_ETCD_CHECK_SECONDS, ttl / 6),
                 health_interval_seconds=max(MIN_ETCD_CHECK_SECONDS, ttl / 10),
             )

@@ -165,7 +165,7 @@ async def _follow_etcd(
     config: NodeConfig, cleanup: contextlib.AsyncExitStack
 ) -> tuple[aetcd.Client, ClusterKeys, MembershipWatcher, RingTable, OwnershipView]:
     """etcd, and the watch-fed membership (into the ring) and ownership views."""
-    etcd = await connect_etcd(config.etcd_endpoints)
+    etcd = await connect_etcd(config.etcd_endpoints, tls=config.etcd_tls)
     cleanup.push_async_callback(etcd.close)
     keys = ClusterKeys(config.cluster)
     ring = RingTable()
@@ -228,6 +228,7 @@ async def start_node(
 
         heartbeat = Heartbeat(
             etcd_endpoints=config.etcd_endpoints,
+            etcd_tls=config.etcd_tls,
             keys=keys,
             record=_own_record(config, address),
             lease_ttl_seconds=config.lease_ttl_seconds,

@@ -56,6 +56,15 @@ from registry.errors import (
 )
 from registry.etcd import connect_etcd, parse_endpoints
 from registry.etcd_client import EtcdClient
+from registry.etcd_tls import (
+    ETCD_CACERT_VARIABLE,
+    ETCD_CERT_VARIABLE,
+    ETCD_KEY_VARIABLE,
+    EtcdTls,
+    add_etcd_tls_flags,
+    etcd_tls_from_args,
+    load_etcd_tls,
+)
 from registry.flags import (
     LOG_FORMATS,
     first_set,
@@ -152,6 +161,9 @@ __all__ = [
     "DEFAULT_NODE_STREAMS_PER_CONNECTION",
     "DEFAULT_SLOT_COUNT",
     "DRAINING",
+    "ETCD_CACERT_VARIABLE",
+    "ETCD_CERT_VARIABLE",
+    "ETCD_KEY_VARIABLE",
     "LOG_FORMATS",
     "MESSAGES_SEND",
     "MIN_MAX_MESSAGE_BYTES",
@@ -176,6 +188,7 @@ __all__ = [
     "CapacityExhausted",
     "ClusterKeys",
     "EtcdClient",
+    "EtcdTls",
     "InvalidInput",
     "IssuedToken",
     "MembershipWatcher",
@@ -204,6 +217,7 @@ __all__ = [
     "acquire_pinned",
     "acquire_slot",
     "add_auth_flags",
+    "add_etcd_tls_flags",
     "add_tls_flags",
     "auth_from_args",
     "bearer_metadata",
@@ -216,10 +230,12 @@ __all__ = [
     "catalogued_slots",
     "clear_pin",
     "connect_etcd",
+    "etcd_tls_from_args",
     "first_set",
     "forwarding_channel_options",
     "from_rpc_error",
     "issue_token",
+    "load_etcd_tls",
     "load_tls",
     "new_admin_token_text",
     "open_access",

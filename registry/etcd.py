@@ -19,6 +19,7 @@ from registry.etcd_client import (
     DEFAULT_HEALTH_INTERVAL_SECONDS,
     EtcdClient,
 )
+from registry.etcd_tls import EtcdTls
 
 DEFAULT_ETCD_PORT = 2379
 
@@ -35,17 +36,27 @@ def etcd_errors(action: str) -> Iterator[None]:
         raise Unavailable(f"cannot {action}: {error}") from error
 
 
-def parse_endpoints(value: str) -> list[tuple[str, int]]:
-    """``"http://127.0.0.1:2379,host2:2379"`` → ``[("127.0.0.1", 2379), ("host2", 2379)]``."""
+def parse_endpoints(value: str, *, tls: EtcdTls | None = None) -> list[tuple[str, int]]:
+    """``"http://127.0.0.1:2379,host2:2379"`` → ``[("127.0.0.1", 2379), ("host2", 2379)]``.
+
+    ``https://`` endpoints need ``tls`` (:mod:`registry.etcd_tls`), and with ``tls`` no
+    endpoint may be ``http://``: neither a silent downgrade nor a plaintext fallback."""
     endpoints: list[tuple[str, int]] = []
     for item in value.split(","):
         text = item.strip()
         if not text:
             continue
         parts = urlsplit(text if "://" in text else f"//{text}")
-        if parts.scheme not in ("", "http"):
-            # aetcd 1.0 only opens plaintext channels; accepting https would silently downgrade.
-            raise InvalidInput(f"etcd endpoint {text!r}: only http:// is supported")
+        if parts.scheme not in ("", "http", "https"):
+            raise InvalidInput(f"etcd endpoint {text!r}: expected http:// or https://")
+        if parts.scheme == "https" and tls is None:
+            raise InvalidInput(
+                f"etcd endpoint {text!r} is https: give --etcd-cacert, --etcd-cert, --etcd-key"
+            )
+        if parts.scheme == "http" and tls is not None:
+            raise InvalidInput(
+                f"etcd endpoint {text!r} is plaintext, but etcd TLS is configured: use https://"
+            )
         try:
             port = parts.port or DEFAULT_ETCD_PORT
         except ValueError as error:
@@ -61,19 +72,22 @@ def parse_endpoints(value: str) -> list[tuple[str, int]]:
 async def connect_etcd(
     endpoints: str,
     *,
+    tls: EtcdTls | None = None,
     call_timeout_seconds: float = DEFAULT_CALL_TIMEOUT_SECONDS,
     health_interval_seconds: float = DEFAULT_HEALTH_INTERVAL_SECONDS,
 ) -> EtcdClient:
     """A client over every endpoint of ``endpoints`` (comma-separated URLs), connected to one
-    that answers with a leader, its health checks running (:mod:`registry.etcd_client`).
+    that answers with a leader, its health checks running (:mod:`registry.etcd_client`);
+    over TLS with a client certificate if ``tls`` is given.
 
     Raises ``Unavailable`` naming the endpoints when none answers.
     """
-    parsed = parse_endpoints(endpoints)
+    parsed = parse_endpoints(endpoints, tls=tls)
     client = EtcdClient(
         parsed,
         call_timeout_seconds=call_timeout_seconds,
         health_interval_seconds=health_interval_seconds,
+        credentials=None if tls is None else tls.credentials(),
     )
     if not await client.probe() and not await client.fail_over():
         await client.close()

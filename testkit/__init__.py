@@ -7,7 +7,7 @@ installed package; product packages never import it.
 """
 
 from testkit.checklist import ChecklistReport, ChecklistSizes, one_at_a_time, run_checklist
-from testkit.etcd import EtcdProcess, etcd_binary, etcd_in
+from testkit.etcd import EtcdProcess, EtcdServerTls, etcd_binary, etcd_in
 from testkit.etcd_cluster import EtcdCluster
 from testkit.ground_truth import (
     assert_exactly_once,
@@ -56,6 +56,7 @@ __all__ = [
     "ChecklistSizes",
     "EtcdCluster",
     "EtcdProcess",
+    "EtcdServerTls",
     "FailedCall",
     "InProcessMesh",
     "LoadClient",

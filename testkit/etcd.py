@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +27,31 @@ from testkit.ports import HOST, free_port
 from testkit.waiting import ProcessStartError, eventually, wait_listening
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EtcdServerTls:
+    """etcd's own certificate, and the CA its clients' certificates must come from."""
+
+    certificate: Path
+    key: Path
+    ca: Path
+
+    def flags(self) -> list[str]:
+        """etcd's flags for TLS on the client port with client certificates required."""
+        return [
+            "--cert-file", str(self.certificate),
+            "--key-file", str(self.key),
+            "--trusted-ca-file", str(self.ca),
+            "--client-cert-auth",
+        ]  # fmt: skip
+
+    def client_context(self) -> ssl.SSLContext:
+        """For the health check: etcd's CA, and etcd's own certificate as the client's."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.certificate), str(self.key))
+        return context
+
 
 START_TIMEOUT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 10.0
@@ -72,13 +98,16 @@ class EtcdProcess:
     initial_cluster: str = ""
     """``--initial-cluster`` of a member of a larger cluster (:mod:`testkit.etcd_cluster`);
     empty: a cluster of this one member."""
+    tls: EtcdServerTls | None = None
+    """Serve clients over TLS only, and require a client certificate from its CA."""
     _popen: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def url(self) -> str:
-        """The client URL (``http://host:port``)."""
-        return f"http://{self.host}:{self.client_port}"
+        """The client URL (``http://host:port``, ``https://`` with TLS)."""
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -111,6 +140,7 @@ class EtcdProcess:
             "--heartbeat-interval", str(self.heartbeat_interval_millis),
             "--election-timeout", str(self.election_timeout_millis),
             "--log-level", "warn",
+            *([] if self.tls is None else self.tls.flags()),
         ]  # fmt: skip
 
     def log_tail(self, *, lines: int = 40) -> str:
@@ -125,7 +155,8 @@ class EtcdProcess:
 
     def _is_healthy(self) -> bool:
         """Whether etcd answers ``/health`` with a leader (a read served, not only a bind)."""
-        with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+        context = None if self.tls is None else self.tls.client_context()
+        with urllib.request.urlopen(f"{self.url}/health", timeout=1, context=context) as response:
             return bool(json.loads(response.read()).get("health") == "true")
 
     def spawn(self) -> None:
