@@ -11,7 +11,10 @@ from typing import Any
 
 import grpc
 
-from registry import AUTHORIZATION_KEY, bearer_metadata
+from registry.auth import (
+    AUTHORIZATION_KEY,
+    bearer_metadata,
+)
 
 
 def _with_token(details: Any, token_metadata: tuple[tuple[str, str], ...]) -> Any:

@@ -27,7 +27,10 @@ from client.meshctl_app import (
     run_token_call,
 )
 from protos import token_pb2
-from registry import SCOPES, new_admin_token_text
+from registry.auth import (
+    SCOPES,
+    new_admin_token_text,
+)
 
 tokens = typer.Typer(help="Bearer tokens: create, list, revoke (admin token needed).")
 app.add_typer(tokens, name="token")

@@ -22,7 +22,6 @@ from google.protobuf.message import Message
 
 from protos import SESSION_SERVICE_NAME, session_pb2
 from registry import (
-    AUTHORIZATION_KEY,
     ClusterKeys,
     EtcdTls,
     MembershipWatcher,
@@ -30,8 +29,11 @@ from registry import (
     NodeRecord,
     OwnershipView,
     TlsMaterial,
-    bearer_metadata,
     connect_etcd,
+)
+from registry.auth import (
+    AUTHORIZATION_KEY,
+    bearer_metadata,
 )
 from routing import DEFAULT_RETRY_POLICY, Attempts, RetryPolicy, Router, closed_channels_as_errors
 from telemetry import with_trace_context

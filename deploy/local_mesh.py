@@ -35,7 +35,10 @@ from pathlib import Path
 import grpc
 
 from protos import token_pb2, token_pb2_grpc
-from registry import bearer_metadata, new_admin_token_text
+from registry.auth import (
+    bearer_metadata,
+    new_admin_token_text,
+)
 from testkit.etcd import EtcdProcess
 from testkit.waiting import ProcessStartError, wait_listening
 

@@ -15,15 +15,11 @@ from registry import (
     DEFAULT_GATEWAY_STREAMS_PER_CONNECTION,
     DEFAULT_MAX_MESSAGE_BYTES,
     MIN_MAX_MESSAGE_BYTES,
-    TOKENS_REQUIRED,
-    AuthSettings,
     EtcdTls,
     InvalidInput,
     TlsMaterial,
-    add_auth_flags,
     add_etcd_tls_flags,
     add_tls_flags,
-    auth_from_args,
     etcd_tls_from_args,
     parse_endpoints,
     parse_flags,
@@ -32,6 +28,12 @@ from registry import (
     parse_log_level,
     tls_from_args,
     whole_number,
+)
+from registry.auth import (
+    TOKENS_REQUIRED,
+    AuthSettings,
+    add_auth_flags,
+    auth_from_args,
 )
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"

@@ -17,6 +17,7 @@ metric children are bound once per method: profiling showed both dominating the 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, NoReturn, cast
@@ -27,13 +28,15 @@ from gateway import metrics
 from gateway.wire import workspace_id_of
 from protos import SESSION_SERVICE_NAME, session_pb2
 from registry import (
-    AUTHORIZATION_KEY,
     OWNER_METADATA_KEY,
-    Access,
     InvalidInput,
     MeshError,
-    bearer_text,
     rpc_boundary,
+)
+from registry.auth import (
+    AUTHORIZATION_KEY,
+    Access,
+    bearer_text,
 )
 from routing import Attempts, NextAttempt, Router, closed_channels_as_errors
 from telemetry import Hop, HopTracer, rpc_attributes
@@ -58,6 +61,24 @@ def _is_forwardable(key: str) -> bool:
     if key in _END_TO_END_KEYS:
         return True
     return not key.startswith(_TRANSPORT_PREFIXES) and key not in _TRANSPORT_KEYS
+
+
+_ADDRESSES = re.compile(
+    r"(?:ipv4|ipv6|unix|dns|unix-abstract):[^\s,;)]+"
+    r"|\[[0-9a-fA-F:]+\]:\d+"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
+)
+"""Addresses as gRPC's own transport errors write them (``ipv4:10.0.0.7:7001``), and bare
+IPv4 and bracketed IPv6 addresses."""
+
+
+def external_details(details: str, address: str) -> str:
+    """An error's details as an external caller may read them: the node's address and any
+    other network address replaced by ``<node>`` (a node that cannot be reached makes gRPC
+    name it: the mesh's addresses are not a caller's business)."""
+    if address:
+        details = details.replace(address, "<node>")
+    return _ADDRESSES.sub("<node>", details)
 
 
 def forwardable_metadata(metadata: Iterable[Any] | None) -> MetadataPairs:
@@ -275,11 +296,11 @@ class _Forwarding:
         """End the caller's call exactly as the node ended ours."""
         code = error.code()
         self._method.count(code)
-        self.hop.end(code, error.details() or "")
+        self.hop.end(code, error.details() or "")  # the span keeps what the node said
         trailing = forwardable_metadata(error.trailing_metadata())
         if trailing:
             self._context.set_trailing_metadata(trailing)
-        await self._context.abort(code, error.details() or "")
+        await self._context.abort(code, external_details(error.details() or "", self.address))
         raise AssertionError("context.abort returned") from error
 
     def succeeded(self, trailing_metadata: Any) -> None:

@@ -24,8 +24,6 @@ from protos import (
     token_pb2_grpc,
 )
 from registry import (
-    AccessControl,
-    AccessInterceptor,
     ClusterKeys,
     MembershipWatcher,
     NodeRecord,
@@ -33,9 +31,13 @@ from registry import (
     Unavailable,
     connect_etcd,
     forwarding_channel_options,
-    open_access,
     parse_host_port,
     server_options,
+)
+from registry.auth import (
+    AccessControl,
+    AccessInterceptor,
+    open_access,
 )
 from routing import Router
 from telemetry import HealthServicer, new_health_servicer

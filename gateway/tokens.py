@@ -15,13 +15,15 @@ from registry import (
     ClusterKeys,
     InvalidInput,
     NotFound,
+    rpc_boundary,
+    validate_id,
+)
+from registry.auth import (
     TokenRecord,
     issue_token,
     read_tokens,
     revoke_token,
-    rpc_boundary,
     store_token,
-    validate_id,
     validate_token_id,
 )
 

@@ -57,15 +57,11 @@ from registry import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_NODE_STREAMS_PER_CONNECTION,
     MIN_MAX_MESSAGE_BYTES,
-    TOKENS_REQUIRED,
-    AuthSettings,
     EtcdTls,
     InvalidInput,
     TlsMaterial,
-    add_auth_flags,
     add_etcd_tls_flags,
     add_tls_flags,
-    auth_from_args,
     etcd_tls_from_args,
     first_set,
     parse_endpoints,
@@ -79,6 +75,12 @@ from registry import (
     whole_number,
 )
 from registry.accounts import DEFAULT_MAX_PENDING_SESSIONS
+from registry.auth import (
+    TOKENS_REQUIRED,
+    AuthSettings,
+    add_auth_flags,
+    auth_from_args,
+)
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"

@@ -28,7 +28,6 @@ from node.slot_table import SlotTable
 from node.storage import SessionStorage
 from node.storage_health import StorageHealth
 from registry import (
-    AccessControl,
     MembershipWatcher,
     OwnershipView,
     RingTable,
@@ -36,6 +35,9 @@ from registry import (
     stop_task,
 )
 from registry.accounts import AccountStore
+from registry.auth import (
+    AccessControl,
+)
 from telemetry import HealthServicer
 
 _log = structlog.get_logger(__name__)

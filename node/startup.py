@@ -49,7 +49,6 @@ from protos import SESSION_SERVICE_NAME, session_pb2_grpc
 from registry import (
     ACTIVE,
     DRAINING,
-    AccessInterceptor,
     ClusterKeys,
     MembershipWatcher,
     NodeRecord,
@@ -58,11 +57,14 @@ from registry import (
     Unavailable,
     UndecodableRequestInterceptor,
     connect_etcd,
-    open_access,
     parse_host_port,
     server_options,
 )
 from registry.accounts import AccountStore
+from registry.auth import (
+    AccessInterceptor,
+    open_access,
+)
 from telemetry import HealthServicer, new_health_servicer, server_interceptors
 
 _log = structlog.get_logger(__name__)

@@ -135,6 +135,11 @@ class ProcessMesh:
         return f"sqlite:///{(self.state_dir / 'accounts.db').resolve()}"
 
     @property
+    def running_processes(self) -> list[str]:
+        """Names of the processes alive now (etcd's members not included)."""
+        return sorted(name for name, process in self._processes.items() if process.is_running)
+
+    @property
     def running_nodes(self) -> list[str]:
         """Ids of the node processes alive now."""
         return sorted(

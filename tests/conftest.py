@@ -13,7 +13,13 @@ import pytest
 import structlog
 
 from gateway import GatewayConfig, GatewayServer, start_gateway
-from registry import AUTH_OFF_SETTINGS, ClusterKeys, connect_etcd
+from registry import (
+    ClusterKeys,
+    connect_etcd,
+)
+from registry.auth import (
+    AUTH_OFF_SETTINGS,
+)
 from simnet import SimNet
 from testkit import EtcdProcess, RunningNode, etcd_in, eventually, running_node, running_simnet
 from tests.fakes import RunningEchoNode, start_echo_node

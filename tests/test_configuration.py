@@ -42,7 +42,11 @@ class TestGateway:
         [
             (["--listen", "nowhere"], "--listen"),
             (["--metrics-listen", "1.2.3.4:99999"], "--metrics-listen"),
-            (["--etcd", "https://10.0.0.1:2379"], "only http://"),
+            (["--etcd", "https://10.0.0.1:2379"], "give --etcd-cacert"),
+            (["--etcd", "ftp://10.0.0.1:2379"], "expected http:// or https://"),
+            (["--auth", "maybe"], "--auth"),
+            (["--admin-token-file", "/nonexistent/token"], "--admin-token-file"),
+            (["--max-streams-per-connection", "0"], "--max-streams-per-connection"),
             (["--cluster", "a/b"], "--cluster"),
             (["--log-level", "LOUD"], "--log-level"),
         ],

@@ -11,9 +11,10 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway import GatewayServer
-from gateway.forwarder import forwardable_metadata
+from gateway.forwarder import external_details, forwardable_metadata
 from protos import session_pb2
-from registry import OWNER_METADATA_KEY
+from registry import OWNER_METADATA_KEY, ClusterKeys, NodeRecord, NodeRegistration
+from testkit import eventually, free_port
 from tests.fakes import RICH_STATUS_KEY, WATCH_EVENT_COUNT, RunningEchoNode
 from tests.probes import stub_of, trailing_dict
 
@@ -130,3 +131,42 @@ class TestWhatStaysInside:
             )
         )
         assert forwarded == {OWNER_METADATA_KEY: "node-2", "x-reason": "moved"}
+
+    def test_addresses_in_error_details_are_hidden(self) -> None:
+        details = (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.7:7001: "
+            "Failed to connect to remote host: Connection refused; [::1]:7002 and 10.1.2.3"
+        )
+        hidden = external_details(details, "node-9.internal:7003")
+        assert "10.0.0.7" not in hidden and "::1" not in hidden and "10.1.2.3" not in hidden
+        assert hidden.count("<node>") == 3
+        assert external_details(
+            "the channel to node-9.internal:7003 closed", "node-9.internal:7003"
+        ) == ("the channel to <node> closed")
+
+    async def test_an_unreachable_node_is_not_named_to_the_caller(
+        self, gateway: GatewayServer, etcd: Any, cluster_name: str
+    ) -> None:
+        # A node registered at a port where nothing listens: the gateway cannot reach it.
+        dead = f"127.0.0.1:{free_port()}"
+        registration = NodeRegistration(
+            etcd, ClusterKeys(cluster_name), NodeRecord(node_id="n-dead", address=dead, capacity=9)
+        )
+        await registration.start()
+        try:
+            await eventually(lambda: gateway.router.ring.ring.node_ids == ["n-dead"])
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub_of(channel).GetSession(
+                        session_pb2.GetSessionRequest(workspace_id="ws-1", session_id="s-1"),
+                        timeout=2,
+                    )
+            assert refused.value.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+            details = refused.value.details() or ""
+            assert dead not in details and "127.0.0.1" not in details, details
+            assert "127.0.0.1" not in str(refused.value.trailing_metadata())
+        finally:
+            await registration.stop()

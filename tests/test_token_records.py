@@ -8,18 +8,20 @@ import json
 import pytest
 
 from registry import (
-    SESSION_METHOD_SCOPES,
     InvalidInput,
     PermissionDenied,
+    Unauthenticated,
+)
+from registry.auth import (
+    SESSION_METHOD_SCOPES,
     TokenAccess,
     TokenRecord,
-    Unauthenticated,
     bearer_of,
     issue_token,
     parse_token,
     token_id_of,
 )
-from registry.tokens import admin_record_of
+from registry.auth.tokens import admin_record_of
 
 
 def test_a_token_is_random_and_its_record_holds_no_secret() -> None:

@@ -29,7 +29,7 @@ import gateway
 from client.proxyless import ProxylessClient
 from protos import admin_pb2, admin_pb2_grpc, session_pb2_grpc, token_pb2, token_pb2_grpc
 from protos import session_pb2 as pb
-from registry import (
+from registry.auth import (
     AUTH_OFF,
     bearer_metadata,
     new_admin_token_text,
@@ -392,7 +392,7 @@ async def test_auth_off_warns_at_start_and_again(
     simnet: SimNet,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("registry.access.AUTH_OFF_WARNING_SECONDS", 0.05)
+    monkeypatch.setattr("registry.auth.policy.AUTH_OFF_WARNING_SECONDS", 0.05)
     with structlog.testing.capture_logs() as logs:
         async with running_node(
             tmp_path, etcd_url, cluster_name, simnet, extra_flags=["--auth", AUTH_OFF]

@@ -15,17 +15,21 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind
-from opentelemetry.util._once import Once
 
 import telemetry.tracing
 from client.proxyless import ProxylessClient
 from gateway import GatewayConfig, GatewayServer, start_gateway
 from protos import session_pb2
-from registry import AUTH_OFF_SETTINGS, connect_etcd
+from registry import (
+    connect_etcd,
+)
+from registry.auth import (
+    AUTH_OFF_SETTINGS,
+)
 from telemetry import (
     build_tracer_provider,
     client_interceptors,
@@ -36,35 +40,17 @@ from telemetry import (
 from testkit import eventually
 from tests.fakes import WATCH_EVENT_COUNT, RunningEchoNode, start_echo_node
 from tests.probes import stub_of
+from tests.span_capture import captured_spans, restore_global_provider, swap_global_provider
 
 GET_SESSION = "/sessionmesh.v1.SessionService/GetSession"
 WATCH_SESSION = "/sessionmesh.v1.SessionService/WatchSession"
 
 
-def _swap_global_provider(provider: trace.TracerProvider | None) -> tuple[Once, object]:
-    # OTel lets the global provider be set once per process; its own test utils reset it so.
-    saved = (trace._TRACER_PROVIDER_SET_ONCE, trace._TRACER_PROVIDER)
-    trace._TRACER_PROVIDER_SET_ONCE = Once()
-    trace._TRACER_PROVIDER = None
-    if provider is not None:
-        trace.set_tracer_provider(provider)
-    return saved
-
-
-def _restore_global_provider(saved: tuple[Once, object]) -> None:
-    trace._TRACER_PROVIDER_SET_ONCE, trace._TRACER_PROVIDER = saved  # type: ignore[assignment]
-
-
 @pytest.fixture(scope="module")
 def span_exporter() -> Iterator[InMemorySpanExporter]:
     """An in-memory exporter behind the global SDK provider, for this module only."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    saved = _swap_global_provider(provider)
-    yield exporter
-    provider.shutdown()
-    _restore_global_provider(saved)
+    with captured_spans() as exporter:
+        yield exporter
 
 
 @pytest.fixture
@@ -298,7 +284,7 @@ class TestConfigureTracing:
     def test_configure_installs_the_provider_once(
         self, clean_otel_environment: pytest.MonkeyPatch
     ) -> None:
-        saved = _swap_global_provider(None)
+        saved = swap_global_provider(None)
         clean_otel_environment.setattr(telemetry.tracing, "_is_configured", False)
         try:
             configure_tracing("first")
@@ -309,7 +295,7 @@ class TestConfigureTracing:
             assert installed.resource.attributes[SERVICE_NAME] == "first"
             installed.shutdown()
         finally:
-            _restore_global_provider(saved)
+            restore_global_provider(saved)
 
 
 class TestLogsAndMetrics:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from registry.access import Access, TokenAccess, bearer_of
+from registry.auth.policy import Access, TokenAccess, bearer_of
 from registry.errors import MeshError
 from registry.status import Context, abort_with
 

@@ -13,10 +13,10 @@ from typing import Any
 import aetcd
 import structlog
 
+from registry.auth.tokens import TokenRecord
 from registry.etcd import etcd_errors
 from registry.keys import ClusterKeys
 from registry.mirror import WatchMirror
-from registry.tokens import TokenRecord
 
 _log = structlog.get_logger(__name__)
 

@@ -3,7 +3,7 @@ policies a process runs — :class:`TokenAccess` (the default) and :class:`OpenA
 (``--auth off``, for local experiments only, with a warning at start and every hour).
 
 Gateways check before they forward and nodes check again before they serve, each from its own
-watch-fed :class:`registry.token_store.TokenCache`: a call straight to a node (or through the
+watch-fed :class:`registry.auth.store.TokenCache`: a call straight to a node (or through the
 proxyless client) meets the same rules as one through the gateway. Errors name a token by its
 id only, never by its text.
 """
@@ -17,18 +17,18 @@ from typing import Any, Protocol
 import aetcd
 import structlog
 
-from registry.auth_config import AuthSettings
-from registry.background import stop_task
-from registry.errors import PermissionDenied, Unauthenticated
-from registry.keys import ClusterKeys
-from registry.token_store import TokenCache, store_token_if_absent
-from registry.tokens import (
+from registry.auth.settings import AuthSettings
+from registry.auth.store import TokenCache, store_token_if_absent
+from registry.auth.tokens import (
     MESSAGES_SEND,
     SESSIONS_MANAGE,
     SESSIONS_READ,
     TokenRecord,
     parse_token,
 )
+from registry.background import stop_task
+from registry.errors import PermissionDenied, Unauthenticated
+from registry.keys import ClusterKeys
 
 AUTHORIZATION_KEY = "authorization"
 """The metadata key of ``authorization: Bearer <token>``."""

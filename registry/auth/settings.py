@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.auth.tokens import TokenRecord, admin_record_of
 from registry.errors import InvalidInput
 from registry.flags import first_set
-from registry.tokens import TokenRecord, admin_record_of
 
 AUTH_VARIABLE = "SESSIONMESH_AUTH"
 ADMIN_TOKEN_FILE_VARIABLE = "SESSIONMESH_ADMIN_TOKEN_FILE"

@@ -1,0 +1,93 @@
+"""Who may call: bearer tokens (text, records, hashes), their store in etcd and the
+watch-fed cache, the policy that maps RPCs to scopes, the server interceptor that applies it,
+and the ``--auth`` / ``--admin-token-file`` settings. ``node``, ``gateway`` and ``client`` use
+it through this face.
+"""
+
+from registry.auth.interceptor import AccessInterceptor
+from registry.auth.policy import (
+    AUTHORIZATION_KEY,
+    SESSION_METHOD_SCOPES,
+    Access,
+    AccessControl,
+    OpenAccess,
+    TokenAccess,
+    bearer_metadata,
+    bearer_of,
+    bearer_text,
+    open_access,
+)
+from registry.auth.settings import (
+    ADMIN_TOKEN_FILE_VARIABLE,
+    AUTH_OFF,
+    AUTH_OFF_SETTINGS,
+    AUTH_TOKENS,
+    AUTH_VARIABLE,
+    TOKENS_REQUIRED,
+    AuthSettings,
+    add_auth_flags,
+    auth_from_args,
+)
+from registry.auth.store import (
+    TokenCache,
+    read_tokens,
+    revoke_token,
+    store_token,
+    store_token_if_absent,
+)
+from registry.auth.tokens import (
+    MESSAGES_SEND,
+    SCOPES,
+    SESSIONS_MANAGE,
+    SESSIONS_READ,
+    WEBHOOKS_MANAGE,
+    IssuedToken,
+    TokenRecord,
+    admin_record_of,
+    issue_token,
+    new_admin_token_text,
+    parse_token,
+    token_id_of,
+    validate_token_id,
+)
+
+__all__ = [
+    "ADMIN_TOKEN_FILE_VARIABLE",
+    "AUTHORIZATION_KEY",
+    "AUTH_OFF",
+    "AUTH_OFF_SETTINGS",
+    "AUTH_TOKENS",
+    "AUTH_VARIABLE",
+    "MESSAGES_SEND",
+    "SCOPES",
+    "SESSIONS_MANAGE",
+    "SESSIONS_READ",
+    "SESSION_METHOD_SCOPES",
+    "TOKENS_REQUIRED",
+    "WEBHOOKS_MANAGE",
+    "Access",
+    "AccessControl",
+    "AccessInterceptor",
+    "AuthSettings",
+    "IssuedToken",
+    "OpenAccess",
+    "TokenAccess",
+    "TokenCache",
+    "TokenRecord",
+    "add_auth_flags",
+    "admin_record_of",
+    "auth_from_args",
+    "bearer_metadata",
+    "bearer_of",
+    "bearer_text",
+    "issue_token",
+    "new_admin_token_text",
+    "open_access",
+    "parse_token",
+    "read_tokens",
+    "revoke_token",
+    "store_token",
+    "store_token_if_absent",
+    "token_id_of",
+    "validate_token_id",
+]
