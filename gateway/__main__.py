@@ -37,7 +37,7 @@ def main() -> None:
     config = load_config()
     configure_logging("sessionmesh-gateway", level=config.log_level, log_format=config.log_format)
     configure_tracing("sessionmesh-gateway")
-    metrics_address = start_metrics_server(config.metrics_listen)
+    metrics_address = start_metrics_server(config.metrics_listen, tls=config.tls)
     if metrics_address:
         _log.info("metrics_listening", url=f"http://{metrics_address}/metrics")
     try:

@@ -44,7 +44,7 @@ def main() -> None:
     configure_logging("sessionmesh-node", level=config.log_level, log_format=config.log_format)
     configure_tracing("sessionmesh-node")
     raise_open_file_limit()
-    metrics_address = start_metrics_server(config.metrics_listen)
+    metrics_address = start_metrics_server(config.metrics_listen, tls=config.tls)
     # The bound address (port 0 resolved) is what the node record publishes.
     try:
         asyncio.run(_serve(replace(config, metrics_listen=metrics_address)))

@@ -45,6 +45,9 @@ class SessionEvent:
     """MESSAGE_ACK: ``SENT``, ``DELIVERED``, ``READ`` or ``FAILED``."""
     sender: str = ""
     text: str = ""
+    sequence: int = 0
+    """Its place in the session's durable event log (:mod:`node.event_log`); 0 before it
+    was written there."""
 
 
 class _End(enum.Enum):

@@ -68,13 +68,16 @@ def session_message(view: SessionView) -> session_pb2.Session:
     )
 
 
-def snapshot_event(view: SessionView, *, at_unix: float) -> session_pb2.SessionEvent:
-    """The first event of every watch."""
+def snapshot_event(
+    view: SessionView, *, at_unix: float, sequence: int = 0
+) -> session_pb2.SessionEvent:
+    """The first event of a watch from the start; ``sequence``: the last event it includes."""
     return session_pb2.SessionEvent(
         workspace_id=view.meta.workspace_id,
         session_id=view.meta.session_id,
         event_time=timestamp(at_unix),
         snapshot=session_message(view),
+        sequence=sequence,
     )
 
 
@@ -83,7 +86,10 @@ def event_message(
 ) -> session_pb2.SessionEvent:
     """The ``SessionEvent`` message of a session event."""
     message = session_pb2.SessionEvent(
-        workspace_id=workspace_id, session_id=session_id, event_time=timestamp(event.at_unix)
+        workspace_id=workspace_id,
+        session_id=session_id,
+        event_time=timestamp(event.at_unix),
+        sequence=event.sequence,
     )
     if event.kind is EventKind.STATE_CHANGED:
         message.state_changed.CopyFrom(

@@ -213,14 +213,26 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     async def WatchSession(
         self, request: session_pb2.WatchSessionRequest, context: Context
     ) -> AsyncIterator[session_pb2.SessionEvent]:
-        """A snapshot, then live events until the client cancels or the session stops."""
+        """A snapshot, then live events until the client cancels or the session stops; with
+        ``after_sequence``, every event after it (from the durable log), then live ones."""
         workspace_id, session_id = _session_key(request)
+        after = request.after_sequence
         async with self._serve(workspace_id):  # the budget covers setting the stream up
             session, subscription = self._manager.watch(workspace_id, session_id)
         try:
-            # Subscribed before the snapshot, so no event falls between the two.
-            yield messages.snapshot_event(session.view(), at_unix=time.time())
-            async for event in subscription.events():
+            # Subscribed before the snapshot or the backlog, so no event falls between; an
+            # event in both is passed once (by its sequence).
+            if after:
+                missed = await session.events_after(after)
+            else:
+                missed = []
+                after = session.last_sequence
+                yield messages.snapshot_event(session.view(), at_unix=time.time(), sequence=after)
+            for event in missed:
                 yield messages.event_message(workspace_id, session_id, event)
+                after = event.sequence
+            async for event in subscription.events():
+                if event.sequence > after:
+                    yield messages.event_message(workspace_id, session_id, event)
         finally:
             session.unsubscribe(subscription)

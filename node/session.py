@@ -27,6 +27,7 @@ from node.delivery import OutboxDelivery, SendResult
 from node.driver_events import DriverEventQueue
 from node.drivers.base import Driver, DriverEvent, DriverEventKind
 from node.epoch_fence import EpochFence, Fenced
+from node.event_journal import EventJournal
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
 from node.session_limits import DEFAULT_LIMITS, QUOTA_RETRY_AFTER_MS, SessionLimits
 from node.session_state import STORED_STATES, SessionState, SessionView
@@ -82,6 +83,7 @@ class HostedSession:
         may_write: Callable[[], int],
         limits: SessionLimits = DEFAULT_LIMITS,
         authorized_epoch: int | None = None,
+        events: list[SessionEvent] | None = None,
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._limits = limits
@@ -96,6 +98,15 @@ class HostedSession:
         self._credentials = credentials
         self._observer = observer
         self._broadcaster = Broadcaster(max_queued_events=limits.max_watcher_lag)
+        opened_under = may_write()
+        self._journal = EventJournal(
+            storage=storage,
+            workspace_id=meta.workspace_id,
+            session_id=meta.session_id,
+            broadcaster=self._broadcaster,
+            events=events or [],
+            may_write=lambda: opened_under != 0 and may_write() == opened_under,
+        )
         self._delivery = OutboxDelivery(
             workspace_id=meta.workspace_id,
             session_id=meta.session_id,
@@ -230,6 +241,16 @@ class HostedSession:
         """Drop a watcher's subscription."""
         self._broadcaster.unsubscribe(subscription)
 
+    @property
+    def last_sequence(self) -> int:
+        """The sequence of the session's newest event (0: none yet)."""
+        return self._journal.last_sequence
+
+    async def events_after(self, sequence: int) -> list[SessionEvent]:
+        """Every event after ``sequence`` (from memory or the durable log); ``OutOfRange``
+        when they are no longer kept."""
+        return await self._journal.after(sequence)
+
     async def send(
         self, client_message_id: str, to: str, text: str, *, node_id: str, epoch: int
     ) -> SendResult:
@@ -294,6 +315,8 @@ class HostedSession:
         await self._set_state(SessionState.STOPPED, reason=reason, **changes)
         if logout:
             self._observer.disconnected(self, reason, details)
+        with contextlib.suppress(MeshError, OSError):  # a failing disk: already reported
+            await self._journal.close()
         self._broadcaster.close_all()
 
     async def _set_state(self, state: SessionState, *, reason: str = "", **changes: Any) -> None:
@@ -318,7 +341,7 @@ class HostedSession:
                     )
         if previous is state:
             return
-        self._broadcaster.publish(
+        await self._journal.emit(
             SessionEvent(
                 kind=EventKind.STATE_CHANGED,
                 at_unix=time.time(),
@@ -351,7 +374,7 @@ class HostedSession:
             self._qr_code, self._qr_expire_at_unix = event.qr_code, event.expire_at_unix
             if self.state is not SessionState.QR_PENDING:
                 await self._set_state(SessionState.QR_PENDING)
-            self._broadcaster.publish(
+            await self._journal.emit(
                 SessionEvent(
                     kind=EventKind.QR_ROTATED,
                     at_unix=time.time(),
@@ -384,7 +407,7 @@ class HostedSession:
         elif kind is DriverEventKind.ACK:
             await self._handle_ack(event)
         elif kind is DriverEventKind.INBOUND:
-            self._broadcaster.publish(
+            await self._journal.emit(
                 SessionEvent(
                     kind=EventKind.INBOUND_MESSAGE,
                     at_unix=time.time(),
@@ -399,7 +422,7 @@ class HostedSession:
         updated = await self._delivery.acknowledged(event.message_id, event.status)
         if updated is None:
             return
-        self._broadcaster.publish(
+        await self._journal.emit(
             SessionEvent(
                 kind=EventKind.MESSAGE_ACK,
                 at_unix=time.time(),

@@ -80,6 +80,15 @@ class SessionFactory:
                 may_write=lambda: lease != 0 and self._may_write() == lease,
             )
         )
+        events = (
+            []
+            if is_new
+            else await self._storage.open_events(
+                workspace_id,
+                session_id,
+                may_write=lambda: lease != 0 and self._may_write() == lease,
+            )
+        )
         session = HostedSession(
             meta=_opened_here(meta, self._node_id, fenced_under),
             storage=self._storage,
@@ -92,6 +101,7 @@ class SessionFactory:
             may_write=self._may_write,
             limits=self._limits,
             authorized_epoch=epoch,
+            events=events,
         )
         try:
             await self._storage.save_meta(session.meta, fence_epoch=fenced_under)

@@ -7,6 +7,7 @@
         credentials.json   what the driver needs to reconnect without a QR
         messages.log       the session's accepted messages and their statuses, appended
                            (see node.message_log)
+        events.log         the session's events, numbered, appended (see node.event_log)
 
 Ids are checked with ``registry.ids.validate_id`` before any path is built, and the
 resolved path must stay under the root, so no id can reach outside the tree. Whole files are
@@ -31,9 +32,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from node import message_log
+from node import event_log, message_log
 from node.commit_io import FileTicket, fsync_folder
 from node.daemon_pool import DaemonThreadPool
+from node.events import SessionEvent
 from node.group_commit import MAX_QUEUED_OPS, GroupCommitWriter
 from node.storage_errors import LeaseLapsed, StorageStalled, storage_errors
 from node.storage_files import (
@@ -323,6 +325,66 @@ class SessionStorage:
         return await self._run(  # type: ignore[no-any-return]
             f"read {workspace_id}/{session_id} messages", read_all
         )
+
+    def _events_file(self, workspace_id: str, session_id: str) -> Path:
+        return self.session_dir(workspace_id, session_id) / event_log.LOG_NAME
+
+    async def append_event(
+        self,
+        workspace_id: str,
+        session_id: str,
+        event: SessionEvent,
+        *,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        """Append a numbered event to the session's event log; returns once it is on disk.
+        ``may_write`` as for :meth:`append_accepted`."""
+        path = self._events_file(workspace_id, session_id)
+        precondition = None if may_write is None else functools.partial(_require, may_write)
+        with storage_errors(f"log an event of {workspace_id}/{session_id}"):
+            await self._writer.append(
+                path, event_log.event_record(event), precondition=precondition
+            )
+
+    async def load_events(self, workspace_id: str, session_id: str) -> list[SessionEvent]:
+        """The events in the session's log, in order (none if it has no log)."""
+        path = self._events_file(workspace_id, session_id)
+        await self._writer.flush()
+
+        def read() -> list[SessionEvent]:
+            confined(path, self._root)
+            try:
+                return event_log.parse_events(path.read_bytes())
+            except FileNotFoundError:
+                return []
+
+        return await self._run(  # type: ignore[no-any-return]
+            f"read {workspace_id}/{session_id} events", read
+        )
+
+    async def open_events(
+        self, workspace_id: str, session_id: str, *, may_write: Callable[[], bool] | None = None
+    ) -> list[SessionEvent]:
+        """The session's events as a compacted log keeps them (:func:`node.event_log.retained`),
+        the log rewritten so: for a node that starts running the session (it then appends to
+        a file of its own), and whenever the log has grown enough. ``may_write``: as for
+        :meth:`rewrite_messages`."""
+        events = event_log.retained(
+            await self.load_events(workspace_id, session_id), now_unix=time.time()
+        )
+        if events:
+            path = self._events_file(workspace_id, session_id)
+            precondition = None if may_write is None else functools.partial(_require, may_write)
+            with storage_errors(f"compact {workspace_id}/{session_id} events"):
+                await self._writer.write(
+                    path, event_log.compacted(events), precondition=precondition
+                )
+        return events
+
+    async def close_events(self, workspace_id: str, session_id: str) -> None:
+        """Make the session's event log durable and close it (the session stops)."""
+        with storage_errors(f"close {workspace_id}/{session_id} events"):
+            await self._writer.close(self._events_file(workspace_id, session_id))
 
     async def list_sessions(self, workspace_id: str) -> list[str]:
         """Every session of a workspace that has a ``meta.json``, sorted."""

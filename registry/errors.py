@@ -14,6 +14,7 @@
     ├── Unauthenticated       UNAUTHENTICATED     no token, or one the mesh does not know
     ├── PermissionDenied      PERMISSION_DENIED   a token of another workspace, or without
     │                                             the scope (or admin role) the call needs
+    ├── OutOfRange            OUT_OF_RANGE        a watch resumed after events no longer kept
     └── Quarantined           DATA_LOSS           the session's stored files cannot be read
                                                   (listed by ``meshctl quarantine``)
 
@@ -112,6 +113,12 @@ class PermissionDenied(MeshError):
     status_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class OutOfRange(MeshError):
+    """What was asked for lies outside what is kept (events compacted out of the log)."""
+
+    status_code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class Quarantined(MeshError):
     """The session's stored files cannot be read; it is set aside until they are repaired."""
 
@@ -129,6 +136,7 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
         Unavailable,
         Unauthenticated,
         PermissionDenied,
+        OutOfRange,
         Quarantined,
     )
 }

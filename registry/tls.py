@@ -39,6 +39,9 @@ class TlsMaterial:
     certificate_chain: bytes
     private_key: bytes
     root_certificates: bytes
+    files: tuple[str, ...] = ()
+    """Where they were read from (certificate, key, CA), for servers that take paths (the
+    metrics endpoint); empty when built from bytes."""
 
     def __repr__(self) -> str:  # never the key, in a log line or a traceback
         return "TlsMaterial(<certificate, key and CA>)"
@@ -85,6 +88,7 @@ def load_tls(cert: str, key: str, ca: str) -> TlsMaterial | None:
         certificate_chain=contents["--tls-cert"],
         private_key=contents["--tls-key"],
         root_certificates=contents["--tls-ca"],
+        files=(cert, key, ca),
     )
 
 

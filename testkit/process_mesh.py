@@ -279,9 +279,14 @@ class ProcessMesh:
         if completed.returncode != 0:
             raise RuntimeError(f"migration failed: {completed.stdout!r} {completed.stderr!r}")
 
-    async def start_gateway(self) -> None:
-        """Start the gateway on a free port and wait until it listens."""
-        self.gateway_address = f"{HOST}:{free_port()}"
+    async def restart_gateway(self) -> None:
+        """SIGKILL the gateway and start it again, on the same address."""
+        await self._reap(self._processes["gateway"], grace_seconds=0)
+        await self.start_gateway(address=self.gateway_address)
+
+    async def start_gateway(self, *, address: str = "") -> None:
+        """Start the gateway on ``address`` (default: a free port) and wait until it listens."""
+        self.gateway_address = address or f"{HOST}:{free_port()}"
         process = self._spawn(
             "gateway",
             [

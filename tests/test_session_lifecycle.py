@@ -81,7 +81,9 @@ class TestUnknownSessions:
             node.stub.SendMessage(
                 pb.SendMessageRequest(**key, client_message_id="m-1", to="+1", text="hi")
             ),
-            node.stub.WatchSession(pb.WatchSessionRequest(**key)).read(),
+            node.stub.WatchSession(
+                pb.WatchSessionRequest(workspace_id="ws-1", session_id="nobody")
+            ).read(),
         ]
         for call in calls:
             error = await error_of(call)

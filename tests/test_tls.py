@@ -6,9 +6,13 @@ meshctl dial with theirs. Certificates come from ``make certs`` (``deploy.certs`
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import os
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from protos import session_pb2 as pb
 from protos import session_pb2_grpc
 from registry import Unavailable, load_tls
 from simnet import SimNet
+from telemetry import start_metrics_server
 from testkit import RunningNode, running_node
 
 SESSION = ("ws-tls", "s-1")
@@ -191,3 +196,16 @@ class TestTlsFlags:
         )
         assert config.tls is not None
         assert "KEY" not in repr(config.tls) and b"PRIVATE" in config.tls.private_key
+
+
+class TestTheMetricsEndpoint:
+    def test_with_tls_it_serves_https_only(self, certs: IssuedFiles) -> None:
+        tls = load_tls(
+            str(certs.certificate("node")), str(certs.key("node")), str(certs.certificate("ca"))
+        )
+        address = start_metrics_server("127.0.0.1:0", tls=tls)
+        context = ssl.create_default_context(cafile=str(certs.certificate("ca")))
+        with urllib.request.urlopen(f"https://{address}/metrics", context=context) as answer:
+            assert b"python_info" in answer.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read()

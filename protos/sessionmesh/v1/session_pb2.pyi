@@ -191,15 +191,17 @@ class SendMessageResponse(_message.Message):
     def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., client_message_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., node_id: _Optional[str] = ..., accept_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class WatchSessionRequest(_message.Message):
-    __slots__ = ("workspace_id", "session_id")
+    __slots__ = ("workspace_id", "session_id", "after_sequence")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     session_id: str
-    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    after_sequence: int
+    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("workspace_id", "session_id", "event_time", "snapshot", "state_changed", "qr_rotated", "message_ack", "inbound_message")
+    __slots__ = ("workspace_id", "session_id", "event_time", "snapshot", "state_changed", "qr_rotated", "message_ack", "inbound_message", "sequence")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +210,7 @@ class SessionEvent(_message.Message):
     QR_ROTATED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ACK_FIELD_NUMBER: _ClassVar[int]
     INBOUND_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     session_id: str
     event_time: _timestamp_pb2.Timestamp
@@ -216,7 +219,8 @@ class SessionEvent(_message.Message):
     qr_rotated: QrRotated
     message_ack: MessageAck
     inbound_message: InboundMessage
-    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Session, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., qr_rotated: _Optional[_Union[QrRotated, _Mapping]] = ..., message_ack: _Optional[_Union[MessageAck, _Mapping]] = ..., inbound_message: _Optional[_Union[InboundMessage, _Mapping]] = ...) -> None: ...
+    sequence: int
+    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Session, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., qr_rotated: _Optional[_Union[QrRotated, _Mapping]] = ..., message_ack: _Optional[_Union[MessageAck, _Mapping]] = ..., inbound_message: _Optional[_Union[InboundMessage, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class StateChanged(_message.Message):
     __slots__ = ("state", "previous_state", "reason")
