@@ -115,6 +115,7 @@ FACES: dict[str, list[str]] = {
         "add_etcd_tls_flags",
         "etcd_tls_from_args",
         "load_etcd_tls",
+        "OutOfRange",
     ],
     "registry.auth": [
         "ADMIN_TOKEN_FILE_VARIABLE",

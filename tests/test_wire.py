@@ -26,6 +26,7 @@ workspace_ids = st.text(alphabet=ID_ALPHABET, min_size=1, max_size=MAX_ID_LENGTH
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: st.text(max_size=50),
     FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1),
     FieldDescriptor.TYPE_BOOL: st.booleans(),
     FieldDescriptor.TYPE_ENUM: st.integers(0, 5),
 }
