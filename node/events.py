@@ -25,6 +25,7 @@ class EventKind(enum.Enum):
     QR_ROTATED = "qr_rotated"
     MESSAGE_ACK = "message_ack"
     INBOUND_MESSAGE = "inbound_message"
+    SESSION_MOVED = "session_moved"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class SessionEvent:
     """MESSAGE_ACK: ``SENT``, ``DELIVERED``, ``READ`` or ``FAILED``."""
     sender: str = ""
     text: str = ""
+    node_id: str = ""
+    """SESSION_MOVED: the node it runs on now."""
+    previous_node_id: str = ""
+    """SESSION_MOVED: the node it ran on before."""
     sequence: int = 0
     """Its place in the session's durable event log (:mod:`node.event_log`); 0 before it
     was written there."""

@@ -111,6 +111,10 @@ def event_message(
                 client_message_id=event.message_id, status=message_status(event.status)
             )
         )
+    elif event.kind is EventKind.SESSION_MOVED:
+        message.session_moved.CopyFrom(
+            session_pb2.SessionMoved(previous_node_id=event.previous_node_id, node_id=event.node_id)
+        )
     else:
         inbound = session_pb2.InboundMessage(message_id=event.message_id, text=event.text)
         # "from" is a Python keyword, so the field is set by name.

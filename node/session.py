@@ -84,6 +84,7 @@ class HostedSession:
         limits: SessionLimits = DEFAULT_LIMITS,
         authorized_epoch: int | None = None,
         events: list[SessionEvent] | None = None,
+        moved_from: str = "",
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._limits = limits
@@ -124,6 +125,8 @@ class HostedSession:
             max_events=limits.max_driver_events,
             on_dropped=lambda kind: observer.limit_reached(self, "driver_events", kind.value),
         )
+        self._moved_from = moved_from
+        """The node the session ran on before this one opened it (empty: not moved)."""
         self._meta_lock = asyncio.Lock()
         self._event_task: asyncio.Task[None] | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -196,6 +199,15 @@ class HostedSession:
             await asyncio.shield(self._start_task)
 
     async def _start_driver(self) -> None:
+        if self._moved_from:  # before the driver starts: the first event of its new owner
+            await self._journal.emit(
+                SessionEvent(
+                    kind=EventKind.SESSION_MOVED,
+                    at_unix=time.time(),
+                    node_id=self._meta.node_id,
+                    previous_node_id=self._moved_from,
+                )
+            )
         with _tracer.start_as_current_span(
             "driver.start",
             attributes={

@@ -102,6 +102,7 @@ class SessionFactory:
             limits=self._limits,
             authorized_epoch=epoch,
             events=events,
+            moved_from="" if meta.node_id in ("", self._node_id) else meta.node_id,
         )
         try:
             await self._storage.save_meta(session.meta, fence_epoch=fenced_under)

@@ -1,5 +1,6 @@
 """Watch streams that resume: every session event is numbered and written to the session's
-durable event log before a watcher hears of it; ``WatchSession(after_sequence=N)`` serves
+durable event log before a watcher hears of it (a new owner's first one says the session
+moved); ``WatchSession(after_sequence=N)`` serves
 every event after N — from memory, from the log, from a new owner after a failover — then the
 live ones, with no gap and no repeat."""
 
@@ -202,6 +203,16 @@ async def test_a_watcher_resumes_across_a_gateway_restart_and_a_failover(tmp_pat
             )
             states = [each.state_changed.state for each in seen if each.HasField("state_changed")]
             assert pb.SESSION_STATE_READY in states, "the survivor's own events came through"
+            kinds = [each.WhichOneof("event") for each in seen]
+            moved_event = seen[kinds.index("session_moved")].session_moved
+            assert moved_event.previous_node_id == owner
+            assert moved_event.node_id not in ("", owner)
+            first_ready = next(
+                index for index, each in enumerate(seen)
+                if each.HasField("state_changed")
+                and each.state_changed.state == pb.SESSION_STATE_READY
+            )  # fmt: skip
+            assert kinds.index("session_moved") < first_ready, kinds
             assert sequences == list(range(snapshot.sequence + 1, sequences[-1] + 1)), sequences
             acked = {
                 each.message_ack.client_message_id for each in seen

@@ -201,7 +201,7 @@ class WatchSessionRequest(_message.Message):
     def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("workspace_id", "session_id", "event_time", "snapshot", "state_changed", "qr_rotated", "message_ack", "inbound_message", "sequence")
+    __slots__ = ("workspace_id", "session_id", "event_time", "snapshot", "state_changed", "qr_rotated", "message_ack", "inbound_message", "session_moved", "sequence")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +210,7 @@ class SessionEvent(_message.Message):
     QR_ROTATED_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ACK_FIELD_NUMBER: _ClassVar[int]
     INBOUND_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_MOVED_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     workspace_id: str
     session_id: str
@@ -219,8 +220,9 @@ class SessionEvent(_message.Message):
     qr_rotated: QrRotated
     message_ack: MessageAck
     inbound_message: InboundMessage
+    session_moved: SessionMoved
     sequence: int
-    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Session, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., qr_rotated: _Optional[_Union[QrRotated, _Mapping]] = ..., message_ack: _Optional[_Union[MessageAck, _Mapping]] = ..., inbound_message: _Optional[_Union[InboundMessage, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
+    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot: _Optional[_Union[Session, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., qr_rotated: _Optional[_Union[QrRotated, _Mapping]] = ..., message_ack: _Optional[_Union[MessageAck, _Mapping]] = ..., inbound_message: _Optional[_Union[InboundMessage, _Mapping]] = ..., session_moved: _Optional[_Union[SessionMoved, _Mapping]] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class StateChanged(_message.Message):
     __slots__ = ("state", "previous_state", "reason")
@@ -247,6 +249,14 @@ class MessageAck(_message.Message):
     client_message_id: str
     status: MessageStatus
     def __init__(self, client_message_id: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ...) -> None: ...
+
+class SessionMoved(_message.Message):
+    __slots__ = ("previous_node_id", "node_id")
+    PREVIOUS_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    previous_node_id: str
+    node_id: str
+    def __init__(self, previous_node_id: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class InboundMessage(_message.Message):
     __slots__ = ("message_id", "text")
