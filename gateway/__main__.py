@@ -39,7 +39,8 @@ def main() -> None:
     configure_tracing("sessionmesh-gateway")
     metrics_address = start_metrics_server(config.metrics_listen, tls=config.tls)
     if metrics_address:
-        _log.info("metrics_listening", url=f"http://{metrics_address}/metrics")
+        scheme = "http" if config.tls is None else "https"
+        _log.info("metrics_listening", url=f"{scheme}://{metrics_address}/metrics")
     try:
         asyncio.run(_serve(config))
     except MeshError as error:
