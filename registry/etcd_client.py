@@ -55,6 +55,8 @@ KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 """Pings every 10 s, idle or not: etcd refuses clients that ping more often than every 5 s."""
+WATCH_CANCEL_TIMEOUT_SECONDS = 2.0
+"""How long cancelling one watch may wait for etcd's answer."""
 RETIRE_MARGIN_SECONDS = 1.0
 """How long after the call deadline a channel left behind is closed."""
 _REQUIRE_LEADER = (("hasleader", "true"),)
@@ -194,7 +196,12 @@ class EtcdClient(aetcd.Client):  # type: ignore[misc]  # aetcd ships no type inf
         async def cancel() -> None:
             cancelled.set()
             await events.put(None)
-            await own_watcher.cancel(callback.watch_id)
+            # Bounded: on a stream that broke (etcd restarting) aetcd's cancel can wait for an
+            # answer that never comes, and a mirror stopping would hang on it. The watch ends
+            # with its stream anyway.
+            with contextlib.suppress(TimeoutError, aetcd.ClientError, grpc.aio.AioRpcError):
+                async with asyncio.timeout(WATCH_CANCEL_TIMEOUT_SECONDS):
+                    await own_watcher.cancel(callback.watch_id)
 
         async def iterate() -> Any:
             while not cancelled.is_set():
