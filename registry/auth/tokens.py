@@ -40,6 +40,7 @@ TOKEN_PREFIX = "smt_"
 _ID_HEX_DIGITS = 12
 _SECRET_BYTES = 32
 _TOKEN_PATTERN = re.compile(r"smt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_TOKEN_ID = re.compile(r"[0-9a-f]{12}")
 _DIGEST_BYTES = 32
 MAX_NAME_CHARS = 128
 
@@ -59,7 +60,7 @@ def parse_token(text: str) -> tuple[str, str]:
 
 def validate_token_id(text: str) -> str:
     """``text`` if it is a token id (12 hex digits); ``InvalidInput`` otherwise."""
-    if not re.fullmatch(r"[0-9a-f]{12}", text):
+    if not _TOKEN_ID.fullmatch(text):
         raise InvalidInput("token_id is 12 hex digits (the id, not the token)")
     return text
 
@@ -113,7 +114,7 @@ class TokenRecord:
             raise ValueError("a token record is a JSON object")
         data["scopes"] = tuple(data.get("scopes", ()))
         record = cls(**data)
-        if not re.fullmatch(r"[0-9a-f]{12}", record.token_id):
+        if not _TOKEN_ID.fullmatch(record.token_id):
             raise ValueError("a token id is 12 hex digits")
         if not all(isinstance(each, str) for each in record.scopes):
             raise ValueError("scopes are strings")
