@@ -34,6 +34,11 @@ from bench.scenarios_ring import FULL_RING_SIZES, SMOKE_RING_SIZES, run_ring_sce
 from bench.scenarios_scale import FULL_SCALE_SIZES, SMOKE_SCALE_SIZES, run_scale_scenario
 from bench.scenarios_seed import FULL_SEED_SIZES, SMOKE_SEED_SIZES, run_seed_scenario
 from bench.scenarios_unary import FULL_UNARY_SIZES, SMOKE_UNARY_SIZES, run_unary_scenario
+from bench.scenarios_webhooks import (
+    FULL_WEBHOOK_SIZES,
+    SMOKE_WEBHOOK_SIZES,
+    run_webhook_scenario,
+)
 
 SUMMARY_KEYS = (
     "gateway_vs_direct_throughput",
@@ -52,8 +57,10 @@ SUMMARY_KEYS = (
     "balance_max_over_mean_8_nodes",
     "memory_per_session_kb",
     "failover_seconds_1000_sessions",
+    "webhook_events_per_second",
+    "webhook_p99_ms",
 )
-"""The names of ``summary``: a contract (issues 4 and 9)."""
+"""The names of ``summary``: a contract (issues 4, 9 and 12)."""
 
 TARGETS = {
     "gateway_vs_direct_throughput": ">= 0.5",
@@ -72,6 +79,8 @@ TARGETS = {
     "balance_max_over_mean_8_nodes": "<= 1.15",
     "memory_per_session_kb": "< 50",
     "failover_seconds_1000_sessions": "<= 3",
+    "webhook_events_per_second": ">= 500",
+    "webhook_p99_ms": "<= 200",
 }
 """The target per summary key (issues 4 and 9), shown next to the measured figure."""
 
@@ -133,6 +142,16 @@ SCENARIOS = (
             SMOKE_FAILOVER_SIZES if is_smoke else FULL_FAILOVER_SIZES
         ),
         {"failover_seconds_1000_sessions": "failover_seconds"},
+    ),
+    Scenario(
+        "webhooks",
+        lambda is_smoke: run_webhook_scenario(
+            SMOKE_WEBHOOK_SIZES if is_smoke else FULL_WEBHOOK_SIZES
+        ),
+        {
+            "webhook_events_per_second": "webhook_events_per_second",
+            "webhook_p99_ms": "webhook_p99_ms",
+        },
     ),
 )
 """Every scenario, in the order they run."""
@@ -255,6 +274,16 @@ def _details(results: dict[str, Any]) -> list[str]:
             f"({failover['sessions_on_killed_node']} sessions) to all READY in "
             f"{failover['failover_seconds']:.2f} s (lease TTL {failover['lease_ttl_seconds']} s); "
             f"new QR codes {failover['new_qr_codes']}"
+        )
+    if hooks := _ok(results, "webhooks"):
+        lines.append(
+            f"Webhooks ({hooks['sessions']} sessions on {hooks['node_count']} nodes, to a "
+            f"local receiver): {hooks['webhook_events_per_second']:.0f} events/s; at "
+            f"{hooks['paced_events_per_second']:.0f}/s p50 {hooks['webhook_p50_ms']:.1f} ms, "
+            f"p99 {hooks['webhook_p99_ms']:.1f} ms; baseline, the receiver fed by httpx alone "
+            f"{hooks['receiver_alone_events_per_second']:.0f}/s "
+            f"(mesh/alone {hooks['webhook_vs_receiver_alone']:.2f}); unverified signatures "
+            f"{hooks['unverified_requests']}"
         )
     if ring := _ok(results, "ring_movement"):
         lines.append(

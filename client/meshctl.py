@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client import meshctl_health, meshctl_tokens  # noqa: F401 - register their commands
+from client import meshctl_health, meshctl_tokens, meshctl_webhooks  # noqa: F401 - register their commands
 from client._progress import CALL_TIMEOUT_SECONDS, locate, wait_for_drain, wait_for_owner
 from client.meshctl_app import (
     DEFAULT_GATEWAY,

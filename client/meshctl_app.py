@@ -128,19 +128,22 @@ def fail(message: str) -> NoReturn:
 def run_call(gateway: str, call: AdminCall[_T]) -> _T:
     """Run ``call`` with an ``AdminService`` stub on a fresh channel; a failed RPC ends the
     CLI with exit 1."""
-    return _run(gateway, admin_pb2_grpc.AdminServiceStub, call)
+    return run_stub_call(gateway, admin_pb2_grpc.AdminServiceStub, call)
 
 
 def run_token_call(gateway: str, call: TokenCall[_T]) -> _T:
     """Like :func:`run_call`, with a ``TokenService`` stub."""
-    return _run(gateway, token_pb2_grpc.TokenServiceStub, call)
+    return run_stub_call(gateway, token_pb2_grpc.TokenServiceStub, call)
 
 
-def _run(
+def run_stub_call(
     gateway: str,
     stub_type: Callable[[grpc.aio.Channel], _Stub],
     call: Callable[[_Stub], Awaitable[_T]],
 ) -> _T:
+    """Like :func:`run_call`, with a stub of ``stub_type`` (any service the gateway serves or
+    forwards)."""
+
     async def run() -> _T:
         async with _channel(gateway) as channel:
             return await call(stub_type(channel))

@@ -20,7 +20,7 @@ import aetcd
 import grpc
 from google.protobuf.message import Message
 
-from protos import SESSION_SERVICE_NAME, session_pb2
+from protos import SESSION_SERVICE_NAME, WEBHOOK_SERVICE_NAME, session_pb2, webhook_pb2
 from registry import (
     ClusterKeys,
     EtcdTls,
@@ -49,8 +49,8 @@ class _WorkspaceRequest(Protocol):
     def SerializeToString(self) -> bytes: ...
 
 
-def _path(method: str) -> str:
-    return f"/{SESSION_SERVICE_NAME}/{method}"
+def _path(method: str, service: str = SESSION_SERVICE_NAME) -> str:
+    return f"/{service}/{method}"
 
 
 class ProxylessClient:
@@ -168,6 +168,8 @@ class ProxylessClient:
         response_type: type[_Response],
         timeout_seconds: float | None,
         metadata: Any,
+        *,
+        service: str = SESSION_SERVICE_NAME,
     ) -> _Response:
         deadline = self._deadline(timeout_seconds)
         metadata = self._metadata(metadata)
@@ -178,7 +180,7 @@ class ProxylessClient:
             attempts = self._router.attempts(workspace_id, address=None, deadline=deadline)
             address = await attempts.first_address()
         payload = request.SerializeToString()
-        path = _path(method)
+        path = _path(method, service)
         timeout = timeout_seconds
         while True:
             call = self._router.channels.unary_caller(address, path)
@@ -260,6 +262,125 @@ class ProxylessClient:
         """Send a message through a session on its workspace's owner (idempotent by id)."""
         return self._unary(
             "SendMessage", request, session_pb2.SendMessageResponse, timeout, metadata
+        )
+
+    def SetWebhook(
+        self,
+        request: webhook_pb2.SetWebhookRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.SetWebhookResponse]:
+        """Set the workspace's webhook (the answer holds its secret, once). (``WebhookService``)"""
+        return self._unary(
+            "SetWebhook",
+            request,
+            webhook_pb2.SetWebhookResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
+        )
+
+    def GetWebhook(
+        self,
+        request: webhook_pb2.GetWebhookRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.GetWebhookResponse]:
+        """The workspace's own webhook. (``WebhookService``)"""
+        return self._unary(
+            "GetWebhook",
+            request,
+            webhook_pb2.GetWebhookResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
+        )
+
+    def DeleteWebhook(
+        self,
+        request: webhook_pb2.DeleteWebhookRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.DeleteWebhookResponse]:
+        """Remove the workspace's webhook. (``WebhookService``)"""
+        return self._unary(
+            "DeleteWebhook",
+            request,
+            webhook_pb2.DeleteWebhookResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
+        )
+
+    def RotateWebhookSecret(
+        self,
+        request: webhook_pb2.RotateWebhookSecretRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.RotateWebhookSecretResponse]:
+        """A new signing secret; the old one signs too for the overlap. (``WebhookService``)"""
+        return self._unary(
+            "RotateWebhookSecret",
+            request,
+            webhook_pb2.RotateWebhookSecretResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
+        )
+
+    def ListDeadLetters(
+        self,
+        request: webhook_pb2.ListDeadLettersRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.ListDeadLettersResponse]:
+        """One page of the workspace's dead letters. (``WebhookService``)"""
+        return self._unary(
+            "ListDeadLetters",
+            request,
+            webhook_pb2.ListDeadLettersResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
+        )
+
+    def ReplayDeadLetters(
+        self,
+        request: webhook_pb2.ReplayDeadLettersRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.ReplayDeadLettersResponse]:
+        """Deliver dead letters again. (``WebhookService``)"""
+        return self._unary(
+            "ReplayDeadLetters",
+            request,
+            webhook_pb2.ReplayDeadLettersResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
+        )
+
+    def SendTestEvent(
+        self,
+        request: webhook_pb2.SendTestEventRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[webhook_pb2.SendTestEventResponse]:
+        """Post one test event to the workspace's webhook now. (``WebhookService``)"""
+        return self._unary(
+            "SendTestEvent",
+            request,
+            webhook_pb2.SendTestEventResponse,
+            timeout,
+            metadata,
+            service=WEBHOOK_SERVICE_NAME,
         )
 
     def WatchSession(

@@ -35,6 +35,7 @@ from registry.auth import (
     add_auth_flags,
     auth_from_args,
 )
+from registry.webhooks import add_webhook_flags, allow_private_from_args
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:7000"
 DEFAULT_ETCD_ENDPOINTS = "http://127.0.0.1:2379"
@@ -62,6 +63,8 @@ class GatewayConfig:
     etcd_tls: EtcdTls | None = None
     """TLS to etcd with this client certificate (``--etcd-cacert``…); None: plaintext."""
     auth: AuthSettings = TOKENS_REQUIRED
+    webhook_allow_private: bool = False
+    """Whether the default webhook may point at loopback, link-local and private addresses."""
     """Whether calls need bearer tokens (the default), and the bootstrap admin token."""
     log_level: str = "INFO"
     """Root log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)."""
@@ -97,6 +100,7 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     add_tls_flags(parser, environ)
     add_etcd_tls_flags(parser, environ)
     add_auth_flags(parser, environ)
+    add_webhook_flags(parser, environ)
     parser.add_argument(
         "--max-streams-per-connection",
         default=environ.get(
@@ -139,6 +143,7 @@ def _config_from(args: argparse.Namespace) -> GatewayConfig:
         tls=tls_from_args(args),
         etcd_tls=etcd_tls,
         auth=auth_from_args(args),
+        webhook_allow_private=allow_private_from_args(args),
         max_message_bytes=whole_number(
             args.max_message_bytes, field="--max-message-bytes", minimum=MIN_MAX_MESSAGE_BYTES
         ),

@@ -1,5 +1,5 @@
-"""The forwarding handler: every ``SessionService`` call goes, as raw bytes, to the node that
-serves its workspace.
+"""The forwarding handler: every ``SessionService`` and ``WebhookService`` call goes, as raw
+bytes, to the node that serves its workspace (both name it in field 1 of every request).
 
 Per call: read ``workspace_id`` from the wire bytes, route it (dict lookups on watch-fed
 views), forward over the pooled channel with the caller's deadline and metadata, and hand
@@ -26,7 +26,7 @@ import grpc
 
 from gateway import metrics
 from gateway.wire import workspace_id_of
-from protos import SESSION_SERVICE_NAME, session_pb2
+from protos import session_pb2, webhook_pb2
 from registry import (
     OWNER_METADATA_KEY,
     InvalidInput,
@@ -98,12 +98,12 @@ def forwardable_metadata(metadata: Iterable[Any] | None) -> MetadataPairs:
 
 
 class _Method:
-    """One ``SessionService`` method: its path and its metric children, bound once."""
+    """One forwarded method: its path and its metric children, bound once."""
 
-    def __init__(self, name: str, label: str) -> None:
+    def __init__(self, service: str, name: str, label: str) -> None:
         self.name = name
-        self.path = f"/{SESSION_SERVICE_NAME}/{name}"
-        self.span_attributes = rpc_attributes(SESSION_SERVICE_NAME, name)
+        self.path = f"/{service}/{name}"
+        self.span_attributes = rpc_attributes(service, name)
         self.latency = metrics.FORWARD_LATENCY_SECONDS.labels(label, name)
         self.ok = metrics.FORWARDED_CALLS.labels(label, name, grpc.StatusCode.OK.name)
         self._label = label
@@ -117,17 +117,26 @@ class _Method:
             metrics.FORWARDED_CALLS.labels(self._label, self.name, code.name).inc()
 
 
+_FORWARDED_SERVICES = (
+    session_pb2.DESCRIPTOR.services_by_name["SessionService"],
+    webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+)
+
+
 class ForwardingHandler(_GenericRpcHandler):
-    """Serves every ``SessionService`` method by forwarding its raw bytes to the owning node."""
+    """Serves every ``SessionService`` and ``WebhookService`` method by forwarding its raw
+    bytes to the owning node."""
 
     def __init__(self, router: Router, *, access: Access, label: str = "") -> None:
         self._router = router
         self._access = access
         self._tracer = HopTracer()
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
-        service = session_pb2.DESCRIPTOR.services_by_name["SessionService"]
-        for method_descriptor in service.methods:
-            method = _Method(method_descriptor.name, label)
+        methods = [
+            (service.full_name, each) for service in _FORWARDED_SERVICES for each in service.methods
+        ]
+        for service_name, method_descriptor in methods:
+            method = _Method(service_name, method_descriptor.name, label)
             if method_descriptor.server_streaming:
                 self._handlers[method.path] = grpc.unary_stream_rpc_method_handler(
                     self._stream_behavior(method)
@@ -140,7 +149,7 @@ class ForwardingHandler(_GenericRpcHandler):
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
-        """The forwarding behaviour for a ``SessionService`` method, None for anything else."""
+        """The forwarding behaviour for a forwarded method, None for anything else."""
         return self._handlers.get(handler_call_details.method)
 
     def _start(self, request: bytes, context: Context, method: _Method) -> _Forwarding:

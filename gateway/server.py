@@ -16,12 +16,16 @@ from gateway.admin import AdminServicer
 from gateway.config import GatewayConfig
 from gateway.forwarder import ForwardingHandler
 from gateway.tokens import TokenServicer
+from gateway.webhooks import WebhookAdminServicer
 from protos import (
     ADMIN_SERVICE_NAME,
     SESSION_SERVICE_NAME,
     TOKEN_SERVICE_NAME,
+    WEBHOOK_ADMIN_SERVICE_NAME,
+    WEBHOOK_SERVICE_NAME,
     admin_pb2_grpc,
     token_pb2_grpc,
+    webhook_pb2_grpc,
 )
 from registry import (
     ClusterKeys,
@@ -158,7 +162,12 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
             # workspace from the raw bytes it forwards; the admin services by the interceptor.
             interceptors=[
                 AccessInterceptor(
-                    access.access, admin_services=(ADMIN_SERVICE_NAME, TOKEN_SERVICE_NAME)
+                    access.access,
+                    admin_services=(
+                        ADMIN_SERVICE_NAME,
+                        TOKEN_SERVICE_NAME,
+                        WEBHOOK_ADMIN_SERVICE_NAME,
+                    ),
                 )
             ],
             options=server_options(
@@ -185,13 +194,19 @@ async def start_gateway(config: GatewayConfig) -> GatewayServer:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
         tokens = TokenServicer(etcd=etcd, keys=keys)
         token_pb2_grpc.add_TokenServiceServicer_to_server(tokens, server)  # type: ignore[no-untyped-call]
+        default_webhook = WebhookAdminServicer(
+            etcd=etcd, keys=keys, allow_private=config.webhook_allow_private
+        )
+        webhook_pb2_grpc.add_WebhookAdminServiceServicer_to_server(default_webhook, server)  # type: ignore[no-untyped-call]
         health_servicer = new_health_servicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (
                 SESSION_SERVICE_NAME,
+                WEBHOOK_SERVICE_NAME,
                 ADMIN_SERVICE_NAME,
                 TOKEN_SERVICE_NAME,
+                WEBHOOK_ADMIN_SERVICE_NAME,
                 health.SERVICE_NAME,
                 reflection.SERVICE_NAME,
             ),

@@ -32,6 +32,10 @@
     --sends-per-second-per-workspace SENDS_PER_SECOND_PER_WORKSPACE 100 (0: no quota)
     --auth                 SESSIONMESH_AUTH               tokens (or off: no checks, warned)
     --admin-token-file     SESSIONMESH_ADMIN_TOKEN_FILE   none (the first admin token)
+    --webhook-allow-private SESSIONMESH_WEBHOOK_ALLOW_PRIVATE false (loopback/private URLs)
+    --webhook-retry-schedule WEBHOOK_RETRY_SCHEDULE       5s,30s,2m,10m,30m,1h,3h,6h,12h
+    --webhook-timeout-seconds WEBHOOK_TIMEOUT_SECONDS     10 (one attempt)
+    --webhook-max-concurrency WEBHOOK_MAX_CONCURRENCY     16 (requests at once per receiver)
     --log-level            LOG_LEVEL                      INFO
     --log-format           LOG_FORMAT                     text (or json)
 
@@ -48,6 +52,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.session_limits import DEFAULT_MAX_WATCHERS_PER_SESSION, DEFAULT_OUTBOX_MAX_QUEUED
+from node.webhooks.schedule import (
+    DEFAULT_SCHEDULE,
+    DEFAULT_SCHEDULE_TEXT,
+    RetrySchedule,
+    parse_schedule,
+)
+from node.webhooks.sender import DEFAULT_MAX_CONCURRENCY, DEFAULT_TIMEOUT_SECONDS
 from node.workspace_quotas import (
     DEFAULT_MAX_SESSIONS_PER_WORKSPACE,
     DEFAULT_SENDS_PER_SECOND_PER_WORKSPACE,
@@ -81,6 +92,7 @@ from registry.auth import (
     add_auth_flags,
     auth_from_args,
 )
+from registry.webhooks import add_webhook_flags, allow_private_from_args
 
 DEFAULT_LISTEN = "127.0.0.1:7001"
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -168,6 +180,14 @@ class NodeConfig:
     sends_per_second_per_workspace: float = DEFAULT_SENDS_PER_SECOND_PER_WORKSPACE
     """One workspace's send rate (bursts of twice as many; 0: no quota); past it a send is
     RESOURCE_EXHAUSTED with the wait as its retry hint."""
+    webhook_allow_private: bool = False
+    """Whether webhooks may point at loopback, link-local and private addresses."""
+    webhook_retry_schedule: RetrySchedule = DEFAULT_SCHEDULE
+    """The delays before each retry of a webhook delivery."""
+    webhook_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    """How long one webhook attempt may take."""
+    webhook_max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    """Webhook requests this node has open at once to one receiver."""
     log_level: str = "INFO"
     """Root log level."""
     log_format: str = "text"
@@ -267,6 +287,20 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
             "SENDS_PER_SECOND_PER_WORKSPACE", default=f"{DEFAULT_SENDS_PER_SECOND_PER_WORKSPACE:g}"
         ),
     )
+    add_webhook_flags(parser, environ)
+    add(
+        "--webhook-retry-schedule",
+        default=env("WEBHOOK_RETRY_SCHEDULE", default=DEFAULT_SCHEDULE_TEXT),
+        help="delays before each retry of a webhook delivery (default %(default)s)",
+    )
+    add(
+        "--webhook-timeout-seconds",
+        default=env("WEBHOOK_TIMEOUT_SECONDS", default=f"{DEFAULT_TIMEOUT_SECONDS:g}"),
+    )
+    add(
+        "--webhook-max-concurrency",
+        default=env("WEBHOOK_MAX_CONCURRENCY", default=str(DEFAULT_MAX_CONCURRENCY)),
+    )
     add("--log-level", default=env("LOG_LEVEL", default="INFO"))
     add("--log-format", default=env("LOG_FORMAT", default="text"), help="text or json")
     return parser
@@ -339,6 +373,14 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
             args.max_sessions_per_workspace, field="--max-sessions-per-workspace", minimum=0
         ),
         sends_per_second_per_workspace=_rate(args.sends_per_second_per_workspace),
+        webhook_allow_private=allow_private_from_args(args),
+        webhook_retry_schedule=parse_schedule(args.webhook_retry_schedule),
+        webhook_timeout_seconds=positive_seconds(
+            args.webhook_timeout_seconds, field="--webhook-timeout-seconds"
+        ),
+        webhook_max_concurrency=whole_number(
+            args.webhook_max_concurrency, field="--webhook-max-concurrency", minimum=1
+        ),
         log_level=parse_log_level(args.log_level),
         log_format=parse_log_format(args.log_format),
     )

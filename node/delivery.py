@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
@@ -64,8 +64,12 @@ class OutboxDelivery:
         span_attributes: Callable[[], dict[str, str]],
         max_queued: int = DEFAULT_OUTBOX_MAX_QUEUED,
         on_refused: Callable[[], None] = lambda: None,
+        on_accepted: Callable[[OutboxEntry], Awaitable[object]] | None = None,
     ) -> None:
         self._max_queued = max_queued
+        self._on_accepted = on_accepted
+        """Told of each accepted message before it is acknowledged or handed to the driver
+        (the session's ``message.accepted`` event: logged before any ack of it)."""
         self._on_refused = on_refused
         self._workspace_id = workspace_id
         self._session_id = session_id
@@ -188,6 +192,8 @@ class OutboxDelivery:
                 )
             self._outbox.put(entry)
             self._records_since_compaction += 1
+            if self._on_accepted is not None:
+                await self._on_accepted(entry)
             self._wanted.set()
             return entry
         finally:

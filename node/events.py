@@ -43,7 +43,8 @@ class SessionEvent:
     message_id: str = ""
     """MESSAGE_ACK: the client_message_id; INBOUND_MESSAGE: the network's id."""
     status: str = ""
-    """MESSAGE_ACK: ``SENT``, ``DELIVERED``, ``READ`` or ``FAILED``."""
+    """MESSAGE_ACK: ``QUEUED`` (accepted into the outbox), ``SENT``, ``DELIVERED``, ``READ``
+    or ``FAILED``."""
     sender: str = ""
     text: str = ""
     node_id: str = ""
@@ -53,6 +54,9 @@ class SessionEvent:
     sequence: int = 0
     """Its place in the session's durable event log (:mod:`node.event_log`); 0 before it
     was written there."""
+    trace_parent: str = ""
+    """The W3C ``traceparent`` of the span it was emitted in (empty: none), so its webhook
+    deliveries link to the call that caused it."""
 
 
 class _End(enum.Enum):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -159,6 +159,15 @@ class GroupCommitWriter:
         """Make what was appended to ``path`` durable and close it."""
         await self._queue_op(OpKind.CLOSE, path, b"", is_durable=True)
 
+    def queue_append(
+        self, path: Path, data: bytes, *, precondition: Callable[[], None] | None = None
+    ) -> Awaitable[None]:
+        """Queue a durable append of ``data`` to ``path`` now, in order with everything queued
+        before it; await the result to know it is on disk (see ``append``). Raises
+        ``StorageBusy`` at once when the queue is full."""
+        op = self._enqueue(OpKind.APPEND, path, data, is_durable=True, precondition=precondition)
+        return self._wait(op)
+
     async def _queue_op(
         self,
         kind: OpKind,
@@ -169,6 +178,21 @@ class GroupCommitWriter:
         precondition: Callable[[], None] | None = None,
         ticket: FileTicket | None = None,
     ) -> None:
+        op = self._enqueue(
+            kind, path, data, is_durable=is_durable, precondition=precondition, ticket=ticket
+        )
+        await self._wait(op)
+
+    def _enqueue(
+        self,
+        kind: OpKind,
+        path: Path,
+        data: bytes,
+        *,
+        is_durable: bool,
+        precondition: Callable[[], None] | None = None,
+        ticket: FileTicket | None = None,
+    ) -> Op:
         if kind is not OpKind.CLOSE and len(self._queue) >= self._max_queued:
             self._on_refused()
             raise StorageBusy(
@@ -180,6 +204,10 @@ class GroupCommitWriter:
         self._queue.append(op)
         self._last_op = op
         self._start_committing()
+        return op
+
+    async def _wait(self, op: Op) -> None:
+        done, kind, path = op.done, op.kind, op.path
         try:
             async with asyncio.timeout(self._timeout_seconds):
                 await asyncio.shield(done)

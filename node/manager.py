@@ -41,6 +41,7 @@ from node.session_state import SessionState, SessionView
 from node.session_table import SessionTable
 from node.storage import CorruptRecord, SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
+from node.webhooks.hub import WebhookHub
 from node.workspace_quotas import DEFAULT_QUOTAS, SendRate, WorkspaceQuotas
 from registry import (
     AlreadyExists,
@@ -81,6 +82,7 @@ class SessionManager:
         accounts: AccountStore | None = None,
         limits: SessionLimits = DEFAULT_LIMITS,
         quotas: WorkspaceQuotas = DEFAULT_QUOTAS,
+        webhooks: WebhookHub | None = None,
     ) -> None:
         self._quotas = quotas
         self._send_rate = SendRate(quotas.sends_per_second)
@@ -106,6 +108,7 @@ class SessionManager:
             on_fenced=self._on_fenced,
             may_write=may_write,
             limits=limits,
+            webhooks=webhooks,
         )
         self._is_stopping = False
         self._restores = RestorePipeline(

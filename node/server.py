@@ -27,6 +27,7 @@ from node.shutdown import run_step
 from node.slot_table import SlotTable
 from node.storage import SessionStorage
 from node.storage_health import StorageHealth
+from node.webhooks.hub import WebhookHub
 from registry import (
     MembershipWatcher,
     OwnershipView,
@@ -38,6 +39,7 @@ from registry.accounts import AccountStore
 from registry.auth import (
     AccessControl,
 )
+from registry.webhooks import WebhookDirectory
 from telemetry import HealthServicer
 
 _log = structlog.get_logger(__name__)
@@ -78,6 +80,8 @@ class NodeParts:
     storage_health: StorageHealth
     quarantine: QuarantineBook
     access: AccessControl
+    webhooks: WebhookHub
+    webhook_directory: WebhookDirectory
 
 
 class NodeServer:
@@ -200,6 +204,8 @@ class NodeServer:
             await self._step("ownership_view", parts.view.stop(), quick)
             await self._step("membership_watch", parts.membership.stop(), quick)
             await self._step("quarantine", parts.quarantine.stop(), quick)
+            await self._step("webhooks", parts.webhooks.stop(), quick)
+            await self._step("webhook_directory", parts.webhook_directory.stop(), quick)
             await self._step("tokens", parts.access.stop(), quick)
             await self._step("etcd", parts.etcd.close(), quick)
             await self._step("storage_health", parts.storage_health.stop(), quick)

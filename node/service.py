@@ -78,7 +78,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         self._manager.metrics.rpc_finished(method, code.name, duration_seconds)
 
     @asynccontextmanager
-    async def _serve(self, workspace_id: str) -> AsyncIterator[Authorization]:
+    async def serve(self, workspace_id: str) -> AsyncIterator[Authorization]:
         """Authorize a call for ``workspace_id``, then hold a unit of the node's work budget
         while it runs (``Busy`` at once when the budget is spent)."""
         authorization = await self._authorize(workspace_id)
@@ -108,7 +108,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         workspace_id, session_id = _session_key(request)
         phone_number = validate_phone_number(request.phone_number)
         labels = validate_labels(dict(request.labels))
-        async with self._serve(workspace_id) as authorization:
+        async with self.serve(workspace_id) as authorization:
             view = await self._manager.create(
                 workspace_id,
                 session_id,
@@ -126,7 +126,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.Session:
         """Return one session."""
         workspace_id, session_id = _session_key(request)
-        async with self._serve(workspace_id):
+        async with self.serve(workspace_id):
             view = await self._manager.get(workspace_id, session_id)
         return messages.session_message(view)
 
@@ -136,7 +136,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.ListSessionsResponse:
         """One page of a workspace's sessions."""
         workspace_id = validate_id(request.workspace_id, field="workspace_id")
-        async with self._serve(workspace_id):
+        async with self.serve(workspace_id):
             views, next_token = self._manager.list_sessions(
                 workspace_id, page_size=request.page_size, page_token=request.page_token
             )
@@ -152,7 +152,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         """Stop, log out and record why (idempotent)."""
         workspace_id, session_id = _session_key(request)
         reason, details = _validate_reason(request.reason, request.details)
-        async with self._serve(workspace_id) as authorization:
+        async with self.serve(workspace_id) as authorization:
             view = await self._manager.delete(
                 workspace_id,
                 session_id,
@@ -170,7 +170,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
     ) -> session_pb2.QrCode:
         """The QR code of a session waiting to be paired."""
         workspace_id, session_id = _session_key(request)
-        async with self._serve(workspace_id):
+        async with self.serve(workspace_id):
             view = self._manager.qr_code(workspace_id, session_id)
         if not view.qr_code:
             raise NotFound(
@@ -192,7 +192,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         client_message_id = validate_id(request.client_message_id, field="client_message_id")
         to = validate_recipient(request.to)
         text = validate_text(request.text)
-        async with self._serve(workspace_id) as authorization:
+        async with self.serve(workspace_id) as authorization:
             result = await self._manager.send(
                 workspace_id, session_id, client_message_id, to, text, epoch=authorization.epoch
             )
@@ -217,7 +217,7 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
         ``after_sequence``, every event after it (from the durable log), then live ones."""
         workspace_id, session_id = _session_key(request)
         after = request.after_sequence
-        async with self._serve(workspace_id):  # the budget covers setting the stream up
+        async with self.serve(workspace_id):  # the budget covers setting the stream up
             session, subscription = self._manager.watch(workspace_id, session_id)
         try:
             # Subscribed before the snapshot or the backlog, so no event falls between; an

@@ -33,12 +33,16 @@ from node.session_limits import DEFAULT_LIMITS, QUOTA_RETRY_AFTER_MS, SessionLim
 from node.session_state import STORED_STATES, SessionState, SessionView
 from node.storage import CorruptRecord, OutboxEntry, SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
-from registry import CapacityExhausted, MeshError, Unavailable
+from node.webhooks.hub import WebhookHub
+from node.webhooks.payloads import session_key
+from registry import CapacityExhausted, MeshError, MessageStatus, Unavailable
 
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
 DRIVER_STOP_TIMEOUT_SECONDS = 5.0
+WEBHOOK_DRAIN_SECONDS = 2.0
+"""How long a deleted session's webhook delivery may take to post its last events."""
 EPOCH_CHANGED_RETRY_AFTER_MS = 100
 """Retry hint of a call authorized under another epoch than its session runs under."""
 
@@ -85,6 +89,7 @@ class HostedSession:
         authorized_epoch: int | None = None,
         events: list[SessionEvent] | None = None,
         moved_from: str = "",
+        webhooks: WebhookHub | None = None,
     ) -> None:
         self._meta = meta.changed(state=SessionState.STARTING.value)
         self._limits = limits
@@ -108,6 +113,17 @@ class HostedSession:
             events=events or [],
             may_write=lambda: opened_under != 0 and may_write() == opened_under,
         )
+        self._webhooks = (
+            None
+            if webhooks is None
+            else webhooks.session(
+                workspace_id=meta.workspace_id,
+                session_id=meta.session_id,
+                session_key=session_key(meta.workspace_id, meta.session_id, meta.created_at_unix),
+                journal=self._journal,
+                may_write=lambda: opened_under != 0 and may_write() == opened_under,
+            )
+        )
         self._delivery = OutboxDelivery(
             workspace_id=meta.workspace_id,
             session_id=meta.session_id,
@@ -118,6 +134,7 @@ class HostedSession:
             span_attributes=self._span_attributes,
             max_queued=limits.outbox_max_queued,
             on_refused=lambda: observer.limit_reached(self, "outbox_quota", "send"),
+            on_accepted=self._accepted,
         )
         self._qr_code = ""
         self._qr_expire_at_unix = 0.0
@@ -191,6 +208,8 @@ class HostedSession:
             self._handle_driver_events(), name=f"session-events-{name}"
         )
         self._delivery.start(lambda: self.state is SessionState.READY)
+        if self._webhooks is not None:
+            self._webhooks.start()
         self._start_task = asyncio.create_task(self._start_driver(), name=f"session-start-{name}")
 
     async def wait_started(self) -> None:
@@ -284,6 +303,16 @@ class HostedSession:
             self._observer.activity(self)
         return result
 
+    async def _accepted(self, entry: OutboxEntry) -> None:
+        await self._journal.emit(
+            SessionEvent(
+                kind=EventKind.MESSAGE_ACK,
+                at_unix=entry.accepted_at_unix,
+                message_id=entry.client_message_id,
+                status=MessageStatus.QUEUED,
+            )
+        )
+
     async def stop(self, *, logout: bool, reason: str = "", details: str = "") -> None:
         """Stop the driver, finish handling its events, and persist the final meta.
 
@@ -330,6 +359,9 @@ class HostedSession:
         with contextlib.suppress(MeshError, OSError):  # a failing disk: already reported
             await self._journal.close()
         self._broadcaster.close_all()
+        if self._webhooks is not None:
+            # A deleted session is not restored anywhere: its last events go out now.
+            await self._webhooks.stop(drain_seconds=WEBHOOK_DRAIN_SECONDS if logout else 0.0)
 
     async def _set_state(self, state: SessionState, *, reason: str = "", **changes: Any) -> None:
         previous = self.state

@@ -12,6 +12,7 @@ from node.session import HostedSession, SessionObserver
 from node.session_limits import DEFAULT_LIMITS, SessionLimits
 from node.storage import SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
+from node.webhooks.hub import WebhookHub
 
 
 class SessionFactory:
@@ -27,8 +28,10 @@ class SessionFactory:
         on_fenced: Callable[[HostedSession], None],
         may_write: Callable[[], int],
         limits: SessionLimits = DEFAULT_LIMITS,
+        webhooks: WebhookHub | None = None,
     ) -> None:
         self._limits = limits
+        self._webhooks = webhooks
         self._may_write = may_write
         self._node_id = node_id
         self._storage = storage
@@ -103,6 +106,7 @@ class SessionFactory:
             authorized_epoch=epoch,
             events=events,
             moved_from="" if meta.node_id in ("", self._node_id) else meta.node_id,
+            webhooks=self._webhooks,
         )
         try:
             await self._storage.save_meta(session.meta, fence_epoch=fenced_under)

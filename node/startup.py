@@ -44,8 +44,11 @@ from node.session_limits import SessionLimits
 from node.slot_table import SlotTable
 from node.storage import SessionStorage
 from node.storage_health import StorageHealth
+from node.webhooks.hub import WebhookHub
+from node.webhooks.sender import WebhookSender
+from node.webhooks.service import WebhookService
 from node.workspace_quotas import WorkspaceQuotas
-from protos import SESSION_SERVICE_NAME, session_pb2_grpc
+from protos import SESSION_SERVICE_NAME, WEBHOOK_SERVICE_NAME, session_pb2_grpc, webhook_pb2_grpc
 from registry import (
     ACTIVE,
     DRAINING,
@@ -65,6 +68,7 @@ from registry.auth import (
     AccessInterceptor,
     open_access,
 )
+from registry.webhooks import WebhookDirectory
 from telemetry import HealthServicer, new_health_servicer, server_interceptors
 
 _log = structlog.get_logger(__name__)
@@ -96,13 +100,22 @@ def _default_driver_factory(config: NodeConfig) -> DriverFactory:
     return factory
 
 
-def _add_services(server: grpc.aio.Server, service: SessionService) -> HealthServicer:
-    # The generated grpc module has no type annotations.
+def _add_services(
+    server: grpc.aio.Server, service: SessionService, webhooks: WebhookService
+) -> HealthServicer:
+    # The generated grpc modules have no type annotations.
     session_pb2_grpc.add_SessionServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhooks, server)  # type: ignore[no-untyped-call]
     health_servicer = new_health_servicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SESSION_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        (
+            SESSION_SERVICE_NAME,
+            WEBHOOK_SERVICE_NAME,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
     )
     return health_servicer
 
@@ -181,6 +194,31 @@ async def _follow_etcd(
     return etcd, keys, membership, ring, view
 
 
+async def _start_webhooks(
+    config: NodeConfig,
+    etcd: aetcd.Client,
+    keys: ClusterKeys,
+    storage: SessionStorage,
+    cleanup: contextlib.AsyncExitStack,
+) -> tuple[WebhookHub, WebhookDirectory]:
+    directory = WebhookDirectory(etcd, keys)
+    await directory.start()
+    cleanup.push_async_callback(directory.stop)
+    hub = WebhookHub(
+        node_id=config.node_id,
+        endpoints=directory,
+        sender=WebhookSender(
+            allow_private=config.webhook_allow_private,
+            timeout_seconds=config.webhook_timeout_seconds,
+            max_concurrency=config.webhook_max_concurrency,
+        ),
+        storage=storage,
+        schedule=config.webhook_retry_schedule,
+    )
+    cleanup.push_async_callback(hub.stop)
+    return hub, directory
+
+
 async def start_node(
     config: NodeConfig, *, driver_factory: DriverFactory | None = None
 ) -> NodeServer:
@@ -214,7 +252,9 @@ async def start_node(
         await asyncio.to_thread(Path(storage.root).mkdir, parents=True, exist_ok=True)
         # Until the token cache is loaded the check refuses every call (none can arrive:
         # the server starts later).
-        access_check = AccessInterceptor(workspace_services=(SESSION_SERVICE_NAME,))
+        access_check = AccessInterceptor(
+            workspace_services=(SESSION_SERVICE_NAME, WEBHOOK_SERVICE_NAME)
+        )
         server, address = await _bind(config, access_check, cleanup)
         accounts = await _open_accounts(config, metrics, cleanup)
         etcd, keys, membership, ring, view = await _follow_etcd(config, cleanup)
@@ -251,6 +291,7 @@ async def start_node(
         )
         quarantine = QuarantineBook(etcd=etcd, keys=keys, node_id=config.node_id, metrics=metrics)
         cleanup.push_async_callback(quarantine.stop)
+        webhook_hub, webhook_directory = await _start_webhooks(config, etcd, keys, storage, cleanup)
         manager = SessionManager(
             node_id=config.node_id,
             node_address=address,
@@ -275,6 +316,7 @@ async def start_node(
                 max_sessions=config.max_sessions_per_workspace,
                 sends_per_second=config.sends_per_second_per_workspace,
             ),
+            webhooks=webhook_hub,
         )
         cleanup.push_async_callback(manager.stop_all)
         catalog = CatalogBook(
@@ -320,9 +362,21 @@ async def start_node(
         service = SessionService(
             manager, serving=serving, moves=moves, catalog=catalog, budget=budget
         )
-        health_servicer = _add_services(server, service)
+        health_servicer = _add_services(
+            server,
+            service,
+            WebhookService(
+                hub=webhook_hub,
+                etcd=etcd,
+                keys=keys,
+                serve=service.serve,
+                allow_private=config.webhook_allow_private,
+                may_write=lambda: heartbeat.confirmed_lease() != 0,
+                rpc_finished=service.rpc_finished,
+            ),
+        )
         await server.start()
-        for service_name in ("", SESSION_SERVICE_NAME):
+        for service_name in ("", SESSION_SERVICE_NAME, WEBHOOK_SERVICE_NAME):
             await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         storage_health.start()
 
@@ -356,6 +410,8 @@ async def start_node(
         storage_health=storage_health,
         quarantine=quarantine,
         access=access,
+        webhooks=webhook_hub,
+        webhook_directory=webhook_directory,
     )
     return NodeServer(config=config, address=address, parts=parts)
 

@@ -8,6 +8,8 @@
         messages.log       the session's accepted messages and their statuses, appended
                            (see node.message_log)
         events.log         the session's events, numbered, appended (see node.event_log)
+        webhooks.cursor    the last event its webhook delivery confirmed (node.webhooks)
+        webhooks-dead.log  the events the webhook retries gave up on, appended
 
 Ids are checked with ``registry.ids.validate_id`` before any path is built, and the
 resolved path must stay under the root, so no id can reach outside the tree. Whole files are
@@ -27,7 +29,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,15 @@ from node.storage_files import (
 from node.storage_records import OutboxEntry, SessionMeta
 from registry import InvalidInput, MessageStatus, validate_id
 
-__all__ = ["CorruptRecord", "FileTicket", "OutboxEntry", "SessionMeta", "SessionStorage"]
+__all__ = [
+    "WEBHOOK_CURSOR",
+    "WEBHOOK_DEAD_LETTERS",
+    "CorruptRecord",
+    "FileTicket",
+    "OutboxEntry",
+    "SessionMeta",
+    "SessionStorage",
+]
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 """How long one storage call may take before its caller gets ``StorageStalled``."""
@@ -63,6 +73,9 @@ _WORKSPACE_PREFIX = "workspace_"
 _META = "meta.json"
 _CREDENTIALS = "credentials.json"
 _LEGACY_OUTBOX = message_log.LEGACY_OUTBOX
+WEBHOOK_CURSOR = "webhooks.cursor"
+WEBHOOK_DEAD_LETTERS = "webhooks-dead.log"
+WEBHOOK_FILES = (WEBHOOK_CURSOR, WEBHOOK_DEAD_LETTERS)
 _MAX_CACHED_LOG_PATHS = 65_536
 
 
@@ -346,6 +359,30 @@ class SessionStorage:
                 path, event_log.event_record(event), precondition=precondition
             )
 
+    def queue_event(
+        self,
+        workspace_id: str,
+        session_id: str,
+        event: SessionEvent,
+        *,
+        may_write: Callable[[], bool] | None = None,
+    ) -> Awaitable[None]:
+        """Queue the append of a numbered event now, in order with every write queued before
+        it; the result, awaited, returns once it is on disk (as :meth:`append_event`)."""
+        path = self._events_file(workspace_id, session_id)
+        precondition = None if may_write is None else functools.partial(_require, may_write)
+        what = f"log an event of {workspace_id}/{session_id}"
+        with storage_errors(what):
+            written = self._writer.queue_append(
+                path, event_log.event_record(event), precondition=precondition
+            )
+
+        async def on_disk() -> None:
+            with storage_errors(what):
+                await written
+
+        return on_disk()
+
     async def load_events(self, workspace_id: str, session_id: str) -> list[SessionEvent]:
         """The events in the session's log, in order (none if it has no log)."""
         path = self._events_file(workspace_id, session_id)
@@ -385,6 +422,57 @@ class SessionStorage:
         """Make the session's event log durable and close it (the session stops)."""
         with storage_errors(f"close {workspace_id}/{session_id} events"):
             await self._writer.close(self._events_file(workspace_id, session_id))
+
+    def _webhook_file(self, workspace_id: str, session_id: str, name: str) -> Path:
+        if name not in WEBHOOK_FILES:
+            raise InvalidInput(f"{name!r} is not a webhook file of a session")
+        return self.session_dir(workspace_id, session_id) / name
+
+    async def read_webhook_file(self, workspace_id: str, session_id: str, name: str) -> bytes:
+        """A webhook file of the session (one of ``WEBHOOK_FILES``); empty if it has none."""
+        path = self._webhook_file(workspace_id, session_id, name)
+        await self._writer.flush()
+
+        def read() -> bytes:
+            confined(path, self._root)
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return b""
+
+        return await self._run(  # type: ignore[no-any-return]
+            f"read {workspace_id}/{session_id} {name}", read
+        )
+
+    async def write_webhook_file(
+        self,
+        workspace_id: str,
+        session_id: str,
+        name: str,
+        data: bytes,
+        *,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        """Replace a webhook file of the session atomically and durably."""
+        path = self._webhook_file(workspace_id, session_id, name)
+        precondition = None if may_write is None else functools.partial(_require, may_write)
+        with storage_errors(f"write {workspace_id}/{session_id} {name}"):
+            await self._writer.write(path, data, precondition=precondition)
+
+    async def append_webhook_file(
+        self,
+        workspace_id: str,
+        session_id: str,
+        name: str,
+        data: bytes,
+        *,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
+        """Append to a webhook file of the session durably."""
+        path = self._webhook_file(workspace_id, session_id, name)
+        precondition = None if may_write is None else functools.partial(_require, may_write)
+        with storage_errors(f"append to {workspace_id}/{session_id} {name}"):
+            await self._writer.append(path, data, precondition=precondition)
 
     async def list_sessions(self, workspace_id: str) -> list[str]:
         """Every session of a workspace that has a ``meta.json``, sorted."""

@@ -10,6 +10,8 @@
     /sessionmesh/<cluster>/drain/<node_id>        no lease: an operator asked the node to drain
     /sessionmesh/<cluster>/quarantine/<ws>/<sid>  no lease: a session that cannot be restored
     /sessionmesh/<cluster>/tokens/<token_id>      no lease: a bearer token's record (a hash)
+    /sessionmesh/<cluster>/webhooks/<workspace>   no lease: a workspace's webhook (URL, secrets)
+    /sessionmesh/<cluster>/webhooks-default       no lease: the mesh-wide default webhook
 """
 
 from __future__ import annotations
@@ -106,6 +108,33 @@ class ClusterKeys:
     def token_id_of(self, key: bytes) -> str:
         """The token id named by a token key."""
         return key[len(self.tokens_prefix) :].decode(errors="replace")
+
+    @property
+    def webhook_records_prefix(self) -> bytes:
+        """Prefix of every webhook record: the workspaces' and the default one."""
+        return self.root + b"webhooks"
+
+    @property
+    def webhooks_prefix(self) -> bytes:
+        """Prefix of the workspaces' webhooks."""
+        return self.root + b"webhooks/"
+
+    def webhook(self, workspace_id: str) -> bytes:
+        """Key of one workspace's webhook."""
+        return self.webhooks_prefix + workspace_id.encode()
+
+    @property
+    def default_webhook(self) -> bytes:
+        """Key of the mesh-wide default webhook."""
+        return self.root + b"webhooks-default"
+
+    def webhook_workspace_of(self, key: bytes) -> str | None:
+        """The workspace a webhook key names; "" for the default one; None for another key."""
+        if key == self.default_webhook:
+            return ""
+        if key.startswith(self.webhooks_prefix):
+            return key[len(self.webhooks_prefix) :].decode(errors="replace")
+        return None
 
     def catalog(self, slot: int, workspace_id: str) -> bytes:
         """Key recording that ``slot`` holds ``workspace_id``."""

@@ -35,6 +35,7 @@ from testkit.process_mesh import MeshSettings, ProcessMesh, running_process_mesh
 from testkit.sizes import ChaosSizes, chaos_sizes, is_full_size
 from testkit.tcp_proxy import TcpProxy, running_tcp_proxy
 from testkit.waiting import ProcessStartError, eventually, wait_listening
+from testkit.webhook_receiver import Received, WebhookReceiver, always, running_receiver
 from testkit.workload import (
     ASYNCIO_GENERATOR,
     FailedCall,
@@ -66,10 +67,13 @@ __all__ = [
     "OwnershipMonitor",
     "ProcessMesh",
     "ProcessStartError",
+    "Received",
     "RunningNode",
     "SessionKey",
     "TcpProxy",
+    "WebhookReceiver",
     "account_of",
+    "always",
     "assert_exactly_once",
     "assert_never_two_live",
     "chaos_sizes",
@@ -87,6 +91,7 @@ __all__ = [
     "running_inprocess_mesh",
     "running_node",
     "running_process_mesh",
+    "running_receiver",
     "running_simnet",
     "running_tcp_proxy",
     "session_states",

@@ -77,6 +77,8 @@ class MeshSettings:
     """The accounts DB every node uses (migrated at start); empty: a SQLite file of the mesh."""
     auth_flags: tuple[str, ...] = ("--auth", "off")
     """How the gateway and nodes check callers: tokens off, unless a test is about them."""
+    gateway_flags: tuple[str, ...] = ()
+    """More flags for the gateway (e.g. ``--webhook-allow-private``)."""
 
 
 @dataclass
@@ -295,6 +297,7 @@ class ProcessMesh:
                 "--etcd", self.etcd_url,
                 "--cluster", self.settings.cluster,
                 *self.settings.auth_flags,
+                *self.settings.gateway_flags,
             ],
         )  # fmt: skip
         await self._wait_listening(process, self.gateway_address)

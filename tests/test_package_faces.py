@@ -22,6 +22,10 @@ FACES: dict[str, list[str]] = {
         "TOKEN_SERVICE_NAME",
         "token_pb2",
         "token_pb2_grpc",
+        "WEBHOOK_ADMIN_SERVICE_NAME",
+        "WEBHOOK_SERVICE_NAME",
+        "webhook_pb2",
+        "webhook_pb2_grpc",
     ],
     "registry": [
         "ACTIVE",
@@ -129,6 +133,7 @@ FACES: dict[str, list[str]] = {
         "SESSIONS_MANAGE",
         "SESSIONS_READ",
         "SESSION_METHOD_SCOPES",
+        "WEBHOOK_METHOD_SCOPES",
         "TOKENS_REQUIRED",
         "WEBHOOKS_MANAGE",
         "Access",
@@ -156,6 +161,39 @@ FACES: dict[str, list[str]] = {
         "store_token_if_absent",
         "token_id_of",
         "validate_token_id",
+    ],
+    "registry.webhooks": [
+        "ALLOW_PRIVATE_VARIABLE",
+        "DEFAULT_OVERLAP_SECONDS",
+        "EVENT_TYPES",
+        "MAX_OVERLAP_SECONDS",
+        "MESSAGE_ACCEPTED",
+        "MESSAGE_DELIVERED",
+        "MESSAGE_FAILED",
+        "MESSAGE_READ",
+        "MESSAGE_RECEIVED",
+        "MESSAGE_SENT",
+        "SESSION_MOVED",
+        "SESSION_QR",
+        "SESSION_STATE_CHANGED",
+        "WEBHOOK_TEST",
+        "DestinationRefused",
+        "SigningSecret",
+        "WebhookDirectory",
+        "WebhookRecord",
+        "add_webhook_flags",
+        "allow_private_from_args",
+        "check_destination",
+        "delete_webhook",
+        "is_public",
+        "new_record",
+        "new_secret",
+        "parse_url",
+        "put_webhook",
+        "read_webhook",
+        "rotate_secret",
+        "validate_event_types",
+        "validate_secret",
     ],
     "registry.accounts": [
         "DEFAULT_DATABASE_URL",
@@ -225,7 +263,7 @@ ARROWS: dict[str, set[str]] = {
 }
 """Which packages each product package may use (DESIGN.md's arrows)."""
 
-SUBPACKAGE_FACES = frozenset({"registry.accounts", "registry.auth"})
+SUBPACKAGE_FACES = frozenset({"registry.accounts", "registry.auth", "registry.webhooks"})
 """Subpackages with a face of their own, importable by other packages."""
 
 

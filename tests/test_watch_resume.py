@@ -99,16 +99,18 @@ class TestOnOneNode:
             (snapshot,) = await _watch(node.stub, 0, 1)
             assert snapshot.WhichOneof("event") == "snapshot" and snapshot.sequence >= 3
             last = snapshot.sequence
-            for index in range(3):  # while nobody watches: 3 messages, their acks
+            for index in range(3):  # while nobody watches: 3 messages, accepted and acked 3x
                 await _send(node.stub, f"m-{index}")
 
             async def acked() -> int:
-                events = await _watch(node.stub, last, 9)
+                events = await _watch(node.stub, last, 12)
                 return len(events)
 
             await eventually(acked, message="the acks are logged")
-            missed = await _watch(node.stub, last, 9)
-            assert _sequences(missed) == list(range(last + 1, last + 10))
+            missed = await _watch(node.stub, last, 12)
+            assert _sequences(missed) == list(range(last + 1, last + 13))
+            statuses = [each.message_ack.status for each in missed[:4]]
+            assert statuses[0] == pb.MESSAGE_STATUS_QUEUED  # message.accepted comes first
             assert all(each.WhichOneof("event") == "message_ack" for each in missed)
             # From the middle: the rest, then a live event after them, each once.
             middle = last + 4

@@ -13,19 +13,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.wire import MAX_GROUP_DEPTH, raw_workspace_id, workspace_id_of
-from protos import session_pb2
+from protos import session_pb2, webhook_pb2
 from registry import InvalidInput
 from registry.ids import MAX_ID_LENGTH
 from testkit import is_full_size
 
-SERVICE = session_pb2.DESCRIPTOR.services_by_name["SessionService"]
-REQUEST_TYPES: list[Descriptor] = [method.input_type for method in SERVICE.methods]
+SERVICES = (
+    session_pb2.DESCRIPTOR.services_by_name["SessionService"],
+    webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+)
+"""The services the gateway forwards by the workspace_id it reads from the bytes."""
+REQUEST_TYPES: list[Descriptor] = [
+    method.input_type for service in SERVICES for method in service.methods
+]
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 
 workspace_ids = st.text(alphabet=ID_ALPHABET, min_size=1, max_size=MAX_ID_LENGTH)
 _SCALARS = {
     FieldDescriptor.TYPE_STRING: st.text(max_size=50),
     FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
     FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1),
     FieldDescriptor.TYPE_BOOL: st.booleans(),
     FieldDescriptor.TYPE_ENUM: st.integers(0, 5),
@@ -44,6 +51,8 @@ def requests(draw: st.DrawFn, message_type: Descriptor | None = None) -> Message
             getattr(message, field.name).update(
                 draw(st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4))
             )
+        elif field.is_repeated:
+            getattr(message, field.name).extend(draw(st.lists(_SCALARS[field.type], max_size=4)))
         else:
             setattr(message, field.name, draw(_SCALARS[field.type]))
     return message

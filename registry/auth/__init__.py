@@ -8,6 +8,7 @@ from registry.auth.interceptor import AccessInterceptor
 from registry.auth.policy import (
     AUTHORIZATION_KEY,
     SESSION_METHOD_SCOPES,
+    WEBHOOK_METHOD_SCOPES,
     Access,
     AccessControl,
     OpenAccess,
@@ -65,6 +66,7 @@ __all__ = [
     "SESSION_METHOD_SCOPES",
     "TOKENS_REQUIRED",
     "WEBHOOKS_MANAGE",
+    "WEBHOOK_METHOD_SCOPES",
     "Access",
     "AccessControl",
     "AccessInterceptor",

@@ -23,6 +23,7 @@ from registry.auth.tokens import (
     MESSAGES_SEND,
     SESSIONS_MANAGE,
     SESSIONS_READ,
+    WEBHOOKS_MANAGE,
     TokenRecord,
     parse_token,
 )
@@ -44,6 +45,20 @@ SESSION_METHOD_SCOPES: dict[str, str] = {
     "SendMessage": MESSAGES_SEND,
 }
 """The scope each ``SessionService`` method needs (a method not listed: admin tokens only)."""
+WEBHOOK_METHOD_SCOPES: dict[str, str] = {
+    name: WEBHOOKS_MANAGE
+    for name in (
+        "SetWebhook",
+        "GetWebhook",
+        "DeleteWebhook",
+        "RotateWebhookSecret",
+        "ListDeadLetters",
+        "ReplayDeadLetters",
+        "SendTestEvent",
+    )
+}
+"""The scope each ``WebhookService`` method needs."""
+_METHOD_SCOPES = {**SESSION_METHOD_SCOPES, **WEBHOOK_METHOD_SCOPES}
 
 AUTH_OFF_WARNING_SECONDS = 3600.0
 """How often a process with ``--auth off`` says so again."""
@@ -78,7 +93,8 @@ class Access(Protocol):
         """Is ``bearer`` a valid token at all (a request that did not parse)."""
 
     def check_workspace(self, bearer: str | None, method: str, workspace_id: str) -> None:
-        """May a caller with ``bearer`` call ``SessionService/<method>`` on ``workspace_id``."""
+        """May a caller with ``bearer`` call ``<method>`` (of ``SessionService`` or
+        ``WebhookService``) on ``workspace_id``."""
 
     def check_admin(self, bearer: str | None, method: str) -> None:
         """May a caller with ``bearer`` call the admin RPC ``method``."""
@@ -129,7 +145,7 @@ class TokenAccess:
         record = self._record(bearer)
         if record.is_admin:
             return
-        scope = SESSION_METHOD_SCOPES.get(method)
+        scope = _METHOD_SCOPES.get(method)
         if scope is None:
             raise PermissionDenied(f"{method} needs an admin token")
         if record.workspace_id != workspace_id:
