@@ -45,7 +45,7 @@ from testkit.waiting import ProcessStartError, wait_listening
 _COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93")
 _START_TIMEOUT_SECONDS = 30.0
 DEMO_WORKSPACE = "ws-1"
-DEMO_SCOPES = ("sessions.read", "messages.send", "sessions.manage")
+DEMO_SCOPES = ("sessions.read", "messages.send", "sessions.manage", "webhooks.manage")
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,7 @@ class LocalMesh:
                     f"{layout.host}:{layout.simnet_port}",
                     "--metrics-listen",
                     layout.metrics_listen(index),
+                    "--webhook-allow-private",  # local receivers, for trying webhooks out
                     *auth,
                 ],
                 port=port,
@@ -259,6 +260,7 @@ class LocalMesh:
                 layout.etcd_url,
                 "--metrics-listen",
                 layout.metrics_listen(0),
+                "--webhook-allow-private",
                 *auth,
             ],
             port=layout.gateway_port,
@@ -346,6 +348,7 @@ class LocalMesh:
         get = '{"workspace_id":"ws-1","session_id":"s-1"}'
         svc = "sessionmesh.v1.SessionService"
         grpcurl = f".venv/bin/grpcurl -plaintext -H 'authorization: Bearer {self.demo_token}'"
+        meshctl = f"MESHCTL_TOKEN={self.demo_token} .venv/bin/meshctl"
         return (
             "\nsessionmesh is up\n"
             f"  gateway   {gateway}\n"
@@ -364,6 +367,12 @@ class LocalMesh:
             f"  {grpcurl} -d '{send}' {gateway} {svc}/SendMessage\n"
             f"  {grpcurl} -d '{get}' {gateway} {svc}/WatchSession\n"
             f"  MESHCTL_TOKEN={self.admin_token} .venv/bin/meshctl nodes\n"
+            "\nwebhooks (make up lets them reach local receivers: --webhook-allow-private):\n"
+            f"  {meshctl} webhook set {DEMO_WORKSPACE} http://{layout.host}:8080/hooks"
+            "   # prints the signing secret, once\n"
+            f"  .venv/bin/python -m testkit.webhook_sink --port 8080 --secret <that secret> "
+            "--out /dev/stdout\n"
+            f"  {meshctl} webhook test {DEMO_WORKSPACE}\n"
             "\nCtrl-C stops everything.\n"
         )
 

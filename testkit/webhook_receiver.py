@@ -42,10 +42,16 @@ def always(status: int = 200, **headers: str) -> Callable[[Received], Answer]:
     return lambda _: (status, dict(headers))
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 512  # many senders connect at once (the default backlog is 5)
+
+
 class WebhookReceiver:
     """The receiver (see the module docstring); use :func:`running_receiver`."""
 
-    def __init__(self, secrets: list[str] | None = None, *, verify: bool = True) -> None:
+    def __init__(
+        self, secrets: list[str] | None = None, *, verify: bool = True, port: int = 0
+    ) -> None:
         self.secrets: list[str] = list(secrets or [])
         self._verify = verify
         self.plan: Callable[[Received], Answer] = always(200)
@@ -55,6 +61,7 @@ class WebhookReceiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
@@ -65,7 +72,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -78,7 +85,7 @@ class WebhookReceiver:
     def _verified_by(self, data: bytes, headers: dict[str, str]) -> tuple[int, ...]:
         matched = []
         for index, secret in enumerate(self.secrets):
-            with contextlib.suppress(WebhookVerificationError):
+            with contextlib.suppress(WebhookVerificationError, ValueError):
                 Webhook(secret).verify(data, headers)
                 matched.append(index)
         return tuple(matched)
@@ -96,9 +103,14 @@ class WebhookReceiver:
             status, extra = self.plan(probe)
             self.received.append(
                 Received(
-                    probe.event_id, body, headers, verified, status, probe.at,
+                    probe.event_id,
+                    body,
+                    headers,
+                    verified,
+                    status,
+                    probe.at,
                     probe.received_at_unix,
-                )  # fmt: skip
+                )
             )
             self._condition.notify_all()
         handler.send_response(status)

@@ -10,11 +10,23 @@ import signal
 import sys
 from pathlib import Path
 
-from testkit import eventually, free_port
+from testkit import eventually, free_port, running_receiver
 
 SERVICE = "sessionmesh.v1.SessionService"
 BIN_DIR = Path(sys.executable).parent
 """Where ``make install`` put grpcurl."""
+
+
+async def _meshctl(token: str, gateway: str, *args: str) -> str:
+    process = await asyncio.create_subprocess_exec(
+        str(BIN_DIR / "meshctl"), "--token", token, *args, "--json", "--gateway", gateway,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    assert process.returncode == 0, output
+    return output.decode()
 
 
 async def _grpcurl(*args: str) -> tuple[int, str]:
@@ -125,6 +137,16 @@ class TestLocalMesh:
                 nodes_json, _ = await meshctl.communicate()
             assert meshctl.returncode == 0, nodes_json
             assert len(json.loads(nodes_json)["nodes"]) == len(node_ports)
+
+            # The banner's webhook lines: set one with the demo token, then a signed test.
+            assert "webhook set ws-1" in banner and "webhook test ws-1" in banner
+            with running_receiver() as receiver:
+                shown = await _meshctl(demo.group(1), gateway, "webhook", "set", "ws-1",
+                                       receiver.url)  # fmt: skip
+                receiver.secrets = [json.loads(shown)["webhook"]["secret"]]
+                tested = await _meshctl(demo.group(1), gateway, "webhook", "test", "ws-1")
+                assert json.loads(tested)["http_status"] == 200, tested
+                assert [each.verified_by for each in receiver.snapshot()] == [(0,)]
 
             for port in node_ports:  # every node serves reflection too
                 code, listed = await _grpcurl("-plaintext", f"127.0.0.1:{port}", "list")
