@@ -26,6 +26,7 @@ from bench.scenarios_ring import BALANCE_NODE_COUNT, SMOKE_RING_SIZES
 from bench.scenarios_scale import SMOKE_SCALE_SIZES
 from bench.scenarios_seed import SMOKE_SEED_SIZES
 from bench.scenarios_unary import SMOKE_UNARY_SIZES
+from bench.scenarios_webhooks import SMOKE_WEBHOOK_SIZES
 
 CONTRACT_KEYS = {
     "gateway_vs_direct_throughput",
@@ -44,6 +45,8 @@ CONTRACT_KEYS = {
     "balance_max_over_mean_8_nodes",
     "memory_per_session_kb",
     "failover_seconds_1000_sessions",
+    "webhook_events_per_second",
+    "webhook_p99_ms",
 }
 """Spelled out again here so that renaming a key in the harness fails this test."""
 COUNT_KEYS = {"seed_load_failed_calls", "seed_load_lease_fences"}
@@ -418,3 +421,21 @@ class TestFailoverFigures:
         # Polling through the gateway sees the last one READY a little later, never earlier.
         assert_within(failover["observed_seconds"], seconds - 0.05, ttl + 20, "observed")
         assert failover["failover_over_lease_ttl"] == pytest.approx(seconds / ttl)
+
+    def test_webhooks_arrive_signed_at_a_plausible_rate_and_latency(
+        self, results: Results, scenarios: dict[str, Results]
+    ) -> None:
+        hooks = scenarios["webhooks"]
+        assert hooks["sessions"] == SMOKE_WEBHOOK_SIZES.session_count
+        assert hooks["unverified_requests"] == 0
+        rate = hooks["webhook_events_per_second"]
+        assert rate == results["summary"]["webhook_events_per_second"]
+        # Each event is one HTTP POST of a Python client: tens to a few thousand a second.
+        assert_within(rate, 10, 20_000, "webhook_events_per_second")
+        assert_within(hooks["receiver_alone_events_per_second"], 10, 50_000, "baseline")
+        p50, p99 = hooks["webhook_p50_ms"], hooks["webhook_p99_ms"]
+        assert p99 == results["summary"]["webhook_p99_ms"]
+        # Above a loopback round trip, below the schedule's first retry (5 s): none retried.
+        assert 0.1 < p50 <= p99 < 5000, (p50, p99)
+        assert hooks["paced_events"] >= SMOKE_WEBHOOK_SIZES.session_count * 4
+        assert hooks["node_cpu_ms_per_event"] > 0
