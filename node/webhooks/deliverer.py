@@ -4,7 +4,8 @@ flight per session and endpoint), through :meth:`node.webhooks.hub.WebhookHub.de
 
 The cursor — the last event settled (delivered, dead-lettered, or not wanted by any
 endpoint) — is kept in the session's folder and saved at most every ``SAVE_EVERY_SECONDS``
-while events are delivered, and when the session stops, before its slot is released: the
+while events are delivered (not for events nobody wanted: a mesh without webhooks writes no
+cursor but at the stop), and when the session stops, before its slot is released: the
 next owner, after a handoff or a failover, continues from it. A cursor saved late only means
 a few events are posted again, with the same ``webhook-id``: at least once, never lost.
 """
@@ -33,8 +34,8 @@ _log = structlog.get_logger(__name__)
 
 SAVE_EVERY_SECONDS = 1.0
 """How often the cursor is saved while events are delivered."""
-SAVE_IDLE_SECONDS = 30.0
-"""How often it is saved while events only go past (no endpoint wants them)."""
+RETRY_READ_SECONDS = 1.0
+"""The pause after the event log could not be read (a failing disk), before trying again."""
 
 
 class SessionWebhooks:
@@ -62,6 +63,8 @@ class SessionWebhooks:
         self._wake = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._loaded = False
+        self._has_settled = False
+        """Whether an event was delivered or dead-lettered since the last save."""
         self._task: asyncio.Task[None] | None = None
         self.pending_since_unix: float | None = None
         """When the event being delivered now was emitted (None: none is)."""
@@ -108,31 +111,45 @@ class SessionWebhooks:
         self._cursor = self._saved_cursor = parse_cursor(data)
         self._loaded = True
         while True:
-            if self._journal.last_sequence <= self._cursor:
-                self._caught_up.set()
-                await self._save(force=False)
-                self._wake.clear()
-                if self._journal.last_sequence <= self._cursor:
-                    await self._wake.wait()
-                continue
-            if self._hub.endpoint(self._workspace_id) is None:
-                self._cursor = self._journal.last_sequence  # nobody to tell: they go past
-                continue
-            events = await self._journal.available_after(self._cursor)
-            if events and events[0].sequence > self._cursor + 1:
+            try:
+                await self._step()
+            except (MeshError, OSError) as error:  # the log unreadable for now: try again
                 _log.warning(
-                    "webhook_events_compacted_before_delivery",
+                    "webhook_delivery_paused",
                     workspace_id=self._workspace_id,
                     session_id=self._session_id,
-                    first_kept=events[0].sequence,
-                    cursor=self._cursor,
+                    error=repr(error),
                 )
-            for event in events:
-                await self._deliver(event)
-                self._cursor = event.sequence
-                await self._save(force=False)
-            if not events:
-                self._cursor = self._journal.last_sequence
+                await asyncio.sleep(RETRY_READ_SECONDS)
+
+    async def _step(self) -> None:
+        """Wait for events past the cursor, then settle them in order."""
+        if self._journal.last_sequence <= self._cursor:
+            self._caught_up.set()
+            await self._save(force=False)
+            self._wake.clear()
+            if self._journal.last_sequence <= self._cursor:
+                await self._wake.wait()
+            return
+        if self._hub.endpoint(self._workspace_id) is None:
+            self._cursor = self._journal.last_sequence  # nobody to tell: they go past
+            return
+        events = await self._journal.available_after(self._cursor)
+        if events and events[0].sequence > self._cursor + 1:
+            _log.warning(
+                "webhook_events_compacted_before_delivery",
+                workspace_id=self._workspace_id,
+                session_id=self._session_id,
+                first_kept=events[0].sequence,
+                cursor=self._cursor,
+            )
+        for event in events:
+            await self._deliver(event)
+            self._cursor = event.sequence
+            self._has_settled = True
+            await self._save(force=False)
+        if not events:
+            self._cursor = self._journal.last_sequence
 
     async def _deliver(self, event: SessionEvent) -> None:
         event_type = webhook_type(event)
@@ -162,11 +179,10 @@ class SessionWebhooks:
     async def _save(self, *, force: bool) -> None:
         if self._cursor == self._saved_cursor or not self._loaded:
             return
-        elapsed = time.monotonic() - self._saved_at
-        if not force and elapsed < SAVE_EVERY_SECONDS:
-            return
-        if not force and elapsed < SAVE_IDLE_SECONDS and not self._hub.endpoint(self._workspace_id):
-            return  # only events nobody wanted went past since: no need to hurry
+        if not force and (
+            not self._has_settled or time.monotonic() - self._saved_at < SAVE_EVERY_SECONDS
+        ):
+            return  # only events nobody wanted went past: saved when the session stops
         cursor = self._cursor
         try:
             await self._hub.storage.write_webhook_file(
@@ -186,3 +202,4 @@ class SessionWebhooks:
             return
         self._saved_cursor = cursor
         self._saved_at = time.monotonic()
+        self._has_settled = False

@@ -33,9 +33,9 @@ DEFAULT_MAX_CONCURRENCY = 16
 USER_AGENT = "sessionmesh-webhooks/1"
 _FIXED_HEADERS = {"user-agent": USER_AGENT, "content-type": "application/json"}
 CLIENT_SHARDS = 8
-"""httpx transports (connection pools) the sender spreads requests over: one pool slows down sharply with
-more than a few connections busy at once (measured: 16 requests in flight on one client
-took half the CPU-bound rate of 4 clients with 4 each)."""
+"""httpx transports (connection pools) the sender spreads requests over: one pool slows down
+sharply with more than a few connections busy at once (measured: 16 requests in flight on one
+client took half the CPU-bound rate of 4 clients with 4 each)."""
 _MAX_SIGNERS = 256
 logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is the metrics' job
 _MAX_RECEIVERS = 4096
