@@ -252,14 +252,17 @@ class OutboxDelivery:
                     reason="lease lapsed",
                 )
 
-    async def fail_unsent(self, reason: str) -> None:
-        """Mark every message not yet acknowledged FAILED (the session is being deleted)."""
+    async def fail_unsent(self, reason: str) -> list[OutboxEntry]:
+        """Mark every message not yet acknowledged FAILED (the session is being deleted);
+        the entries so marked."""
+        failed_entries: list[OutboxEntry] = []
         async with self._send_lock:
             await self.settle()  # a send that passed its check lands first
             unsent = self._outbox.queued()
             for entry in unsent:
                 failed = self._outbox.advanced(entry.client_message_id, MessageStatus.FAILED)
                 if failed is not None and self._may_write():
+                    failed_entries.append(failed)
                     self._outbox.put(settled_form(failed))
                     self._storage.append_status(
                         self._workspace_id,
@@ -275,6 +278,7 @@ class OutboxDelivery:
                 count=len(unsent),
                 reason=reason,
             )
+        return failed_entries
 
     def _next_to_deliver(self) -> OutboxEntry | None:
         for entry in self._outbox.queued():

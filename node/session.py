@@ -350,7 +350,15 @@ class HostedSession:
                 "disconnect_details": details,
                 "disconnected_at_unix": time.time(),
             }
-            await self._delivery.fail_unsent("session deleted")
+            for failed in await self._delivery.fail_unsent("session deleted"):
+                await self._journal.emit(
+                    SessionEvent(
+                        kind=EventKind.MESSAGE_ACK,
+                        at_unix=time.time(),
+                        message_id=failed.client_message_id,
+                        status=MessageStatus.FAILED,
+                    )
+                )
         with contextlib.suppress(OSError):  # a full disk: the next owner re-delivers
             await self._delivery.flush()
         await self._set_state(SessionState.STOPPED, reason=reason, **changes)

@@ -29,11 +29,15 @@ class TestEvents:
                 workspace_id="ws-1", session_id="s-1", client_message_id="m-7", to="+1", text="yo"
             )
         )
+        acks: list[int] = []
         async with asyncio.timeout(10):
-            while not (event := await stream.read()).HasField("message_ack"):
-                pass
-        assert event.message_ack.client_message_id == "m-7"
-        assert event.message_ack.status != pb.MESSAGE_STATUS_QUEUED
+            while len(acks) < 2:
+                event = await stream.read()
+                if event.HasField("message_ack"):
+                    assert event.message_ack.client_message_id == "m-7"
+                    acks.append(event.message_ack.status)
+        # Accepted into the outbox first (message.accepted), then the network's ack.
+        assert acks == [pb.MESSAGE_STATUS_QUEUED, pb.MESSAGE_STATUS_SENT]
         stream.cancel()
 
 

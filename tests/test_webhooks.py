@@ -51,6 +51,7 @@ from testkit import (
     running_node,
     running_process_mesh,
     running_receiver,
+    running_simnet,
 )
 from tests.calls import create, wait_state
 
@@ -409,6 +410,33 @@ class TestOnOneNode:
                 await eventually(none_left, message="replayed letters leave the list")
                 delivered = receiver.delivered()
                 assert sorted(e.event_id for e in delivered) == sorted(e.event_id for e in letters)
+
+    async def test_a_deleted_session_posts_its_failed_messages_and_its_stop_before_it_answers(
+        self, tmp_path: Path, etcd_url: str, cluster_name: str
+    ) -> None:
+        async with running_simnet(pair_delay_ms=-1) as unpaired:  # nobody scans the QR
+            with running_receiver() as receiver:
+                async with running_node(
+                    tmp_path, etcd_url, cluster_name, unpaired, extra_flags=FAST_RETRIES
+                ) as node:
+                    hooks = webhook_pb2_grpc.WebhookServiceStub(node.channel)
+                    await _set_webhook(hooks, receiver.url)
+                    await create(node.stub, WORKSPACE, "s-1")
+                    await wait_state(node.stub, WORKSPACE, "s-1", pb.SESSION_STATE_QR_PENDING)
+                    await _send(node.stub, "s-1", "m-never")
+                    await node.stub.DeleteSession(
+                        pb.DeleteSessionRequest(workspace_id=WORKSPACE, session_id="s-1",
+                                                reason="user_initiated"),
+                        timeout=10,
+                    )  # fmt: skip
+                    # Already there when the delete answers: nobody would post them later.
+                    received = receiver.snapshot()
+                    failed = _of_type(received, "message.failed")
+                    assert [e.body["data"]["client_message_id"] for e in failed] == ["m-never"]
+                    last = received[-1].body
+                    assert last["type"] == "session.state_changed"
+                    assert last["data"]["state"] == "STOPPED"
+                    assert last["data"]["reason"] == "user_initiated"
 
     async def test_bad_webhooks_are_refused_and_nothing_is_stored(
         self, tmp_path: Path, etcd_url: str, cluster_name: str, simnet: SimNet
