@@ -36,6 +36,8 @@ CLIENT_SHARDS = 8
 """httpx transports (connection pools) the sender spreads requests over: one pool slows down
 sharply with more than a few connections busy at once (measured: 16 requests in flight on one
 client took half the CPU-bound rate of 4 clients with 4 each)."""
+CHECKED_FOR_SECONDS = 10.0
+"""How long a passed destination check holds for a URL before its host is resolved again."""
 _MAX_SIGNERS = 256
 logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is the metrics' job
 _MAX_RECEIVERS = 4096
@@ -91,6 +93,8 @@ class WebhookSender:
         self._timeouts = httpx.Timeout(timeout_seconds).as_dict()
         self._next_transport = itertools.cycle(self._transports)
         self._receivers: dict[str, _Receiver] = {}
+        self._checked: dict[str, float] = {}
+        """URLs whose destination check passed, until when (monotonic)."""
         self._signers: dict[str, Webhook] = {}
 
     def _receiver(self, url: str) -> _Receiver:
@@ -163,7 +167,7 @@ class WebhookSender:
     ) -> AttemptResult:
         async with receiver.slots:
             try:
-                await check_destination(record.url, allow_private=self._allow_private)
+                await self._check(record.url)
             except DestinationRefused as refused:
                 return AttemptResult(Outcome.REFUSED, error=refused.message)
             except InvalidInput as invalid:
@@ -199,6 +203,17 @@ class WebhookSender:
             status=status,
             retry_after=retry_after_seconds(status, response.headers.get("retry-after")),
         )
+
+    async def _check(self, url: str) -> None:
+        """The destination check, its pass remembered for ``CHECKED_FOR_SECONDS`` per URL
+        (a name is resolved once in a while, not before every attempt)."""
+        now = time.monotonic()
+        if self._checked.get(url, 0.0) > now:
+            return
+        await check_destination(url, allow_private=self._allow_private)
+        if len(self._checked) >= _MAX_RECEIVERS:
+            self._checked.clear()
+        self._checked[url] = now + CHECKED_FOR_SECONDS
 
     def open_circuits(self) -> int:
         """Receivers whose breaker is open now."""

@@ -3,8 +3,8 @@ addresses — never loopback, link-local, private, multicast or reserved ones (a
 not make the mesh call into its own network, or a cloud's metadata service) — unless the
 process runs with ``--webhook-allow-private`` (local tests, ``make up``).
 
-The check runs when a webhook is set and again before every delivery (a name may resolve
-elsewhere later).
+The check runs when a webhook is set and again while it is delivered to (the node resolves a
+host again at least every 10 s: a name may resolve elsewhere later).
 """
 
 from __future__ import annotations
