@@ -11,12 +11,11 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import webhook_pb2, webhook_pb2_grpc
-from registry import ClusterKeys, InvalidInput, NotFound, rpc_boundary
+from registry import ClusterKeys, NotFound, rpc_boundary
 from registry.webhooks import (
     WebhookRecord,
-    check_destination,
     delete_webhook,
-    new_record,
+    new_checked_record,
     put_webhook,
     read_webhook,
 )
@@ -61,16 +60,13 @@ class WebhookAdminServicer(webhook_pb2_grpc.WebhookAdminServiceServicer):
         self, request: webhook_pb2.SetDefaultWebhookRequest, context: Context
     ) -> webhook_pb2.SetDefaultWebhookResponse:
         """Set the default webhook (a new id, and a new secret unless one is given)."""
-        record, secret = new_record(
+        record, secret = await new_checked_record(
             workspace_id=_DEFAULT,
             url=request.url,
             event_types=list(request.event_types),
             secret=request.secret,
+            allow_private=self._allow_private,
         )
-        try:
-            await check_destination(record.url, allow_private=self._allow_private)
-        except OSError as error:
-            raise InvalidInput(f"the webhook URL's host does not resolve: {error}") from None
         await put_webhook(self._etcd, self._keys, record)
         return webhook_pb2.SetDefaultWebhookResponse(
             webhook=default_webhook_message(record, secret=secret)

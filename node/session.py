@@ -35,7 +35,7 @@ from node.storage import CorruptRecord, OutboxEntry, SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
 from node.webhooks.hub import WebhookHub
 from node.webhooks.payloads import session_key
-from registry import CapacityExhausted, MeshError, MessageStatus, Unavailable
+from registry import CapacityExhausted, MeshError, Unavailable
 
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -303,15 +303,19 @@ class HostedSession:
             self._observer.activity(self)
         return result
 
-    async def _accepted(self, entry: OutboxEntry) -> None:
+    async def _message_event(self, entry: OutboxEntry, *, at_unix: float) -> None:
+        """The event of a message's status (``message.accepted``, ``.sent``… ``.failed``)."""
         await self._journal.emit(
             SessionEvent(
                 kind=EventKind.MESSAGE_ACK,
-                at_unix=entry.accepted_at_unix,
+                at_unix=at_unix,
                 message_id=entry.client_message_id,
-                status=MessageStatus.QUEUED,
+                status=entry.status,
             )
         )
+
+    async def _accepted(self, entry: OutboxEntry) -> None:
+        await self._message_event(entry, at_unix=entry.accepted_at_unix)
 
     async def stop(self, *, logout: bool, reason: str = "", details: str = "") -> None:
         """Stop the driver, finish handling its events, and persist the final meta.
@@ -351,14 +355,7 @@ class HostedSession:
                 "disconnected_at_unix": time.time(),
             }
             for failed in await self._delivery.fail_unsent("session deleted"):
-                await self._journal.emit(
-                    SessionEvent(
-                        kind=EventKind.MESSAGE_ACK,
-                        at_unix=time.time(),
-                        message_id=failed.client_message_id,
-                        status=MessageStatus.FAILED,
-                    )
-                )
+                await self._message_event(failed, at_unix=time.time())
         with contextlib.suppress(OSError):  # a full disk: the next owner re-delivers
             await self._delivery.flush()
         await self._set_state(SessionState.STOPPED, reason=reason, **changes)
@@ -474,11 +471,4 @@ class HostedSession:
         updated = await self._delivery.acknowledged(event.message_id, event.status)
         if updated is None:
             return
-        await self._journal.emit(
-            SessionEvent(
-                kind=EventKind.MESSAGE_ACK,
-                at_unix=time.time(),
-                message_id=updated.client_message_id,
-                status=updated.status,
-            )
-        )
+        await self._message_event(updated, at_unix=time.time())

@@ -186,6 +186,7 @@ FACES: dict[str, list[str]] = {
         "check_destination",
         "delete_webhook",
         "is_public",
+        "new_checked_record",
         "new_record",
         "new_secret",
         "parse_url",

@@ -20,9 +20,8 @@ from registry.webhooks import (
     DEFAULT_OVERLAP_SECONDS,
     MAX_OVERLAP_SECONDS,
     WebhookRecord,
-    check_destination,
     delete_webhook,
-    new_record,
+    new_checked_record,
     new_secret,
     put_webhook,
     read_webhook,
@@ -111,16 +110,13 @@ class WebhookService(webhook_pb2_grpc.WebhookServiceServicer):
     ) -> webhook_pb2.SetWebhookResponse:
         """Set the workspace's webhook (a new id and, unless given, a new secret)."""
         workspace_id = validate_id(request.workspace_id, field="workspace_id")
-        record, secret = new_record(
+        record, secret = await new_checked_record(
             workspace_id=workspace_id,
             url=request.url,
             event_types=list(request.event_types),
             secret=request.secret,
+            allow_private=self._allow_private,
         )
-        try:
-            await check_destination(record.url, allow_private=self._allow_private)
-        except OSError as error:
-            raise InvalidInput(f"the webhook URL's host does not resolve: {error}") from None
         async with self._serve(workspace_id):
             await put_webhook(self._etcd, self._keys, record)
         return webhook_pb2.SetWebhookResponse(webhook=webhook_message(record, secret=secret))

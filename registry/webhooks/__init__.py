@@ -7,6 +7,7 @@ from registry.webhooks.destinations import (
     DestinationRefused,
     check_destination,
     is_public,
+    new_checked_record,
     parse_url,
 )
 from registry.webhooks.records import (
@@ -67,6 +68,7 @@ __all__ = [
     "check_destination",
     "delete_webhook",
     "is_public",
+    "new_checked_record",
     "new_record",
     "new_secret",
     "parse_url",

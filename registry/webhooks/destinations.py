@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from collections.abc import Iterable
 from urllib.parse import SplitResult, urlsplit
 
 from registry.errors import InvalidInput
-from registry.webhooks.records import MAX_URL_CHARS
+from registry.webhooks.records import MAX_URL_CHARS, WebhookRecord, new_record
 
 _SCHEMES = ("http", "https")
 
@@ -89,3 +90,24 @@ async def check_destination(url: str, *, allow_private: bool) -> SplitResult:
             "private address: refused (a mesh for local use runs with --webhook-allow-private)"
         )
     return parts
+
+
+async def new_checked_record(
+    *,
+    workspace_id: str,
+    url: str,
+    event_types: Iterable[str],
+    secret: str,
+    allow_private: bool,
+) -> tuple[WebhookRecord, str]:
+    """A new webhook record and its secret (as :func:`new_record`), once its URL passed
+    :func:`check_destination`; ``InvalidInput`` for a URL that is malformed, leads where
+    webhooks may not, or does not resolve."""
+    record, chosen = new_record(
+        workspace_id=workspace_id, url=url, event_types=event_types, secret=secret
+    )
+    try:
+        await check_destination(record.url, allow_private=allow_private)
+    except OSError as error:
+        raise InvalidInput(f"the webhook URL's host does not resolve: {error}") from None
+    return record, chosen
