@@ -105,13 +105,17 @@ class HostedSession:
         self._observer = observer
         self._broadcaster = Broadcaster(max_queued_events=limits.max_watcher_lag)
         opened_under = may_write()
+
+        def same_lease() -> bool:  # the lease the session was opened under, still confirmed
+            return opened_under != 0 and may_write() == opened_under
+
         self._journal = EventJournal(
             storage=storage,
             workspace_id=meta.workspace_id,
             session_id=meta.session_id,
             broadcaster=self._broadcaster,
             events=events or [],
-            may_write=lambda: opened_under != 0 and may_write() == opened_under,
+            may_write=same_lease,
         )
         self._webhooks = (
             None
@@ -121,7 +125,7 @@ class HostedSession:
                 session_id=meta.session_id,
                 session_key=session_key(meta.workspace_id, meta.session_id, meta.created_at_unix),
                 journal=self._journal,
-                may_write=lambda: opened_under != 0 and may_write() == opened_under,
+                may_write=same_lease,
             )
         )
         self._delivery = OutboxDelivery(

@@ -36,6 +36,12 @@ from registry.webhooks import WEBHOOK_TEST, WebhookRecord
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
 
+_OUTCOME_LABELS = {
+    Outcome.DELIVERED: "delivered",
+    Outcome.RETRY: "failed",
+    Outcome.REFUSED: "refused",
+}
+"""An attempt's outcome as the attempts metric labels it."""
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 
@@ -166,9 +172,7 @@ class WebhookHub:
             result = await self._sender.post(
                 record, event_id, body, extra_headers=carrier, use_breaker=use_breaker
             )
-            outcome = {Outcome.DELIVERED: "delivered", Outcome.RETRY: "failed"}.get(
-                result.outcome, "refused"
-            )
+            outcome = _OUTCOME_LABELS[result.outcome]
             self._metrics.attempt(outcome, time.perf_counter() - started)
             span.set_attribute("http.response.status_code", result.status)
             span.set_attribute("sessionmesh.webhook.outcome", outcome)

@@ -34,8 +34,8 @@ USER_AGENT = "sessionmesh-webhooks/1"
 _FIXED_HEADERS = {"user-agent": USER_AGENT, "content-type": "application/json"}
 CLIENT_SHARDS = 8
 """httpx transports (connection pools) the sender spreads requests over: one pool slows down
-sharply with more than a few connections busy at once (measured: 16 requests in flight on one
-client took half the CPU-bound rate of 4 clients with 4 each)."""
+sharply with more than a few connections busy at once (it scans its connections on every
+request)."""
 CHECKED_FOR_SECONDS = 10.0
 """How long a passed destination check holds for a URL before its host is resolved again."""
 _MAX_SIGNERS = 256
