@@ -210,21 +210,26 @@ class OutboxDelivery:
         if self._pending:
             await asyncio.gather(*self._pending.values(), return_exceptions=True)
 
-    async def acknowledged(self, message_id: str, status: str) -> OutboxEntry | None:
-        """The network acknowledged ``message_id`` with ``status``: the updated entry, written,
-        or None when that is not a step forward."""
-        updated = self._outbox.advanced(message_id, status)
-        if updated is None:
-            return None
+    def advanced(self, message_id: str, status: str) -> OutboxEntry | None:
+        """What an ack of ``message_id`` with ``status`` makes of its entry (nothing written
+        yet: see :meth:`acknowledged`), or None when that is not a step forward."""
+        return self._outbox.advanced(message_id, status)
+
+    async def acknowledged(self, updated: OutboxEntry) -> None:
+        """Record ``updated`` (from :meth:`advanced`): the ack's status, in memory and on disk.
+
+        The caller logs the ack's event first: a status on disk whose event is not would
+        never be told (the next owner finds the message settled and hands it to no one)."""
+        if self._outbox.advanced(updated.client_message_id, updated.status) is None:
+            return
         # In memory first: a compaction that starts meanwhile carries the new status.
         self._outbox.put(settled_form(updated))
         if self._may_write():
             self._storage.append_status(
-                self._workspace_id, self._session_id, message_id, updated.status
+                self._workspace_id, self._session_id, updated.client_message_id, updated.status
             )
             self._records_since_compaction += 1
             await self._compact_if_due()
-        return updated
 
     async def _compact_if_due(self) -> None:
         if self._records_since_compaction < max(COMPACT_AFTER_RECORDS, len(self._outbox)):

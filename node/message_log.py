@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from node.events import EventKind, SessionEvent
 from node.storage_records import OutboxEntry
 from registry import MessageStatus
 
@@ -153,3 +154,24 @@ def merge(logged: dict[str, OutboxEntry], legacy: Iterable[dict[str, Any]]) -> l
         if known is None or entry.status.progress > known.status.progress:
             merged[entry.client_message_id] = entry
     return sorted(merged.values(), key=lambda entry: entry.seq)
+
+
+def told_ahead(
+    events: Iterable[SessionEvent], entries: Iterable[OutboxEntry]
+) -> dict[str, MessageStatus]:
+    """The acks the event log already told that the message log does not hold yet: a
+    previous owner stopped between the two writes (the event is written first). A new owner
+    that hears such an ack again records it without telling it twice."""
+    stored = {entry.client_message_id: MessageStatus(entry.status) for entry in entries}
+    ahead: dict[str, MessageStatus] = {}
+    for event in events:
+        if event.kind is not EventKind.MESSAGE_ACK:
+            continue
+        told = MessageStatus.parse(event.status)
+        current = stored.get(event.message_id)
+        if told is None or current is None or told.progress <= current.progress:
+            continue
+        earlier = ahead.get(event.message_id)
+        if earlier is None or told.progress > earlier.progress:
+            ahead[event.message_id] = told
+    return ahead

@@ -29,13 +29,14 @@ from node.drivers.base import Driver, DriverEvent, DriverEventKind
 from node.epoch_fence import EpochFence, Fenced
 from node.event_journal import EventJournal
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
+from node.message_log import told_ahead
 from node.session_limits import DEFAULT_LIMITS, QUOTA_RETRY_AFTER_MS, SessionLimits
 from node.session_state import STORED_STATES, SessionState, SessionView
 from node.storage import CorruptRecord, OutboxEntry, SessionMeta, SessionStorage
 from node.storage_errors import StaleWrite
 from node.webhooks.hub import WebhookHub
 from node.webhooks.payloads import session_key
-from registry import CapacityExhausted, MeshError, Unavailable
+from registry import CapacityExhausted, MeshError, MessageStatus, Unavailable
 
 _log = structlog.get_logger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -140,6 +141,8 @@ class HostedSession:
             on_refused=lambda: observer.limit_reached(self, "outbox_quota", "send"),
             on_accepted=self._accepted,
         )
+        self._told_ahead = told_ahead(events or [], outbox_entries)
+        """Acks already told by a previous owner that the outbox does not hold yet."""
         self._qr_code = ""
         self._qr_expire_at_unix = 0.0
         self._driver_events = DriverEventQueue(
@@ -472,7 +475,15 @@ class HostedSession:
             self._observer.activity(self)
 
     async def _handle_ack(self, event: DriverEvent) -> None:
-        updated = await self._delivery.acknowledged(event.message_id, event.status)
+        updated = self._delivery.advanced(event.message_id, event.status)
         if updated is None:
             return
-        await self._message_event(updated, at_unix=time.time())
+        # The event on disk before the status: after a crash between the two, the next owner
+        # hands the message to the network again, hears the ack again, and finds it told.
+        progress = MessageStatus(updated.status).progress
+        told = self._told_ahead.get(updated.client_message_id)
+        if told is None or progress > told.progress:
+            await self._message_event(updated, at_unix=time.time())
+        if told is not None and progress >= told.progress:
+            del self._told_ahead[updated.client_message_id]
+        await self._delivery.acknowledged(updated)

@@ -23,6 +23,16 @@ _log = structlog.get_logger(__name__)
 DEPARTED_GRACE_SECONDS = 1.0
 """How long calls in flight on a departed node's channel may take before it closes."""
 
+RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+"""A node restarts on the same address within seconds (a rolling restart): gRPC's own
+reconnect backoff (1 s growing to 120 s) could leave its channel failing every call for
+longer than a caller's deadline after the node is back; within a mesh, a try a second is
+cheap."""
+
 UnaryCaller = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
 StreamCaller = grpc.aio.UnaryStreamMultiCallable[bytes, bytes]
 
@@ -66,9 +76,9 @@ class ChannelPool:
         options: Sequence[tuple[str, int]] = (),
     ) -> None:
         self._credentials = credentials
-        self._options = list(options)
-        """Channel options (the largest request forwarded, ``registry.request_limits``)."""
         """Mutual TLS to the nodes (``registry.tls``); None: plaintext."""
+        self._options = [*RECONNECT_OPTIONS, *options]
+        """Channel options (the largest request forwarded, ``registry.request_limits``)."""
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._unary_callers: dict[tuple[str, str], UnaryCaller] = {}
         self._stream_callers: dict[tuple[str, str], StreamCaller] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from node.events import EventKind, SessionEvent
+from node.message_log import told_ahead
 from node.outbox import Outbox
 from node.storage import OutboxEntry
 from registry import MessageStatus
@@ -58,3 +60,32 @@ class TestKeepOnly:
         assert _ids(outbox.entries()) == ["m-2"]
         assert _ids(outbox.queued()) == ["m-2"]
         assert outbox.next_seq() == 4  # seqs are never handed out twice
+
+
+class TestAcksToldAhead:
+    """A new owner learns which acks the event log told that the message log missed."""
+
+    def test_only_acks_beyond_the_stored_status_count(self) -> None:
+        def ack(message_id: str, status: MessageStatus) -> SessionEvent:
+            return SessionEvent(
+                kind=EventKind.MESSAGE_ACK, at_unix=1.0, message_id=message_id, status=status
+            )
+
+        events = [
+            ack("m-1", MessageStatus.SENT),
+            ack("m-1", MessageStatus.READ),  # told, but m-1 is stored as SENT
+            ack("m-2", MessageStatus.DELIVERED),  # stored as DELIVERED: nothing ahead
+            ack("m-3", MessageStatus.SENT),
+            ack("m-3", MessageStatus.DELIVERED),  # stored QUEUED: DELIVERED is the furthest
+            ack("m-9", MessageStatus.READ),  # not in the outbox (forgotten): nothing to do
+            SessionEvent(kind=EventKind.INBOUND_MESSAGE, at_unix=1.0, message_id="m-1"),
+        ]
+        entries = [
+            _entry(1, MessageStatus.SENT),
+            _entry(2, MessageStatus.DELIVERED),
+            _entry(3),
+        ]
+        assert told_ahead(events, entries) == {
+            "m-1": MessageStatus.READ,
+            "m-3": MessageStatus.DELIVERED,
+        }

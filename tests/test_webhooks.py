@@ -513,7 +513,15 @@ async def test_kill_9_of_the_owner_mid_burst_loses_no_event(tmp_path: Path) -> N
                 await mesh.kill_node(owner)
 
                 def everything(got: list[Received]) -> bool:
-                    return len({e.event_id for e in _of_type(got, "message.read")}) == burst
+                    if len({e.event_id for e in _of_type(got, "message.read")}) < burst:
+                        return False
+                    log = next((tmp_path / "mesh").rglob("events.log"))
+                    logged = {
+                        event.sequence
+                        for event in parse_events(log.read_bytes())
+                        if webhook_type(event) is not None
+                    }
+                    return logged <= {each.body["sequence"] for each in got}
 
                 held = await asyncio.to_thread(receiver.wait_for, everything, timeout=60)
                 summary = [
