@@ -19,6 +19,7 @@ from contextlib import asynccontextmanager
 from typing import NamedTuple
 
 from node.metrics import NodeMetrics
+from node.readiness import Readiness
 from registry import Owner, OwnershipView
 
 
@@ -45,8 +46,10 @@ class Unit(NamedTuple):
 class SlotTable:
     """The slots and pinned workspaces this node owns (see the module docstring)."""
 
-    def __init__(self, *, metrics: NodeMetrics) -> None:
+    def __init__(self, *, metrics: NodeMetrics, readiness: Readiness | None = None) -> None:
         self._metrics = metrics
+        self._readiness = readiness
+        """Told when the lease is lost or back and when a drain starts or ends."""
         self._slots: dict[int, Owner] = {}
         self._pins: dict[str, Owner] = {}
         self._handing_off_slots: set[int] = set()
@@ -169,11 +172,15 @@ class SlotTable:
     def set_draining(self, is_draining: bool) -> None:
         """Start (or stop) draining: placement gives this node nothing while it drains."""
         self._is_draining = is_draining
+        if self._readiness is not None:
+            self._readiness.draining(is_draining)
 
     def lease_lost(self) -> None:
         """The lease is lost or about to be: forget every ownership at once (the keys were
         bound to that lease) and serve nothing until :meth:`lease_back`."""
         self._has_lease = False
+        if self._readiness is not None:
+            self._readiness.lease(False)
         self._slots.clear()
         self._pins.clear()
         self._confirmed.clear()
@@ -182,6 +189,8 @@ class SlotTable:
     def lease_back(self) -> None:
         """The lease is healthy again: acquiring may start over."""
         self._has_lease = True
+        if self._readiness is not None:
+            self._readiness.lease(True)
 
     def note_view(self, view: OwnershipView) -> list[int]:
         """Record who the view says holds each slot; return the owned slots whose key is lost

@@ -36,6 +36,7 @@ from node.moves import Moves
 from node.peer_liveness import PeerLiveness
 from node.placement import NodePlacement
 from node.quarantine_book import QuarantineBook
+from node.readiness import Readiness
 from node.reconciler import Reconciler
 from node.server import NodeParts, NodeServer
 from node.service import SessionService
@@ -171,6 +172,7 @@ async def _open_accounts(
         on_changes_dropped=metrics.accounts_changes_dropped,
     )
     metrics.watch_accounts_pending(lambda: accounts.pending_count)
+    metrics.watch_accounts_db(lambda: accounts.is_available)
     await accounts.start()
     cleanup.push_async_callback(accounts.stop)
     return accounts
@@ -225,18 +227,13 @@ async def start_node(
     """Start a node as ``config`` says; raises ``Unavailable`` if etcd or the port is not
     there. Whatever was opened before a failure is closed again."""
     async with contextlib.AsyncExitStack() as cleanup:
-        health_servicer: HealthServicer | None = None
-
-        def storage_health_changed(is_healthy: bool) -> None:
-            if health_servicer is not None:
-                _publish_health(health_servicer, is_healthy)
-
+        readiness = Readiness()
         storage_root = config.storage_path.resolve()
         storage_health = StorageHealth(
             root=storage_root,
             node_id=config.node_id,
             timeout_seconds=config.storage_timeout_seconds,
-            on_change=storage_health_changed,
+            on_change=readiness.storage,
         )
         cleanup.push_async_callback(storage_health.stop)
         metrics = NodeMetrics(config.node_id, capacity=config.max_sessions)
@@ -262,7 +259,7 @@ async def start_node(
         cleanup.push_async_callback(access.stop)
         access_check.access = access.access
 
-        slots = SlotTable(metrics=metrics)
+        slots = SlotTable(metrics=metrics, readiness=readiness)
         budget = WorkBudget(node_id=config.node_id, limit=config.max_in_flight, metrics=metrics)
 
         def lease_changed() -> None:
@@ -376,8 +373,8 @@ async def start_node(
             ),
         )
         await server.start()
-        for service_name in ("", SESSION_SERVICE_NAME, WEBHOOK_SERVICE_NAME):
-            await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(WEBHOOK_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        readiness.attach(health_servicer)
         storage_health.start()
 
         await heartbeat.start()
@@ -414,28 +411,6 @@ async def start_node(
         webhook_directory=webhook_directory,
     )
     return NodeServer(config=config, address=address, parts=parts)
-
-
-def _publish_health(health_servicer: HealthServicer, is_serving: bool) -> None:
-    """SERVING or NOT_SERVING for the node and its session service (scheduled: the health
-    servicer is async, and storage health changes from a callback)."""
-    status = (
-        health_pb2.HealthCheckResponse.SERVING
-        if is_serving
-        else health_pb2.HealthCheckResponse.NOT_SERVING
-    )
-
-    async def publish() -> None:
-        for service_name in ("", SESSION_SERVICE_NAME):
-            await health_servicer.set(service_name, status)
-
-    task = asyncio.get_running_loop().create_task(publish(), name="publish-health")
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[None]] = set()
-"""Health publications in flight (kept referenced until they finish)."""
 
 
 def _draining_publisher(

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import aetcd
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos import SESSION_SERVICE_NAME
+from registry import ClusterKeys, cancel_drain, request_drain
 from testkit import RunningNode, eventually
 from tests.conftest import StartEchoNode
 
@@ -72,3 +74,24 @@ class TestANode:
         await call.done_writing()
         names = {service.name for service in answer.list_services_response.service}
         assert {SESSION_SERVICE_NAME, "grpc.health.v1.Health"} <= names
+
+
+class TestANodesReadiness:
+    """A draining node is alive but not ready: its session service says NOT_SERVING from the
+    drain's start (a readiness probe sends nothing more), SERVING again once withdrawn."""
+
+    async def test_a_drain_turns_readiness_off_and_back_on(
+        self, node: RunningNode, etcd: aetcd.Client, keys: ClusterKeys
+    ) -> None:
+        health = health_pb2_grpc.HealthStub(node.channel)
+
+        async def status(service: str) -> int:
+            request = health_pb2.HealthCheckRequest(service=service)
+            return int((await health.Check(request, timeout=5)).status)
+
+        assert await status(SESSION_SERVICE_NAME) == SERVING
+        await request_drain(etcd, keys, "node-1")
+        await eventually(lambda: _equals(status, NOT_SERVING), message="NOT_SERVING while draining")
+        assert await status("") == SERVING  # alive: a liveness probe leaves it be
+        await cancel_drain(etcd, keys, "node-1")
+        await eventually(lambda: _equals(status, SERVING), message="SERVING once withdrawn")
