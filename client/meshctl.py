@@ -13,6 +13,7 @@ Examples::
     meshctl migrate ws-42 --to node-3 --wait
     meshctl rebalance --dry-run
     meshctl quarantine --json
+    meshctl prometheus-targets --gateway gateway-1:9100 --out /etc/prometheus/sessionmesh.json
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client import meshctl_health, meshctl_tokens, meshctl_webhooks  # noqa: F401 - register their commands
+from client import (  # noqa: F401 - register their commands
+    meshctl_health,
+    meshctl_targets,
+    meshctl_tokens,
+    meshctl_webhooks,
+)
 from client._progress import CALL_TIMEOUT_SECONDS, locate, wait_for_drain, wait_for_owner
 from client.meshctl_app import (
     DEFAULT_GATEWAY,

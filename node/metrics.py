@@ -94,6 +94,11 @@ ACCOUNTS_CHANGES_DROPPED = Counter(
     "row_refused and unwritten_at_stop (one per session whose queued changes were dropped).",
     ["node_id", "reason"],
 )
+ACCOUNTS_DB_UP = Gauge(
+    "sessionmesh_node_accounts_db_up",
+    "1 while the accounts DB answered the node's last attempt to reach it, 0 while it does not.",
+    ["node_id"],
+)
 ACCOUNTS_PENDING = Gauge(
     "sessionmesh_node_accounts_pending_sessions",
     "Sessions with accounts DB changes queued and not yet committed.",
@@ -215,6 +220,10 @@ class NodeMetrics:
     def watch_accounts_pending(self, pending_sessions: Callable[[], int]) -> None:
         """Report ``pending_sessions()`` at every scrape."""
         ACCOUNTS_PENDING.labels(self._node_id).set_function(pending_sessions)
+
+    def watch_accounts_db(self, is_up: Callable[[], bool]) -> None:
+        """Report whether the accounts DB answers (``is_up()``) at every scrape."""
+        ACCOUNTS_DB_UP.labels(self._node_id).set_function(lambda: 1.0 if is_up() else 0.0)
 
     def owned_slots(self, count: int) -> None:
         """The node owns ``count`` slots now."""

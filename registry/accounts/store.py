@@ -98,6 +98,11 @@ class AccountStore:
         """Sessions with changes not yet committed."""
         return len(self._pending) + self._in_flight
 
+    @property
+    def is_available(self) -> bool:
+        """Whether the database answered the last attempt to reach it (True before the first)."""
+        return self._unavailable_since is None
+
     async def start(self) -> None:
         """Start the background writer and return at once: the database is reached (and the
         schema upgraded, with ``upgrade_schema``) beside the caller, as often as it takes."""
