@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test lint protos api-baseline unit clean bench bench-smoke bench-tools profile-gateway chaos certs
+.PHONY: install up test lint protos api-baseline unit clean bench bench-smoke bench-tools test-tools profile-gateway chaos certs image dashboards
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,20 @@ lint: $(STAMP) ## ruff + mypy; buf lint and buf breaking against $(API_BASELINE)
 	$(BIN)/buf lint
 	$(BIN)/buf breaking --against $(API_BASELINE)
 
-unit: $(STAMP) bench-tools ## the test suite (bench-tools first: the bench smoke test measures against h2load and nginx)
+unit: $(STAMP) bench-tools test-tools ## the test suite (bench-tools first: the bench smoke test measures against h2load and nginx)
 	$(BIN)/pytest -q
+
+test-tools: ## promtool (Debian's prometheus package): the alert rules' checks and unit tests
+	@command -v promtool >/dev/null 2>&1 \
+		|| apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) \
+		|| echo "promtool could not be installed (needs root and apt): the alert-rule tests skip, and fail under CI"
+
+image: ## build the container image (podman or docker) from deploy/Containerfile; says NOT BUILT when it cannot
+	deploy/build_image.sh
+
+dashboards: $(STAMP) ## regenerate the Grafana dashboards' JSON (deploy/grafana/dashboards/) from deploy/grafana/dashboards.py
+	$(BIN)/python -m deploy.grafana.dashboards --out deploy/grafana/dashboards/
 
 test: lint unit ## lint, then the whole suite (slow tests run in reduced form)
 
