@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -121,6 +122,13 @@ class Heartbeat:
         if registration is None or not registration.has_lease:
             return 0.0
         return registration.last_refreshed_at + self._fence_limit_seconds
+
+    def lease_age_seconds(self) -> float:
+        """Seconds since etcd confirmed the last refresh of the lease (+Inf without one)."""
+        registration = self._registration
+        if registration is None or not registration.has_lease:
+            return math.inf
+        return max(time.monotonic() - registration.last_refreshed_at, 0.0)
 
     def is_confirmed(self) -> bool:
         """Whether the lease is healthy now: the check before an acknowledgement."""

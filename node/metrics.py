@@ -99,6 +99,17 @@ ACCOUNTS_DB_UP = Gauge(
     "1 while the accounts DB answered the node's last attempt to reach it, 0 while it does not.",
     ["node_id"],
 )
+LEASE_AGE = Gauge(
+    "sessionmesh_node_lease_age_seconds",
+    "Seconds since etcd last confirmed a refresh of the node's lease (no lease: +Inf). Past "
+    "the fencing limit (60 % of the TTL) the node fences itself.",
+    ["node_id"],
+)
+ETCD_UP = Gauge(
+    "sessionmesh_node_etcd_up",
+    "1 while etcd confirms the node's lease in time (the node may serve), 0 while not.",
+    ["node_id"],
+)
 ACCOUNTS_PENDING = Gauge(
     "sessionmesh_node_accounts_pending_sessions",
     "Sessions with accounts DB changes queued and not yet committed.",
@@ -224,6 +235,13 @@ class NodeMetrics:
     def watch_accounts_db(self, is_up: Callable[[], bool]) -> None:
         """Report whether the accounts DB answers (``is_up()``) at every scrape."""
         ACCOUNTS_DB_UP.labels(self._node_id).set_function(lambda: 1.0 if is_up() else 0.0)
+
+    def watch_lease(
+        self, *, age_seconds: Callable[[], float], is_confirmed: Callable[[], bool]
+    ) -> None:
+        """Report the lease's age and whether etcd confirms it in time at every scrape."""
+        LEASE_AGE.labels(self._node_id).set_function(age_seconds)
+        ETCD_UP.labels(self._node_id).set_function(lambda: 1.0 if is_confirmed() else 0.0)
 
     def owned_slots(self, count: int) -> None:
         """The node owns ``count`` slots now."""

@@ -277,6 +277,9 @@ async def start_node(
             on_change=lease_changed,
             is_storage_healthy=storage_health.is_healthy,
         )
+        metrics.watch_lease(
+            age_seconds=heartbeat.lease_age_seconds, is_confirmed=heartbeat.is_confirmed
+        )
         placement = NodePlacement(
             node_id=config.node_id, membership=membership, ring=ring, slots=slots
         )

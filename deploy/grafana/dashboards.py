@@ -437,6 +437,17 @@ def node_detail() -> dashboard_builders.Dashboard:
         )
         .with_panel(
             graph(
+                "lease and etcd",
+                "Seconds since etcd confirmed the node's lease (it fences itself past 60 % of "
+                "the TTL), and whether etcd confirms it in time (1).",
+                [
+                    (f"sessionmesh_node_lease_age_seconds{{{NODES}}}", "{{node_id}} lease age"),
+                    (f"sessionmesh_node_etcd_up{{{NODES}}}", "{{node_id}} etcd up"),
+                ],
+            )
+        )
+        .with_panel(
+            graph(
                 "accounts DB",
                 "Whether the accounts DB answers (1) and the sessions whose changes wait for it.",
                 [
