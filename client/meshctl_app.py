@@ -87,7 +87,14 @@ def _options(
         _tls.append(material)
 
 
-def _channel(gateway: str) -> grpc.aio.Channel:
+def has_token() -> bool:
+    """Whether this invocation was given a bearer token."""
+    return bool(_token)
+
+
+def gateway_channel(gateway: str) -> grpc.aio.Channel:
+    """A new channel to ``gateway`` with this invocation's TLS material and token (open it
+    with ``async with``)."""
     interceptors = bearer_interceptors(_token[0]) if _token else []
     if not _tls:
         return grpc.aio.insecure_channel(gateway, interceptors=interceptors)
@@ -145,7 +152,7 @@ def run_stub_call(
     forwards)."""
 
     async def run() -> _T:
-        async with _channel(gateway) as channel:
+        async with gateway_channel(gateway) as channel:
             return await call(stub_type(channel))
 
     try:
