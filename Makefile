@@ -59,7 +59,7 @@ bench-tools: ## h2load (Debian's nghttp2-client) for raw unary load and Debian's
 		|| (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx >/dev/null 2>&1) \
 		|| echo "nginx could not be installed (needs root and apt): no gateway-vs-nginx figure"
 
-bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, writes bench/results.json
+bench: $(STAMP) bench-tools ## full benchmark (at most 5 min): prints a table, writes bench/results.json and bench/figures/*.png
 	$(BIN)/python -m bench.run --out bench/results.json
 
 bench-smoke: $(STAMP) bench-tools ## the harness at small sizes (under 30 s); tests/test_bench_smoke.py runs it in make test

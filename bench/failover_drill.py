@@ -15,13 +15,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.tracing_settings import TRACED_ENVIRONMENT
+from protos import session_pb2
 from testkit import (
     MeshSettings,
+    SessionKey,
     account_of,
     plan_sessions,
     running_process_mesh,
@@ -52,6 +55,86 @@ class DrillResult:
     """Most live connections any account ever had (should be 1)."""
     replaced: int
     """simnet's connection_replaced events (should be 0)."""
+    ready_timeline: dict[str, Any]
+    """Sessions READY per node over time (:meth:`ReadyTimeline.as_dict`), for the figure."""
+
+
+READY = session_pb2.SESSION_STATE_READY
+
+
+class ReadyTimeline:
+    """Sessions READY per node after the kill, sampled from the drill's own polls: every
+    answer of GetSession through the gateway updates what is known of its session, and a
+    sample counts, per node, the sessions last seen READY there. The killed node serves nothing
+    from the kill on (an answer naming it is stale), so its sessions count as READY nowhere
+    until an answer shows one READY on a survivor; they are polled until all are. The
+    survivors' own sessions count as READY where they were placed (they never went down) until
+    the last poll, which asks about every session.
+
+    Counts are kept as answers arrive (no recount: the drill's own timing stays as it was), and
+    a sample is added only when a count changed, answers less than ``RESOLUTION_SECONDS``
+    after the sample before them folded into it: a few dozen samples for a failover."""
+
+    RESOLUTION_SECONDS = 0.05
+
+    def __init__(self, placed: dict[SessionKey, str], nodes: Iterable[str]) -> None:
+        self._latest: dict[SessionKey, str] = dict(placed)
+        """Per session, the node it was last seen READY on ("" when it was not READY)."""
+        self._counts: Counter[str] = Counter(placed.values())
+        self._killed_at = 0.0
+        self._killed_node = ""
+        self._bucket_started = 0.0
+        self.seconds: list[float] = []
+        """When each sample was taken, seconds after the kill (0: just before it)."""
+        self.ready_by_node: dict[str, list[int]] = {node: [] for node in sorted(nodes)}
+        """Per node, its sessions READY at each sample."""
+
+    def killed(self, node_id: str, at_monotonic: float) -> None:
+        """``node_id`` was killed at ``at_monotonic``: two samples at 0 s, the placement as it
+        stood, then without the killed node's sessions."""
+        self._killed_at, self._killed_node = at_monotonic, node_id
+        self._append(0.0)
+        for key, ready_on in self._latest.items():
+            if ready_on == node_id:
+                self._latest[key] = ""
+        self._counts[node_id] = 0
+        self._append(0.0)
+
+    def record(self, key: SessionKey, answer: tuple[int, str]) -> None:
+        """One answer (``wait_all_ready``'s ``on_answer``): ``(state, node_id)`` or
+        ``(-1, error)``; a sample when it changed a count."""
+        state, node_id = answer
+        ready_on = node_id if state == READY and node_id != self._killed_node else ""
+        before = self._latest.get(key, "")
+        if ready_on == before:
+            return
+        self._latest[key] = ready_on
+        if before:
+            self._counts[before] -= 1
+        if ready_on:
+            self._counts[ready_on] += 1
+        seconds = round(time.monotonic() - self._killed_at, 3)
+        if len(self.seconds) > 2 and seconds - self._bucket_started < self.RESOLUTION_SECONDS:
+            self.seconds[-1] = seconds  # folded into the last sample, which now ends here
+            for node, series in self.ready_by_node.items():
+                series[-1] = self._counts[node]
+        else:
+            self._bucket_started = seconds
+            self._append(seconds)
+
+    def _append(self, seconds: float) -> None:
+        for node in self._counts.keys() - self.ready_by_node.keys():
+            self.ready_by_node[node] = [0] * len(self.seconds)
+        self.seconds.append(seconds)
+        for node, series in self.ready_by_node.items():
+            series.append(self._counts[node])
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"seconds": [...], "ready_by_node": {node: [...]}}``: JSON as it is."""
+        return {
+            "seconds": list(self.seconds),
+            "ready_by_node": {node: list(series) for node, series in self.ready_by_node.items()},
+        }
 
 
 async def run_drill(
@@ -79,14 +162,25 @@ async def run_drill(
         before = await mesh.simnet_stats(include_ids=False)
 
         its_sessions = [key for key, node_id in placed.items() if node_id == victim]
+        timeline = ReadyTimeline(placed, mesh.node_addresses)
         await mesh.kill_node(victim)
         killed_at, killed_wall = time.monotonic(), time.time()
+        timeline.killed(victim, killed_at)
         # Polled: the killed node's sessions (the others never went down).
         await wait_all_ready(
-            mesh.gateway_address, its_sessions, timeout_seconds=timeout_seconds, not_on=victim
+            mesh.gateway_address,
+            its_sessions,
+            timeout_seconds=timeout_seconds,
+            not_on=victim,
+            on_answer=timeline.record,
         )
         observed_seconds = time.monotonic() - killed_at
-        await wait_all_ready(mesh.gateway_address, sessions, timeout_seconds=timeout_seconds)
+        await wait_all_ready(
+            mesh.gateway_address,
+            sessions,
+            timeout_seconds=timeout_seconds,
+            on_answer=timeline.record,
+        )
 
         after = await mesh.simnet_stats(include_ids=False)
     moved = [account_of(key) for key, node_id in placed.items() if node_id == victim]
@@ -106,6 +200,7 @@ async def run_drill(
         new_qr_codes=new_qr,
         max_concurrent_live=int(after["max_concurrent_live"]),
         replaced=int(after["replaced"]),
+        ready_timeline=timeline.as_dict(),
     )
 
 

@@ -1,7 +1,9 @@
-"""The benchmark harness: ``python -m bench.run [--smoke] [--only NAME] [--out PATH]``.
+"""The benchmark harness: ``python -m bench.run [--smoke] [--only NAME] [--out PATH]
+[--figures DIR]``.
 
 Runs the scenarios, writes one JSON document (``summary`` holds the headline figures under
-fixed key names, a contract with the README and issue 4) and prints a table. Every speed
+fixed key names, a contract with the README and issue 4), prints a table and draws the figures
+as PNG files (``bench.figures``: latency distributions, the failover timeline). Every speed
 figure is a ratio to a baseline measured in the same run, because absolute numbers move from
 machine to machine. A scenario that fails leaves its keys ``null``, records its error, and
 makes the exit code non-zero.
@@ -25,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench.figures import Samples, draw_figures
 from bench.scenarios_failover import (
     FULL_FAILOVER_SIZES,
     SMOKE_FAILOVER_SIZES,
@@ -39,6 +42,7 @@ from bench.scenarios_webhooks import (
     SMOKE_WEBHOOK_SIZES,
     run_webhook_scenario,
 )
+from bench.stats import SAMPLES_KEY, LatencySample
 
 SUMMARY_KEYS = (
     "gateway_vs_direct_throughput",
@@ -83,6 +87,7 @@ TARGETS = {
     "webhook_p99_ms": "<= 200",
 }
 """The target per summary key (issues 4 and 9), shown next to the measured figure."""
+DEFAULT_OUT = Path("bench/results.json")
 
 
 @dataclass(frozen=True)
@@ -166,10 +171,16 @@ def _machine() -> dict[str, Any]:
 
 
 async def run_benchmark(
-    *, is_smoke: bool, only: Sequence[str] = (), progress: Callable[[str], None] = print
+    *,
+    is_smoke: bool,
+    only: Sequence[str] = (),
+    progress: Callable[[str], None] = print,
+    samples: dict[str, dict[str, LatencySample]] | None = None,
 ) -> dict[str, Any]:
     """Run the scenarios (all, or those named in ``only``) at smoke or full size; the results
-    document. A scenario that fails is recorded with its error and leaves its keys null."""
+    document. A scenario that fails is recorded with its error and leaves its keys null.
+    The latency samples scenarios pass out (for the figures) go to ``samples`` by scenario
+    name, never into the document."""
     scenarios: dict[str, Any] = {}
     summary: dict[str, float | None] = dict.fromkeys(SUMMARY_KEYS)
     chosen = [scenario for scenario in SCENARIOS if not only or scenario.name in only]
@@ -182,6 +193,9 @@ async def run_benchmark(
             result = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
             progress(f"[{number}/{len(chosen)}] {scenario.name} FAILED: {result['error']}")
         else:
+            taken = result.pop(SAMPLES_KEY, None)
+            if samples is not None and taken:
+                samples[scenario.name] = taken
             result["status"] = "ok"
             for summary_key, result_key in scenario.summary_keys.items():
                 summary[summary_key] = result.get(result_key)
@@ -315,11 +329,42 @@ def print_table(results: dict[str, Any], console: Console) -> None:
         console.print(line, markup=False, highlight=False)
 
 
+def figures_dir_for(out: Path) -> Path:
+    """Where the figures of a run writing ``out`` go by default: ``figures/`` next to a
+    ``results.json`` (``make bench``: ``bench/figures/``), else ``NAME-figures/`` next to
+    ``NAME.json`` (``make bench-smoke``: ``.mesh/bench-smoke-figures/``)."""
+    if out.stem == DEFAULT_OUT.stem:
+        return out.parent / "figures"
+    return out.parent / f"{out.stem}-figures"
+
+
+def write_figures(
+    results: dict[str, Any], samples: Samples, out_dir: Path, console: Console
+) -> bool:
+    """Draw the figures into ``out_dir``; False (the error printed) when drawing failed."""
+    try:
+        written = draw_figures(results, samples, out_dir, targets=TARGETS)
+    except Exception as error:
+        console.print(f"figures FAILED: {type(error).__name__}: {error}", markup=False)
+        return False
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run, write the JSON, print the table; non-zero if a scenario failed."""
+    """Parse flags, run, write the JSON, print the table, draw the figures; non-zero if a
+    scenario failed or the figures could not be drawn."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="small sizes, under 30 s")
-    parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--figures",
+        type=Path,
+        default=None,
+        help="directory for the PNG figures (default: figures/ next to a results.json, "
+        "else NAME-figures/ next to the --out file NAME.json)",
+    )
     parser.add_argument(
         "--only",
         action="append",
@@ -332,16 +377,23 @@ def main(argv: list[str] | None = None) -> int:
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    samples: dict[str, dict[str, LatencySample]] = {}
     results = asyncio.run(
-        run_benchmark(is_smoke=arguments.smoke, only=arguments.only, progress=progress)
+        run_benchmark(
+            is_smoke=arguments.smoke, only=arguments.only, progress=progress, samples=samples
+        )
     )
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for the key names even when stdout is a pipe (rich assumes 80 columns then).
-    print_table(results, Console(width=120))
+    console = Console(width=120)
+    print_table(results, console)
     print(f"wrote {arguments.out}", file=sys.stderr)
+    figures_ok = write_figures(
+        results, samples, arguments.figures or figures_dir_for(arguments.out), console
+    )
     failed = [name for name, found in results["scenarios"].items() if found["status"] != "ok"]
-    return 1 if failed else 0
+    return 1 if failed or not figures_ok else 0
 
 
 if __name__ == "__main__":

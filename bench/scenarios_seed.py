@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.stats import median_ms, percentile_ms, ratio
+from bench.stats import SAMPLES_KEY, latency_sample, median_ms, percentile_ms, ratio
 from bench.tracing_settings import TRACED_ENVIRONMENT
 from testkit import (
     ASYNCIO_GENERATOR,
@@ -152,6 +152,15 @@ async def run_seed_scenario(sizes: SeedSizes) -> dict[str, Any]:
         "cpu_ms_per_create": 1000 * sum(create_cpu.values()) / load.session_count,
         "cpu_ms_per_send": 1000 * sum(send_cpu.values()) / load.send_count,
         "checklist_targets_ms": dict(CHECKLIST_TARGETS_MS),
+        # Every call's latency, bounded, for the figures (bench.run keeps it out of the JSON).
+        SAMPLES_KEY: {
+            "create_qr": latency_sample(report.create_to_qr_seconds),
+            "create_ready": latency_sample(report.create_to_ready_seconds),
+            "send": latency_sample(report.send_burst_seconds),
+            "mixed": latency_sample(report.mixed_seconds),
+            "create_qr_one_at_a_time": latency_sample(qr_alone),
+            "send_one_at_a_time": latency_sample(send_alone),
+        },
     }
 
 

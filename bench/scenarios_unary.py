@@ -33,7 +33,14 @@ import grpc
 
 from bench.h2load import H2loadRun, h2load_binary, run_h2load
 from bench.nginx import WORKSPACE_HEADER, nginx_binary, nginx_in_front_of
-from bench.stats import percentile, percentile_ms, ratio
+from bench.stats import (
+    SAMPLES_KEY,
+    LatencySample,
+    latency_sample,
+    percentile,
+    percentile_ms,
+    ratio,
+)
 from bench.tracing_settings import TRACED_ENVIRONMENT, UNTRACED_ENVIRONMENT
 from client.proxyless import ProxylessClient
 from protos import SESSION_SERVICE_NAME, session_pb2, session_pb2_grpc
@@ -184,6 +191,7 @@ async def _asyncio_paths(
             "mean_ms": statistics.fmean(sequential.latencies_seconds) * 1000
             if sequential.latencies_seconds
             else None,
+            SAMPLES_KEY: latency_sample(sequential.latencies_seconds),
         }
     return paths
 
@@ -236,8 +244,22 @@ async def _h2load_paths(
             "p50_ms": percentile(sequential.latencies_ms, 0.50),
             "p99_ms": percentile(sequential.latencies_ms, 0.99),
             "sequential_calls": len(sequential.latencies_ms),
+            SAMPLES_KEY: latency_sample(sequential.latencies_ms, in_seconds=False),
         }
     return paths
+
+
+def _take_samples(figures: dict[str, Any], prefix: str = "") -> dict[str, LatencySample]:
+    """Remove the one-call-at-a-time latency samples from ``figures`` and the dicts in it
+    (kept out of results.json); each under its path's name (``gateway.nginx``)."""
+    found: dict[str, LatencySample] = {}
+    sample = figures.pop(SAMPLES_KEY, None)
+    if sample is not None:
+        found[prefix] = sample
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            found.update(_take_samples(value, f"{prefix}.{key}" if prefix else key))
+    return found
 
 
 def _difference(minuend: float | None, subtrahend: float | None) -> float | None:
@@ -480,4 +502,6 @@ async def run_unary_scenario(sizes: UnarySizes) -> dict[str, Any]:
         result["gateway_traced_vs_untraced_throughput"] = ratio(
             gateway["throughput_per_second"], untraced["gateway"]["throughput_per_second"]
         )
+    # One call at a time, per path (direct, gateway, gateway.nginx, client, ...): the figures'.
+    result[SAMPLES_KEY] = _take_samples(result)
     return result

@@ -38,7 +38,7 @@ import grpc
 import httpx
 from standardwebhooks import Webhook
 
-from bench.stats import percentile_ms, ratio
+from bench.stats import SAMPLES_KEY, latency_sample, percentile_ms, ratio
 from node.webhooks.sender import CLIENT_SHARDS
 from protos import session_pb2, session_pb2_grpc, webhook_pb2, webhook_pb2_grpc
 from registry.webhooks import new_secret
@@ -310,6 +310,8 @@ async def _measure(
         "paced_events": len(latencies),
         "webhook_p50_ms": percentile_ms(latencies, 0.5),
         "webhook_p99_ms": percentile_ms(latencies, 0.99),
+        # Every paced event's latency, bounded, for the figures (kept out of the JSON).
+        SAMPLES_KEY: {"event": latency_sample(latencies)},
     }
 
 

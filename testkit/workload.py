@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -54,10 +54,14 @@ async def create_sessions(
 
 
 async def session_states(
-    gateway_address: str, sessions: Sequence[SessionKey], *, concurrency: int = 32
+    gateway_address: str,
+    sessions: Sequence[SessionKey],
+    *,
+    concurrency: int = 32,
+    on_answer: Callable[[SessionKey, tuple[int, str]], None] | None = None,
 ) -> dict[SessionKey, tuple[int, str]]:
     """Each session's ``(state, node_id)`` as the gateway answers now; ``(-1, error)`` on a
-    failed call."""
+    failed call. ``on_answer`` is given each answer as it arrives."""
     limit = asyncio.Semaphore(concurrency)
     found: dict[SessionKey, tuple[int, str]] = {}
     async with grpc.aio.insecure_channel(gateway_address) as channel:
@@ -70,8 +74,10 @@ async def session_states(
                     got = await stub.GetSession(request, timeout=2)
                 except grpc.aio.AioRpcError as error:
                     found[key] = (-1, f"{error.code().name}: {error.details()}")
-                    return
-                found[key] = (got.state, got.node_id)
+                else:
+                    found[key] = (got.state, got.node_id)
+                if on_answer is not None:
+                    on_answer(key, found[key])
 
         await asyncio.gather(*(get(key) for key in sessions))
     return found
@@ -83,15 +89,17 @@ async def wait_all_ready(
     *,
     timeout_seconds: float,
     not_on: str = "",
+    on_answer: Callable[[SessionKey, tuple[int, str]], None] | None = None,
 ) -> dict[SessionKey, str]:
     """Poll until every session is READY (and not on node ``not_on``); where each runs.
+    ``on_answer`` is given every answer of the polls as it arrives (``session_states``).
     Raises ``TimeoutError`` naming what was still not ready at the deadline."""
     deadline = time.monotonic() + timeout_seconds
     pending = list(sessions)
     placed: dict[SessionKey, str] = {}
     last: dict[SessionKey, tuple[int, str]] = {}
     while pending:
-        last = await session_states(gateway_address, pending)
+        last = await session_states(gateway_address, pending, on_answer=on_answer)
         for key, (state, node_id) in last.items():
             if state == READY and node_id and node_id != not_on:
                 placed[key] = node_id

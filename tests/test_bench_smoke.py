@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bench import scenarios_unary
 from bench.nginx import nginx_binary
-from bench.run import SCENARIOS, SUMMARY_KEYS
+from bench.run import SCENARIOS, SUMMARY_KEYS, figures_dir_for
 from bench.scenarios_failover import SMOKE_FAILOVER_SIZES
 from bench.scenarios_ring import BALANCE_NODE_COUNT, SMOKE_RING_SIZES
 from bench.scenarios_scale import SMOKE_SCALE_SIZES
 from bench.scenarios_seed import SMOKE_SEED_SIZES
 from bench.scenarios_unary import SMOKE_UNARY_SIZES
 from bench.scenarios_webhooks import SMOKE_WEBHOOK_SIZES
+from bench.stats import SAMPLES_KEY
 
 CONTRACT_KEYS = {
     "gateway_vs_direct_throughput",
@@ -61,13 +63,29 @@ THROUGHPUT_FLOOR_PER_SECOND = 100.0
 THROUGHPUT_CEILING_PER_SECOND = 100_000.0
 """Far above what one Python gRPC process can serve: a figure above it is a unit error."""
 
+FIGURES = (
+    "latency_unary_get_session.png",
+    "latency_seed_load.png",
+    "latency_webhooks.png",
+    "failover_timeline.png",
+)
+"""The PNG files a run draws (bench.figures): one latency figure per load scenario, and the
+failover timeline."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
 Results = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Results]:
+def smoke_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the smoke run writes its results (its figures go next to it)."""
+    return tmp_path_factory.mktemp("bench") / "results.json"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_out: Path) -> tuple[int, str, Results]:
     """One ``python -m bench.run --smoke`` run: exit code, output, and the parsed JSON."""
-    out = tmp_path_factory.mktemp("bench") / "results.json"
+    out = smoke_out
     completed = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)],
         cwd=PROJECT_ROOT,
@@ -439,3 +457,82 @@ class TestFailoverFigures:
         assert 0.1 < p50 <= p99 < 5000, (p50, p99)
         assert hooks["paced_events"] >= SMOKE_WEBHOOK_SIZES.session_count * 4
         assert hooks["node_cpu_ms_per_event"] > 0
+
+
+def _keys(document: object) -> set[str]:
+    """Every key of every dict in a JSON document."""
+    if isinstance(document, dict):
+        return set(document).union(*(_keys(value) for value in document.values()))
+    if isinstance(document, list):
+        return set().union(*(_keys(value) for value in document))
+    return set()
+
+
+class TestFigures:
+    """The PNG figures (bench.figures): drawn next to the results, real PNGs that read back at
+    a plausible size; the failover timeline has series for the killed node and a survivor."""
+
+    def test_figures_go_to_bench_figures_for_make_bench_and_next_to_other_results(self) -> None:
+        assert figures_dir_for(Path("bench/results.json")) == Path("bench/figures")
+        assert figures_dir_for(Path(".mesh/bench-smoke.json")) == Path(".mesh/bench-smoke-figures")
+
+    def test_every_figure_is_a_png_that_reads_back_at_a_plausible_size(
+        self, smoke_run: tuple[int, str, Results], smoke_out: Path
+    ) -> None:
+        code, output, _ = smoke_run
+        assert code == 0, output
+        folder = figures_dir_for(smoke_out)
+        assert sorted(path.name for path in folder.glob("*.png")) == sorted(FIGURES), output
+        for name in FIGURES:
+            path = folder / name
+            assert f"wrote {path}" in output
+            assert path.read_bytes()[:8] == PNG_SIGNATURE, name
+            with Image.open(path) as image:
+                image.verify()  # the chunks and their checksums
+            with Image.open(path) as image:
+                assert image.format == "PNG"
+                width, height = image.size
+                assert 800 <= width <= 2500 and 400 <= height <= 1500, (name, image.size)
+                pixels = image.convert("RGB")
+                # Not a blank canvas: axes, text and curves in several colours.
+                colours = pixels.getcolors(maxcolors=width * height) or []
+                assert len(colours) > 50, (name, len(colours))
+
+    def test_the_latency_samples_stay_out_of_the_json(
+        self, smoke_out: Path, results: Results
+    ) -> None:
+        assert SAMPLES_KEY not in _keys(results)
+        assert SAMPLES_KEY not in smoke_out.read_text()
+
+    def test_the_failover_timeline_has_data_for_more_than_one_node(
+        self, scenarios: dict[str, Results]
+    ) -> None:
+        failover = scenarios["failover"]
+        timeline = failover["ready_timeline"]
+        seconds, by_node = timeline["seconds"], timeline["ready_by_node"]
+        assert seconds[0] == 0 and seconds == sorted(seconds), seconds
+        assert len(seconds) >= 3, seconds  # at the kill, polls, the final poll of every session
+        assert len(by_node) == SMOKE_FAILOVER_SIZES.node_count
+        assert all(len(series) == len(seconds) for series in by_node.values()), by_node
+        with_sessions = [node for node, series in by_node.items() if max(series) > 0]
+        assert len(with_sessions) >= 2, by_node
+        killed = by_node[failover["killed_node"]]
+        # At the kill it held its sessions; at the end none is READY there.
+        assert killed[0] == failover["sessions_on_killed_node"] and killed[-1] == 0, killed
+        sessions = SMOKE_FAILOVER_SIZES.session_count
+        assert sum(series[0] for series in by_node.values()) == sessions
+        assert sum(series[-1] for series in by_node.values()) == sessions
+        # Every READY count is a count of sessions: never negative, never above the total.
+        assert all(0 <= count <= sessions for series in by_node.values() for count in series)
+        # The survivors gained the killed node's sessions: some sample shows one READY on a
+        # survivor above what it held at the kill, no later than the poll that saw the last.
+        gained = [
+            at
+            for index, at in enumerate(seconds)
+            if any(
+                series[index] > series[0]
+                for node, series in by_node.items()
+                if node != failover["killed_node"]
+            )
+        ]
+        assert gained and gained[0] <= failover["observed_seconds"] + 0.01, (gained, failover)
