@@ -24,6 +24,7 @@ import typer
 from rich.table import Table
 
 from client import (  # noqa: F401 - register their commands
+    meshctl_backup,
     meshctl_health,
     meshctl_targets,
     meshctl_tokens,

@@ -23,11 +23,17 @@ import aetcd
 import typer
 
 from client.meshctl_app import app, err, fail, out
+from client.meshctl_etcd import (
+    DEFAULT_ETCD,
+    ClusterOption,
+    EtcdCacertOption,
+    EtcdCertOption,
+    EtcdKeyOption,
+    EtcdOption,
+    etcd_tls,
+)
 from registry import (
     DEFAULT_CLUSTER,
-    ETCD_CACERT_VARIABLE,
-    ETCD_CERT_VARIABLE,
-    ETCD_KEY_VARIABLE,
     ClusterKeys,
     EtcdTls,
     InvalidInput,
@@ -35,11 +41,9 @@ from registry import (
     NodeRecord,
     Unavailable,
     connect_etcd,
-    load_etcd_tls,
     parse_host_port,
 )
 
-DEFAULT_ETCD = "http://127.0.0.1:2379"
 SCHEMES = ("http", "https")
 UNSPECIFIED_HOSTS = frozenset({"", "0.0.0.0", "::"})
 """Hosts a process listens on to mean "every interface": nobody can dial them."""
@@ -146,33 +150,20 @@ def prometheus_targets(
             show_default=False,
         ),
     ] = None,
-    etcd: Annotated[
-        str, typer.Option("--etcd", envvar="ETCD_ENDPOINTS", help="etcd URL[,URL…].")
-    ] = DEFAULT_ETCD,
-    cluster: Annotated[
-        str, typer.Option("--cluster", envvar="SESSIONMESH_CLUSTER", help="The cluster's name.")
-    ] = DEFAULT_CLUSTER,
+    etcd: EtcdOption = DEFAULT_ETCD,
+    cluster: ClusterOption = DEFAULT_CLUSTER,
     scheme: Annotated[
         str,
         typer.Option(
             "--scheme", callback=_scheme, help="https when the processes serve TLS (http, https)."
         ),
     ] = "http",
-    etcd_cacert: Annotated[
-        str, typer.Option("--etcd-cacert", envvar=ETCD_CACERT_VARIABLE, help="etcd's CA (PEM).")
-    ] = "",
-    etcd_cert: Annotated[
-        str, typer.Option("--etcd-cert", envvar=ETCD_CERT_VARIABLE, help="Client cert for etcd.")
-    ] = "",
-    etcd_key: Annotated[
-        str, typer.Option("--etcd-key", envvar=ETCD_KEY_VARIABLE, help="Its private key.")
-    ] = "",
+    etcd_cacert: EtcdCacertOption = "",
+    etcd_cert: EtcdCertOption = "",
+    etcd_key: EtcdKeyOption = "",
 ) -> None:
     """Write the Prometheus file_sd targets of the live nodes (from etcd) and the gateways."""
-    try:
-        tls = load_etcd_tls(etcd_cacert, etcd_cert, etcd_key)
-    except InvalidInput as error:
-        raise typer.BadParameter(error.message) from None
+    tls = etcd_tls(etcd_cacert, etcd_cert, etcd_key)
     try:
         records = asyncio.run(_node_records(etcd, ClusterKeys(cluster), tls))
     except MeshError as error:

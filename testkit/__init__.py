@@ -1,5 +1,6 @@
-"""sessionmesh's test kit: real etcd, meshes of real processes or in one event loop,
-workloads, an ownership monitor, and the ground-truth checks against simnet's record.
+"""sessionmesh's test kit: real etcd, a real S3 store (SeaweedFS), meshes of real processes or
+in one event loop, workloads, an ownership monitor, and the ground-truth checks against
+simnet's record.
 
 Used by the tests, the benchmark (``bench/``) and ``make up`` (``deploy/local_mesh.py``), in
 the spirit of ``temporalio.testing``. It runs from the checkout and is not part of the
@@ -32,6 +33,7 @@ from testkit.ownership_monitor import (
 )
 from testkit.ports import HOST, free_port
 from testkit.process_mesh import MeshSettings, ProcessMesh, running_process_mesh
+from testkit.seaweedfs import SeaweedFs, running_seaweedfs, weed_binary
 from testkit.sizes import ChaosSizes, chaos_sizes, is_full_size
 from testkit.tcp_proxy import TcpProxy, running_tcp_proxy
 from testkit.waiting import ProcessStartError, eventually, wait_listening
@@ -69,6 +71,7 @@ __all__ = [
     "ProcessStartError",
     "Received",
     "RunningNode",
+    "SeaweedFs",
     "SessionKey",
     "TcpProxy",
     "WebhookReceiver",
@@ -92,6 +95,7 @@ __all__ = [
     "running_node",
     "running_process_mesh",
     "running_receiver",
+    "running_seaweedfs",
     "running_simnet",
     "running_tcp_proxy",
     "session_states",
@@ -101,4 +105,5 @@ __all__ = [
     "wait_all_ready",
     "wait_listening",
     "wait_owners_follow_ring",
+    "weed_binary",
 ]

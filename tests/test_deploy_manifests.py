@@ -525,3 +525,64 @@ class TestSystemd:
         )
         # verify exits 0 on unknown keys and bad values, only warning: any output is a failure.
         assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+BACKUP_VARIABLES = frozenset({"BACKUP_TARGET", "BACKUP_KEY_FILE"})
+"""What ``meshctl backup`` reads besides the node's storage, DB and etcd settings (and boto3's
+own AWS_* variables)."""
+
+
+class TestBackupSchedule:
+    """The hourly backup: a hardened oneshot unit and its timer, verified by systemd itself
+    where it is installed, and a Kubernetes CronJob."""
+
+    def test_the_unit_runs_meshctl_backup_hourly(self) -> None:
+        service = _unit_sections(SYSTEMD / "sessionmesh-backup.service")
+        timer = _unit_sections(SYSTEMD / "sessionmesh-backup.timer")
+        assert _values(service, "Service", "Type") == ["oneshot"]
+        exec_start = _values(service, "Service", "ExecStart")[0].split()
+        assert Path(exec_start[0]).name == "meshctl" and exec_start[1] == "backup"
+        assert "meshctl" in entry_points()
+        assert _values(service, "Service", "User") == ["sessionmesh"]
+        for key, value in HARDENING.items():
+            assert _values(service, "Service", key) == [value], key
+        assert _values(timer, "Timer", "OnCalendar") == ["hourly"]
+        assert _values(timer, "Timer", "Persistent") == ["true"]
+        assert _values(timer, "Timer", "Unit") == ["sessionmesh-backup.service"]
+        for environment_file in _values(service, "Service", "EnvironmentFile"):
+            assert (SYSTEMD / Path(environment_file).name).is_file(), environment_file
+        for name in _environment_file(SYSTEMD / "backup.env"):
+            assert name in BACKUP_VARIABLES or name.startswith("AWS_"), name
+
+    def test_systemd_analyze_verifies_the_unit_and_the_timer(self, tmp_path: Path) -> None:
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.skip("systemd-analyze is not installed: the units were only parsed")
+        bin_folder = venv_tool("meshctl").parent
+        for unit in ("sessionmesh-backup.service", "sessionmesh-backup.timer"):
+            text = (SYSTEMD / unit).read_text().replace("/opt/sessionmesh/bin/", f"{bin_folder}/")
+            (tmp_path / unit).write_text(text)
+        result = subprocess.run(
+            [analyze, "verify", str(tmp_path / "sessionmesh-backup.timer")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+    def test_the_cronjob_runs_meshctl_backup_with_the_storage_read_only(
+        self, rendered: list[Resource]
+    ) -> None:
+        job = next(r for r in rendered if r["kind"] == "CronJob")
+        spec = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert container["command"][:2] == ["meshctl", "backup"]
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["sessions"]["readOnly"] is True
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in spec["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert claims["sessions"] == "sessionmesh-sessions"
+        names = {entry["name"] for entry in container["env"]}
+        assert names >= BACKUP_VARIABLES
