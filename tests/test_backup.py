@@ -10,15 +10,20 @@ import json
 import subprocess
 import sys
 import tarfile
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import grpc
 import pytest
+from sqlmodel import Session, select
 
 from backup import BackupRequest, generate_key_file, parse_target, recipients_of, take_backup
+from backup.accounts_dump import dump_accounts, parse_accounts, restore_accounts
 from backup.archive import open_archive
 from node.event_log import parse_events
 from protos import session_pb2, session_pb2_grpc
+from registry.accounts import WhatsappAccount, make_engine, upgrade
 from testkit import (
     LoadClient,
     MeshSettings,
@@ -28,6 +33,7 @@ from testkit import (
     start_sessions,
     wait_all_ready,
 )
+from tests.test_migrations import server_database
 
 SESSIONS = plan_sessions(workspace_count=4, session_count=16)
 
@@ -266,3 +272,67 @@ class TestForcedRestore:
             assert mesh.etcd is not None
             assert not await mesh.etcd.get_prefix(mesh.keys.pins_prefix), "a workspace left held"
             await wait_all_ready(mesh.gateway_address, sessions, timeout_seconds=60)
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty accounts DB of each kind (schema at head)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'accounts.db'}"
+        upgrade(url)
+        yield url
+    else:
+        for url in server_database(request.param):
+            upgrade(url)
+            yield url
+
+
+class TestAccountsDump:
+    """The accounts dump restores on every database the mesh runs on: all rows, or one
+    workspace's (the others untouched), owner epochs cleared."""
+
+    def test_rows_come_back_as_they_were(self, database_url: str) -> None:
+        stamp = datetime(2026, 12, 7, 3, 0, 0)
+        rows = [
+            WhatsappAccount(
+                workspace_id=f"ws-{n % 2}", session_id=f"s-{n}", status="ready",
+                owner_epoch=40 + n, instance_migration_count=n,
+                disconnect_details="a\\nb ü" if n == 1 else None,
+                disconnected_at=stamp if n == 2 else None,
+                created_at=stamp, updated_at=stamp,
+            )
+            for n in range(4)
+        ]  # fmt: skip
+        engine = make_engine(database_url)
+        with Session(engine) as session:
+            session.add_all(rows)
+            session.commit()
+        dump, revision, count = dump_accounts(database_url)
+        assert count == 4 and revision
+        with Session(engine) as session:  # after the backup: ws-0 changes, ws-1 gains a row
+            for row in session.exec(select(WhatsappAccount)):
+                if row.workspace_id == "ws-0":
+                    session.delete(row)
+            session.add(WhatsappAccount(workspace_id="ws-1", session_id="s-new"))
+            session.commit()
+        restore_accounts(database_url, parse_accounts(dump), workspaces={"ws-0"})
+        with Session(engine) as session:
+            back = {row.session_id: row for row in session.exec(select(WhatsappAccount))}
+        engine.dispose()
+        assert sorted(back) == ["s-0", "s-1", "s-2", "s-3", "s-new"]
+        assert back["s-2"].disconnected_at == stamp and back["s-2"].owner_epoch == 0
+        assert back["s-0"].instance_migration_count == 0 and back["s-0"].created_at == stamp
+        assert back["s-1"].owner_epoch == 41, "another workspace's row is left as it is"
+        assert back["s-1"].disconnect_details == "a\\nb ü"
+        restore_accounts(database_url, parse_accounts(dump))  # all of it: as at the backup
+        engine = make_engine(database_url)
+        with Session(engine) as session:
+            every = sorted(row.session_id for row in session.exec(select(WhatsappAccount)))
+        engine.dispose()
+        assert every == ["s-0", "s-1", "s-2", "s-3"]
