@@ -17,12 +17,14 @@ from registry import (
     ClusterKeys,
     connect_etcd,
 )
+from registry.accounts import upgrade
 from registry.auth import (
     AUTH_OFF_SETTINGS,
 )
 from simnet import SimNet
 from testkit import EtcdProcess, RunningNode, etcd_in, eventually, running_node, running_simnet
 from tests.fakes import RunningEchoNode, start_echo_node
+from tests.test_migrations import server_database
 
 pytest_plugins = ["tests.hang_report"]
 
@@ -159,3 +161,23 @@ async def node(
     """node-1 with the default limits, alone in this test's cluster, and a stub on it."""
     async with running_node(tmp_path, etcd_url, cluster_name, simnet) as running:
         yield running
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mariadb", marks=pytest.mark.mariadb),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An accounts DB of each kind the mesh runs on, migrated to head (PostgreSQL and MariaDB
+    where they run: a scratch database each)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'accounts.db'}"
+        upgrade(url)
+        yield url
+    else:
+        for url in server_database(request.param):
+            upgrade(url)
+            yield url

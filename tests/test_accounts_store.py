@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -17,24 +17,6 @@ from registry.accounts.models import utc_now
 from registry.accounts.store import MAX_ROW_ATTEMPTS
 from testkit import eventually
 from tests.test_migrations import server_database
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        upgrade(url)
-        yield url
-    else:
-        for url in server_database(request.param):
-            upgrade(url)
-            yield url
 
 
 @pytest.fixture

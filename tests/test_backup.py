@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import tarfile
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from backup.accounts_dump import dump_accounts, parse_accounts, restore_accounts
 from backup.archive import open_archive
 from node.event_log import parse_events
 from protos import session_pb2, session_pb2_grpc
-from registry.accounts import WhatsappAccount, make_engine, upgrade
+from registry.accounts import WhatsappAccount, make_engine
 from testkit import (
     LoadClient,
     MeshSettings,
@@ -33,7 +32,6 @@ from testkit import (
     start_sessions,
     wait_all_ready,
 )
-from tests.test_migrations import server_database
 
 SESSIONS = plan_sessions(workspace_count=4, session_count=16)
 
@@ -272,25 +270,6 @@ class TestForcedRestore:
             assert mesh.etcd is not None
             assert not await mesh.etcd.get_prefix(mesh.keys.pins_prefix), "a workspace left held"
             await wait_all_ready(mesh.gateway_address, sessions, timeout_seconds=60)
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty accounts DB of each kind (schema at head)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'accounts.db'}"
-        upgrade(url)
-        yield url
-    else:
-        for url in server_database(request.param):
-            upgrade(url)
-            yield url
 
 
 class TestAccountsDump:
