@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from backup.targets import StoredArchive, Target, archive_name, select_for_pruning
-
 from backup.accounts_dump import dump_accounts
 from backup.archive import ArchiveWriter
 from backup.crypto import encrypt_file
@@ -30,6 +28,7 @@ from backup.manifest import (
 )
 from backup.operator_state import export_state
 from backup.snapshot import read_session, session_folders, workspace_folders
+from backup.targets import StoredArchive, Target, archive_name, select_for_pruning
 from node import WORKSPACE_FOLDER_PREFIX, summarize_session
 from registry import ClusterKeys, EtcdTls, connect_etcd
 
