@@ -205,7 +205,7 @@ class TestPublicFace:
         modules = {
             "checklist", "etcd", "etcd_cluster", "ground_truth", "inprocess_mesh",
             "ownership_monitor", "ports", "process_mesh", "sizes", "tcp_proxy", "waiting",
-            "webhook_receiver", "workload",
+            "seaweedfs", "webhook_receiver", "workload",
             # Imported by their own users only (the chaos run, and what it needs).
             "chaos", "chaos_client", "chaos_faults", "private_postgres",
         }  # fmt: skip
