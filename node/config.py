@@ -11,6 +11,7 @@
     --max-sessions N       MAX_SESSIONS_PER_INSTANCE      500
     --database-url URL     DATABASE_URL                   sqlite:///.mesh/accounts.db ('' = off)
     --accounts-max-pending-sessions ACCOUNTS_MAX_PENDING_SESSIONS 20000
+    --driver sim|whatsmeow SESSION_DRIVER                 sim (whatsmeow: the whatsapp extra)
     --simnet HOST:PORT     SIMNET_ADDR                    127.0.0.1:7100
     --metrics-listen H:P   METRICS_LISTEN                 '' (off)
     --lease-ttl-seconds    LEASE_TTL_SECONDS              5
@@ -100,6 +101,10 @@ DEFAULT_STORAGE = ".mesh/sessions"
 DEFAULT_MAX_SESSIONS = 500
 DEFAULT_DATABASE_URL = "sqlite:///.mesh/accounts.db"
 DEFAULT_SIMNET = "127.0.0.1:7100"
+SIM_DRIVER = "sim"
+WHATSMEOW_DRIVER = "whatsmeow"
+DRIVERS = (SIM_DRIVER, WHATSMEOW_DRIVER)
+"""The drivers ``--driver`` may name."""
 DEFAULT_LEASE_TTL_SECONDS = 5
 DEFAULT_RESTORE_CONCURRENCY = 32
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 1.0
@@ -134,6 +139,9 @@ class NodeConfig:
     accounts_max_pending_sessions: int = DEFAULT_MAX_PENDING_SESSIONS
     """Sessions with accounts DB changes queued, at most (while the DB is down or slow); past
     it a change for a session with nothing queued is dropped and counted."""
+    driver: str = SIM_DRIVER
+    """The driver sessions talk to their network through: ``sim`` (simnet, built in) or
+    ``whatsmeow`` (WhatsApp through neonize: needs ``pip install 'sessionmesh[whatsapp]'``)."""
     simnet_address: str = DEFAULT_SIMNET
     """host:port of simnet, for the built-in sim driver."""
     metrics_listen: str = ""
@@ -226,6 +234,11 @@ def _build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env("ACCOUNTS_MAX_PENDING_SESSIONS", default=str(DEFAULT_MAX_PENDING_SESSIONS)),
         metavar="N",
     )
+    add(
+        "--driver",
+        default=env("SESSION_DRIVER", default=SIM_DRIVER),
+        help="sim (simnet) or whatsmeow (WhatsApp; the whatsapp extra)",
+    )
     add("--simnet", default=env("SIMNET_ADDR", default=DEFAULT_SIMNET), metavar="HOST:PORT")
     add("--metrics-listen", default=env("METRICS_LISTEN"), metavar="HOST:PORT")
     add(
@@ -311,6 +324,8 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
     parse_host_port(args.listen, field="--listen")
     if args.advertise:
         parse_host_port(args.advertise, field="--advertise")
+    if args.driver not in DRIVERS:
+        raise InvalidInput(f"--driver {args.driver!r} is not one of {', '.join(DRIVERS)}")
     parse_host_port(args.simnet, field="--simnet")
     if args.metrics_listen:
         parse_host_port(args.metrics_listen, field="--metrics-listen")
@@ -329,6 +344,7 @@ def _config_from(args: argparse.Namespace) -> NodeConfig:
         accounts_max_pending_sessions=whole_number(
             args.accounts_max_pending_sessions, field="--accounts-max-pending-sessions", minimum=1
         ),
+        driver=args.driver,
         simnet_address=args.simnet,
         metrics_listen=args.metrics_listen,
         lease_ttl_seconds=whole_number(

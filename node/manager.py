@@ -11,6 +11,8 @@ Semantics the API relies on:
   marks its meta deleted with the reason; the folder stays as a record. Deleting a deleted
   session returns it as STOPPED with the first reason; deleting an unknown one returns a
   STOPPED session with the given reason and writes nothing (as the API contract says).
+- ``request_pairing_code`` asks the session's driver for a code that pairs it by phone number,
+  only while it waits to be paired (:mod:`node.pairing_codes`).
 - ``get`` of a deleted session returns it STOPPED (from storage); of a session this node does
   not host, ``NotFound``. ``list`` shows the sessions this node hosts.
 
@@ -31,6 +33,7 @@ from node.drivers.base import DriverFactory
 from node.events import Subscription
 from node.metrics import NodeMetrics
 from node.page_tokens import decode_page_token, encode_page_token
+from node.pairing_codes import check_pairable
 from node.quarantine_book import QuarantineBook
 from node.reporting import SessionReporter
 from node.restore import RestorePipeline
@@ -385,6 +388,17 @@ class SessionManager:
         if not result.is_duplicate:
             self._metrics.message_accepted()
         return result
+
+    async def request_pairing_code(
+        self, workspace_id: str, session_id: str, phone_number: str
+    ) -> str:
+        """A code that pairs the session by ``phone_number`` once typed on the phone."""
+        self._refuse_if_stopping()
+        session = self._table.get((workspace_id, session_id))
+        if session is None:
+            await self._raise_not_hosted(workspace_id, session_id)
+        check_pairable(session.meta, phone_number)
+        return await session.request_pairing_code(phone_number)
 
     def watch(self, workspace_id: str, session_id: str) -> tuple[HostedSession, Subscription]:
         """The session and a new subscription to its events (unsubscribe when done)."""

@@ -18,6 +18,7 @@ import grpc
 from node import messages
 from node.budget import WorkBudget
 from node.catalog import CatalogBook
+from node.drivers.base import PAIRING_CODE_VALIDITY_SECONDS
 from node.manager import SessionManager
 from node.moves import Moves
 from node.serving import AcquireFirst, Authorization, ServingCheck
@@ -181,6 +182,24 @@ class SessionService(session_pb2_grpc.SessionServiceServicer):
             session_id=session_id,
             code=view.qr_code,
             expire_time=messages.timestamp(view.qr_expire_at_unix),
+        )
+
+    @rpc_boundary
+    async def RequestPairingCode(
+        self, request: session_pb2.RequestPairingCodeRequest, context: Context
+    ) -> session_pb2.PairingCode:
+        """A code that pairs a session waiting to be paired by phone number, not a QR scan."""
+        workspace_id, session_id = _session_key(request)
+        phone_number = validate_phone_number(request.phone_number)
+        if not phone_number:
+            raise InvalidInput("phone_number is required: the number of the phone to link")
+        async with self.serve(workspace_id):
+            code = await self._manager.request_pairing_code(workspace_id, session_id, phone_number)
+        return session_pb2.PairingCode(
+            workspace_id=workspace_id,
+            session_id=session_id,
+            code=code,
+            expire_time=messages.timestamp(time.time() + PAIRING_CODE_VALIDITY_SECONDS),
         )
 
     @rpc_boundary

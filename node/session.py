@@ -25,7 +25,7 @@ from opentelemetry import trace
 
 from node.delivery import OutboxDelivery, SendResult
 from node.driver_events import DriverEventQueue
-from node.drivers.base import Driver, DriverEvent, DriverEventKind
+from node.drivers.base import LOGGED_OUT, Driver, DriverEvent, DriverEventKind
 from node.epoch_fence import EpochFence, Fenced
 from node.event_journal import EventJournal
 from node.events import Broadcaster, EventKind, SessionEvent, Subscription
@@ -310,6 +310,18 @@ class HostedSession:
             self._observer.activity(self)
         return result
 
+    async def request_pairing_code(self, phone_number: str) -> str:
+        """The driver's code to pair by ``phone_number`` (the caller checked the session waits
+        to be paired: :mod:`node.pairing_codes`); ``Unavailable`` once it is stopping."""
+        if self._is_stopping:
+            raise Unavailable(
+                f"session {self.workspace_id}/{self.session_id} is stopping",
+                retry_after_ms=EPOCH_CHANGED_RETRY_AFTER_MS,
+            )
+        attributes = self._span_attributes()
+        with _tracer.start_as_current_span("driver.request_pairing_code", attributes=attributes):
+            return await self._driver.request_pairing_code(phone_number)
+
     async def _message_event(self, entry: OutboxEntry, *, at_unix: float) -> None:
         """The event of a message's status (``message.accepted``, ``.sent``… ``.failed``)."""
         await self._journal.emit(
@@ -450,6 +462,11 @@ class HostedSession:
             await self._set_state(SessionState.READY, error="")
             self._delivery.connected()
         elif kind is DriverEventKind.DISCONNECTED:
+            if event.reason == LOGGED_OUT and self._credentials is not None:
+                # The phone ended the pairing: nobody may connect with these again.
+                await self._guard()
+                await self._storage.delete_credentials(self.workspace_id, self.session_id)
+                self._credentials = None
             await self._set_state(
                 SessionState.DISCONNECTED,
                 reason=event.reason,

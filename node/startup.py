@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import importlib.metadata
 import socket
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from node.budget import WorkBudget
 from node.catalog import CatalogBook, CatalogCounts
-from node.config import NodeConfig
+from node.config import WHATSMEOW_DRIVER, NodeConfig
 from node.drivers.base import DriverFactory
 from node.heartbeat import Heartbeat
 from node.lease_fence import LEASE_FENCE_SHARE, LeaseFence
@@ -54,6 +55,7 @@ from registry import (
     ACTIVE,
     DRAINING,
     ClusterKeys,
+    InvalidInput,
     MembershipWatcher,
     NodeRecord,
     OwnershipView,
@@ -76,6 +78,11 @@ _log = structlog.get_logger(__name__)
 
 START_TIMEOUT_SECONDS = 10.0
 """How long a starting node waits to see its own record in etcd."""
+WHATSAPP_EXTRA_MISSING = (
+    "--driver whatsmeow needs the whatsapp extra (neonize), which is not installed: "
+    "pip install 'sessionmesh[whatsapp]'"
+)
+"""Why a node started with ``--driver whatsmeow`` stops at once in a plain install."""
 _WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
@@ -94,10 +101,28 @@ def _dialable_address(listen_address: str, bound_port: int) -> str:
     return f"{host}:{bound_port}"
 
 
-def _default_driver_factory(config: NodeConfig) -> DriverFactory:
+def _default_driver_factory(config: NodeConfig, storage_root: Path) -> DriverFactory:
+    """The factory of the driver ``--driver`` names; ``InvalidInput`` naming the extra to
+    install when the driver's library is missing (the node then does not start)."""
+    if config.driver == WHATSMEOW_DRIVER:
+        return _whatsmeow_driver_factory(storage_root)
     from node.drivers.sim import SimDriverFactory  # noqa: PLC0415 - only when no factory given
 
     factory: DriverFactory = SimDriverFactory(simnet_address=config.simnet_address)
+    return factory
+
+
+def _whatsmeow_driver_factory(storage_root: Path) -> DriverFactory:
+    # neonize first, by itself: its absence is what an operator can fix, whether the driver
+    # module imports it at once or only when a session starts. The driver module only here:
+    # a plain install (no extra) must import node.startup and start the sim driver.
+    try:
+        importlib.import_module("neonize")
+    except ImportError as error:
+        raise InvalidInput(WHATSAPP_EXTRA_MISSING) from error
+    from node.drivers.whatsmeow import WhatsmeowDriverFactory  # noqa: PLC0415 - see above
+
+    factory: DriverFactory = WhatsmeowDriverFactory(storage_root)
     return factory
 
 
@@ -229,6 +254,8 @@ async def start_node(
     async with contextlib.AsyncExitStack() as cleanup:
         readiness = Readiness()
         storage_root = config.storage_path.resolve()
+        # Before anything is opened: a driver whose extra is missing stops the start here.
+        driver_factory = driver_factory or _default_driver_factory(config, storage_root)
         storage_health = StorageHealth(
             root=storage_root,
             node_id=config.node_id,
@@ -296,7 +323,7 @@ async def start_node(
             node_id=config.node_id,
             node_address=address,
             storage=storage,
-            driver_factory=driver_factory or _default_driver_factory(config),
+            driver_factory=driver_factory,
             max_sessions=config.max_sessions,
             metrics=metrics,
             admits=serving.admits,

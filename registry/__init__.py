@@ -30,6 +30,7 @@ from registry.errors import (
     Quarantined,
     Unauthenticated,
     Unavailable,
+    WrongState,
 )
 from registry.etcd import connect_etcd, parse_endpoints
 from registry.etcd_client import EtcdClient
@@ -149,6 +150,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UndecodableRequestInterceptor",
+    "WrongState",
     "acquire_pinned",
     "acquire_slot",
     "add_etcd_tls_flags",

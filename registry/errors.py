@@ -9,6 +9,8 @@
     ├── CapacityExhausted     RESOURCE_EXHAUSTED  node at MAX_SESSIONS_PER_INSTANCE
     ├── NotOwner              FAILED_PRECONDITION this node does not own the workspace
     │                                             (owner in trailing metadata)
+    ├── WrongState            FAILED_PRECONDITION the session's state does not allow the call
+    │                                             (the state in trailing metadata)
     ├── Unavailable           UNAVAILABLE         no node alive, or a handoff in progress
     │                                             (retry hint in trailing metadata)
     ├── Unauthenticated       UNAUTHENTICATED     no token, or one the mesh does not know
@@ -33,6 +35,10 @@ OWNER_METADATA_KEY = "sessionmesh-owner"
 
 RETRY_AFTER_METADATA_KEY = "sessionmesh-retry-after-ms"
 """Trailing metadata: how long to wait before retrying (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``)."""
+
+SESSION_STATE_METADATA_KEY = "sessionmesh-session-state"
+"""Trailing metadata of a ``WrongState``: the session's state (``ready``…). It tells this
+``FAILED_PRECONDITION`` apart from ``NotOwner``'s, which routers follow to another node."""
 
 
 class MeshError(Exception):
@@ -92,6 +98,17 @@ class NotOwner(MeshError):
         self.owner = owner
 
 
+class WrongState(MeshError):
+    """The session exists but its state does not allow the call (a pairing code for a session
+    that is paired already); retrying it unchanged fails again, on any node."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, state: str) -> None:
+        super().__init__(message, metadata=((SESSION_STATE_METADATA_KEY, state),))
+        self.state = state
+
+
 class Unavailable(MeshError):
     """Nothing can serve the call right now; retry after ``retry_after_ms``."""
 
@@ -140,4 +157,5 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
         Quarantined,
     )
 }
-"""The class of each status code that has one (the way back from a status to an error)."""
+"""The class of each status code that has one (the way back from a status to an error;
+``FAILED_PRECONDITION`` is ``WrongState`` instead when it carries the session's state)."""

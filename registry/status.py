@@ -23,9 +23,11 @@ from registry.errors import (
     ERRORS_BY_CODE,
     OWNER_METADATA_KEY,
     RETRY_AFTER_METADATA_KEY,
+    SESSION_STATE_METADATA_KEY,
     MeshError,
     NotOwner,
     Unavailable,
+    WrongState,
 )
 
 _log = structlog.get_logger(__name__)
@@ -155,6 +157,9 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> MeshError:
     trailers = _trailers(error)
     message = error.details() or error.code().name
     cls = ERRORS_BY_CODE.get(error.code(), MeshError)
+    state = trailing_value(trailers, SESSION_STATE_METADATA_KEY)
+    if cls is NotOwner and state is not None:
+        return WrongState(message, state=state)
     if cls is NotOwner:
         return NotOwner(message, owner=trailing_value(trailers, OWNER_METADATA_KEY) or "")
     hint_ms = retry_after_ms(trailers) or 0

@@ -3,7 +3,9 @@ next. The gateway and the proxyless client both follow it.
 
 - ``FAILED_PRECONDITION`` naming the owner (``sessionmesh-owner``): the node did nothing;
   re-send to that owner, at once the first time. Nodes that name each other while a slot
-  moves are followed again after a backoff, from the watch-fed views.
+  moves are followed again after a backoff, from the watch-fed views. A ``FAILED_PRECONDITION``
+  carrying the session's state (``WrongState``: a pairing code for a paired session) is an
+  answer, not a redirect.
 - A retryable code (``UNAVAILABLE`` during a handoff, ``CANCELLED`` from a node that stops,
   ``RESOURCE_EXHAUSTED`` *with a retry hint* from a node that sheds load): wait — the server's
   hint (``sessionmesh-retry-after-ms``, or gRPC's ``grpc-retry-pushback-ms``), jittered, else

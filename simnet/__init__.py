@@ -4,13 +4,14 @@
 from simnet import protocol
 from simnet.admin import SimNetAdmin, SimNetAdminError
 from simnet.protocol import ProtocolError, decode_line, encode_line
-from simnet.records import Delivery, InboundMessage, LiveInterval, ReplacedEvent
+from simnet.records import Delivery, InboundMessage, LiveInterval, Pairing, ReplacedEvent
 from simnet.server import SimNet
 
 __all__ = [
     "Delivery",
     "InboundMessage",
     "LiveInterval",
+    "Pairing",
     "ProtocolError",
     "ReplacedEvent",
     "SimNet",

@@ -4,7 +4,8 @@
 
     flag              environment             default
     --listen          SIMNET_LISTEN           127.0.0.1:7100
-    --pair-delay-ms   SIMNET_PAIR_DELAY_MS    200    (negative: nobody scans QR codes)
+    --pair-delay-ms   SIMNET_PAIR_DELAY_MS    200    (negative: nobody scans QR codes;
+                                                      a pairing code is entered at once)
     --qr-rotate-ms    SIMNET_QR_ROTATE_MS     20000
     --ack-delay-ms    SIMNET_ACK_DELAY_MS     5
 
@@ -40,7 +41,8 @@ class SimNetSettings:
     listen_port: int
     """TCP port to listen on (0: any free port)."""
     pair_delay_ms: int = 200
-    """How long the simulated phone takes to scan a QR code; negative: never."""
+    """How long the simulated phone takes to scan a QR code or enter a pairing code; negative:
+    it never scans, and enters a pairing code at once."""
     qr_rotate_ms: int = 20_000
     """How long each QR code is shown before a new one replaces it."""
     ack_delay_ms: int = 5

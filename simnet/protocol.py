@@ -9,6 +9,7 @@ Client → server (``op``)::
     {"op":"connect","account":A,"credentials":TOKEN|null}
     {"op":"send","id":MID,"to":TO,"text":TEXT}     only on a ready connection
     {"op":"logout"}                                forget A's credentials, then close
+    {"op":"pair_code","phone":PHONE}               while pairing: pair by a code, not a QR scan
     {"op":"stats","include_ids":true}              admin: ground-truth summary
     {"op":"push","account":A,"from":SENDER,"text":TEXT}   admin: inbound message to A
     {"op":"drop","account":A}                      admin: cut A's live connection
@@ -16,7 +17,11 @@ Client → server (``op``)::
 Server → client (``ev``)::
 
     {"ev":"qr","code":CODE,"expire_at":UNIX}       rotates while pairing is pending
-    {"ev":"paired","credentials":TOKEN}            the phone scanned the code; store TOKEN
+    {"ev":"pairing_code","code":"ABCD-EFGH"}       the code to type on the phone; the phone
+                                                   enters it after the pair delay (at once when
+                                                   the delay is negative), then ``paired``
+    {"ev":"paired","credentials":TOKEN}            the phone scanned or entered the code: store
+                                                   TOKEN
     {"ev":"ready"}                                 live: messages flow
     {"ev":"logged_out"}                            the token is unknown; the connection stays
                                                    open and may ``connect`` again (without one)
@@ -24,6 +29,7 @@ Server → client (``ev``)::
     {"ev":"ack","id":MID,"status":"SENT"|"DELIVERED"|"READ"}
     {"ev":"inbound","id":ID,"from":SENDER,"text":TEXT}
     {"ev":"error","id":MID,"reason":REASON}        ``id`` only when the request had one
+    {"ev":"error","op":"pair_code","reason":REASON}  a pairing code refused (``not_pairing``)
     {"ev":"stats",...}  {"ev":"pushed","id":ID}  {"ev":"dropped","account":A,"was_live":BOOL}
 
 One live connection per account: when a second one becomes ready, the first gets
@@ -46,9 +52,11 @@ OP_LOGOUT: Final = "logout"
 OP_STATS: Final = "stats"
 OP_PUSH: Final = "push"
 OP_DROP: Final = "drop"
+OP_PAIR_CODE: Final = "pair_code"
 
 # Events.
 EV_QR: Final = "qr"
+EV_PAIRING_CODE: Final = "pairing_code"
 EV_PAIRED: Final = "paired"
 EV_READY: Final = "ready"
 EV_LOGGED_OUT: Final = "logged_out"
@@ -67,6 +75,7 @@ REASON_NOT_READY: Final = "not_ready"
 REASON_NOT_LIVE: Final = "not_live"
 REASON_BAD_REQUEST: Final = "bad_request"
 REASON_ALREADY_CONNECTED: Final = "already_connected"
+REASON_NOT_PAIRING: Final = "not_pairing"
 
 
 class ProtocolError(ValueError):

@@ -49,6 +49,23 @@ class LiveInterval:
 
 
 @dataclass(frozen=True)
+class Pairing:
+    """An account was paired: by a scanned QR code (``method`` ``qr``) or by a pairing code
+    the phone entered (``code``, with the ``phone_number`` the code was asked for)."""
+
+    account: str
+    method: str
+    at_unix: float
+    phone_number: str = ""
+
+
+PAIRED_BY_QR = "qr"
+"""``Pairing.method`` of an account paired by scanning a QR code."""
+PAIRED_BY_CODE = "code"
+"""``Pairing.method`` of an account paired by entering a pairing code."""
+
+
+@dataclass(frozen=True)
 class InboundMessage:
     """A message the network pushed to an account."""
 
@@ -60,7 +77,8 @@ class InboundMessage:
 
 
 class Ledger:
-    """Every delivery, resend, replacement, live interval, QR code and inbound message."""
+    """Every delivery, resend, replacement, live interval, QR code, pairing code, pairing and
+    inbound message."""
 
     def __init__(self) -> None:
         self.deliveries: list[Delivery] = []
@@ -71,6 +89,8 @@ class Ledger:
         """Every live span of every connection; open ones have ``ended_unix`` None."""
         self.inbound: list[InboundMessage] = []
         """Every inbound message pushed to a live connection."""
+        self.pairings: list[Pairing] = []
+        """Every pairing, in order, with how it was done (QR scan or pairing code)."""
         self.resend_count = 0
         """How many sends repeated an id the network had already delivered."""
         self.max_concurrent_live: dict[str, int] = {}
@@ -81,6 +101,7 @@ class Ledger:
         self._live_now: Counter[str] = Counter()
         self._open_interval: dict[int, int] = {}  # connection id -> index in live_intervals
         self._qr_issued: Counter[str] = Counter()
+        self._pairing_codes_issued: Counter[str] = Counter()
         self._last_live_at: dict[str, float] = {}
 
     # -- recording ---------------------------------------------------------------
@@ -109,6 +130,14 @@ class Ledger:
     def record_qr(self, account: str) -> None:
         """A QR code was shown for ``account``."""
         self._qr_issued[account] += 1
+
+    def record_pairing_code(self, account: str) -> None:
+        """A pairing code was given out for ``account``."""
+        self._pairing_codes_issued[account] += 1
+
+    def record_paired(self, account: str, method: str, *, phone_number: str = "") -> None:
+        """``account`` was paired (``PAIRED_BY_QR`` or ``PAIRED_BY_CODE``)."""
+        self.pairings.append(Pairing(account, method, time.time(), phone_number))
 
     def record_replaced(self, account: str) -> None:
         """A live connection of ``account`` was kicked by a newer one."""
@@ -150,6 +179,10 @@ class Ledger:
         """How many QR codes were shown for ``account``."""
         return self._qr_issued[account]
 
+    def pairing_codes_issued(self, account: str) -> int:
+        """How many pairing codes were given out for ``account``."""
+        return self._pairing_codes_issued[account]
+
     def stats(self, *, include_ids: bool = True) -> dict[str, Any]:
         """A JSON-able summary: totals, and per account its counts (and delivered ids)."""
         per_account: dict[str, dict[str, Any]] = {}
@@ -163,6 +196,9 @@ class Ledger:
                     "replaced": 0,
                     "max_concurrent_live": self.max_concurrent_live.get(account, 0),
                     "qr_issued": self._qr_issued[account],
+                    "pairing_codes_issued": self._pairing_codes_issued[account],
+                    "paired_by_qr": 0,
+                    "paired_by_code": 0,
                     "inbound": 0,
                     "last_live_at": self._last_live_at.get(account, 0.0),
                 }
@@ -184,7 +220,15 @@ class Ledger:
             entry(event.account)["replaced"] += 1
         for message in self.inbound:
             entry(message.account)["inbound"] += 1
-        for account in (*self._resends, *self.max_concurrent_live, *self._qr_issued):
+        for pairing in self.pairings:
+            entry(pairing.account)[f"paired_by_{pairing.method}"] += 1
+        accounts = (
+            *self._resends,
+            *self.max_concurrent_live,
+            *self._qr_issued,
+            *self._pairing_codes_issued,
+        )
+        for account in accounts:
             entry(account)
         return {
             "deliveries": len(self.deliveries),
@@ -193,6 +237,8 @@ class Ledger:
             "replaced": len(self.replaced_events),
             "max_concurrent_live": max(self.max_concurrent_live.values(), default=0),
             "qr_issued": sum(self._qr_issued.values()),
+            "pairing_codes_issued": sum(self._pairing_codes_issued.values()),
+            "pairings": len(self.pairings),
             "inbound": len(self.inbound),
             "accounts": per_account,
         }

@@ -1,6 +1,7 @@
 """SimNet: a small stand-in for a WhatsApp-like network, and the ground truth of tests.
 
-It pairs accounts through rotating QR codes, keeps one live connection per account
+It pairs accounts through rotating QR codes (or a pairing code typed on the simulated phone,
+as WhatsApp's "link with phone number"), keeps one live connection per account
 (a second one kicks the first: "connection replaced"), delivers each message id once
 per account with SENT → DELIVERED → READ acks, and pushes inbound messages. Everything
 it saw is recorded in a :class:`~simnet.records.Ledger` so tests can prove that nothing
@@ -25,9 +26,27 @@ import structlog
 
 from registry import MessageStatus
 from simnet import protocol as p
-from simnet.records import Delivery, Ledger, LiveInterval, ReplacedEvent
+from simnet.records import (
+    PAIRED_BY_CODE,
+    PAIRED_BY_QR,
+    Delivery,
+    Ledger,
+    LiveInterval,
+    Pairing,
+    ReplacedEvent,
+)
 
 _log = structlog.get_logger(__name__)
+
+PAIRING_CODE_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTVWXYZ"
+"""The characters of a pairing code (whatsmeow's: no 0, O, I or U to misread)."""
+PAIRING_CODE_CHARS = 8
+
+
+def new_pairing_code() -> str:
+    """A random pairing code as WhatsApp shows it: ``ABCD-EFGH``."""
+    code = "".join(secrets.choice(PAIRING_CODE_ALPHABET) for _ in range(PAIRING_CODE_CHARS))
+    return f"{code[:4]}-{code[4:]}"
 
 
 class _State(enum.Enum):
@@ -154,6 +173,8 @@ class SimNet:
             self._connect(connection, request)
         elif op == p.OP_SEND:
             self._send(connection, request)
+        elif op == p.OP_PAIR_CODE:
+            self._pair_code(connection, request)
         elif op == p.OP_LOGOUT:
             if connection.state is _State.LIVE:
                 self._credentials.pop(connection.account, None)
@@ -213,9 +234,32 @@ class SimNet:
     async def _scan_after_delay(self, connection: _Connection) -> None:
         # The simulated phone scans whichever code is showing once the delay has passed.
         await asyncio.sleep(self._pair_delay_ms / 1000)
-        self._complete_pairing(connection)
+        self._complete_pairing(connection, PAIRED_BY_QR)
 
-    def _complete_pairing(self, connection: _Connection) -> None:
+    def _pair_code(self, connection: _Connection, request: dict[str, Any]) -> None:
+        phone_number = request.get("phone")
+        if not isinstance(phone_number, str) or not phone_number:
+            refusal = {"ev": p.EV_ERROR, "op": p.OP_PAIR_CODE, "reason": p.REASON_BAD_REQUEST}
+            connection.send(refusal)
+            return
+        if connection.state is not _State.PAIRING:
+            refusal = {"ev": p.EV_ERROR, "op": p.OP_PAIR_CODE, "reason": p.REASON_NOT_PAIRING}
+            connection.send(refusal)
+            return
+        self._ledger.record_pairing_code(connection.account)
+        connection.send({"ev": p.EV_PAIRING_CODE, "code": new_pairing_code()})
+        entry = self._enter_code_after_delay(connection, phone_number)
+        connection.pairing_tasks.append(self._spawn(entry))
+
+    async def _enter_code_after_delay(self, connection: _Connection, phone_number: str) -> None:
+        # The simulated phone types the code in after the pair delay; someone asked for the
+        # code on purpose, so it does even when nobody scans QR codes (a negative delay).
+        await asyncio.sleep(max(self._pair_delay_ms, 0) / 1000)
+        self._complete_pairing(connection, PAIRED_BY_CODE, phone_number=phone_number)
+
+    def _complete_pairing(
+        self, connection: _Connection, method: str, *, phone_number: str = ""
+    ) -> None:
         if connection.state is not _State.PAIRING:
             return
         for task in connection.pairing_tasks:
@@ -224,6 +268,7 @@ class SimNet:
         connection.pairing_tasks.clear()
         token = secrets.token_urlsafe(24)
         self._credentials[connection.account] = token
+        self._ledger.record_paired(connection.account, method, phone_number=phone_number)
         connection.send({"ev": p.EV_PAIRED, "credentials": token})
         self._make_live(connection)
 
@@ -286,7 +331,7 @@ class SimNet:
         ]
         if not pending:
             return False
-        self._complete_pairing(max(pending, key=lambda c: c.connection_id))
+        self._complete_pairing(max(pending, key=lambda c: c.connection_id), PAIRED_BY_QR)
         return True
 
     async def push_inbound(self, account: str, sender: str, text: str) -> str:
@@ -347,6 +392,15 @@ class SimNet:
     def qr_issued(self, account: str) -> int:
         """How many QR codes were shown for ``account``."""
         return self._ledger.qr_issued(account)
+
+    @property
+    def pairings(self) -> list[Pairing]:
+        """Every pairing, in order: by QR scan (``method`` ``qr``) or by pairing code."""
+        return self._ledger.pairings
+
+    def pairing_codes_issued(self, account: str) -> int:
+        """How many pairing codes were given out for ``account``."""
+        return self._ledger.pairing_codes_issued(account)
 
     def live_accounts(self) -> set[str]:
         """Accounts with a live connection now."""

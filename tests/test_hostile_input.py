@@ -85,6 +85,8 @@ def _message(name: str, draw: st.DrawFn) -> Message:
         return pb.DeleteSessionRequest(**key, reason=text(), details=text())
     if name == "SendMessage":
         return pb.SendMessageRequest(**key, client_message_id=text(), to=text(), text=text())
+    if name == "RequestPairingCode":
+        return pb.RequestPairingCodeRequest(**key, phone_number=text())
     return GET_TYPES[name](**key)
 
 
@@ -138,6 +140,9 @@ def _collect() -> list[tuple[str, bytes]]:
         ("ListSessions", pb.ListSessionsRequest(workspace_id=KEPT[0], page_token="../\x00")),
         ("GetSession", pb.GetSessionRequest(**other)),
         ("GetQrCode", pb.GetQrCodeRequest(**kept)),
+        # The kept session is READY: refused (FAILED_PRECONDITION), never paired again.
+        ("RequestPairingCode", pb.RequestPairingCodeRequest(**kept, phone_number="+14155550100")),
+        ("RequestPairingCode", pb.RequestPairingCodeRequest(**kept, phone_number="+1\x00")),
         (
             "WatchSession",
             pb.WatchSessionRequest(

@@ -138,3 +138,42 @@ class TestRestart:
                 await eventually(lambda: _stored(tmp_path).status != "QUEUED")
             assert simnet.resend_count == 0
             assert simnet.delivered_ids("ws-1/s-1")["m-1"] == 1
+
+
+class TestLoggedOutOnThePhone:
+    """A pairing the phone ended (the network no longer knows the credentials): the session
+    reports DISCONNECTED(logged_out), its stored credentials are removed, and it asks for a
+    QR code again — it never retries the dead credentials."""
+
+    async def test_the_credentials_are_removed_and_a_qr_shown(
+        self, tmp_path: Path, etcd_url: str, cluster_name: str
+    ) -> None:
+        credentials = tmp_path / "sessions" / "workspace_ws-1" / "s-1" / "credentials.json"
+        async with (
+            running_simnet(pair_delay_ms=20) as simnet,
+            running_node(tmp_path, etcd_url, cluster_name, simnet) as node,
+        ):
+            await node.stub.CreateSession(
+                pb.CreateSessionRequest(workspace_id="ws-1", session_id="s-1"), timeout=5
+            )
+
+            async def ready() -> bool:
+                return await _state(node.stub, "ws-1", "s-1") == pb.SESSION_STATE_READY
+
+            await eventually(ready, message="READY")
+        assert credentials.exists()
+        # A network that never paired this account: to it the stored pairing is logged out.
+        async with (
+            running_simnet(pair_delay_ms=-1) as forgetful,
+            running_node(tmp_path, etcd_url, cluster_name, forgetful) as node,
+        ):
+
+            async def asks_for_a_qr() -> bool:
+                return await _state(node.stub, "ws-1", "s-1") == pb.SESSION_STATE_QR_PENDING
+
+            await eventually(asks_for_a_qr, message="QR_PENDING after the logout")
+            got = await node.stub.GetSession(
+                pb.GetSessionRequest(workspace_id="ws-1", session_id="s-1"), timeout=5
+            )
+            assert got.disconnect_reason == "logged_out"
+            assert not credentials.exists(), "credentials of an ended pairing kept"

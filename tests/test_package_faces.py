@@ -120,6 +120,7 @@ FACES: dict[str, list[str]] = {
         "etcd_tls_from_args",
         "load_etcd_tls",
         "OutOfRange",
+        "WrongState",
     ],
     "registry.auth": [
         "ADMIN_TOKEN_FILE_VARIABLE",
@@ -254,6 +255,7 @@ FACES: dict[str, list[str]] = {
         "Delivery",
         "InboundMessage",
         "LiveInterval",
+        "Pairing",
         "ProtocolError",
         "ReplacedEvent",
         "SimNet",

@@ -54,6 +54,9 @@ def _requests(workspace_id: str) -> dict[str, Message]:
         "ListSessions": pb.ListSessionsRequest(workspace_id=w),
         "DeleteSession": pb.DeleteSessionRequest(workspace_id=w, session_id=s),
         "GetQrCode": pb.GetQrCodeRequest(workspace_id=w, session_id=s),
+        "RequestPairingCode": pb.RequestPairingCodeRequest(
+            workspace_id=w, session_id=s, phone_number="+15550001"
+        ),
         "SendMessage": pb.SendMessageRequest(
             workspace_id=w, session_id=s, client_message_id="m-1", to="+15550002", text="hello"
         ),
@@ -209,7 +212,7 @@ class TestTenancy:
             method: await _call(secured.gateway_stub, method, request, reader)
             for method, request in requests.items()
         }
-        denied = {"CreateSession", "DeleteSession", "SendMessage"}
+        denied = {"CreateSession", "DeleteSession", "RequestPairingCode", "SendMessage"}
         assert {m for m, code in seen.items() if code == grpc.StatusCode.PERMISSION_DENIED} == (
             denied
         ), seen

@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+LOGGED_OUT = "logged_out"
+"""The ``DISCONNECTED`` reason of a pairing the phone ended: the credentials are removed."""
+
 
 class DriverEventKind(enum.Enum):
     """What a driver reports."""
@@ -50,6 +53,10 @@ class DriverEvent:
 
 EventCallback = Callable[[DriverEvent], None]
 
+PAIRING_CODE_VALIDITY_SECONDS = 120.0
+"""How long the API tells callers a pairing code stays good for. Neither simnet nor whatsmeow
+says when a code expires; this is short enough that a code shown as valid is."""
+
 
 class Driver(Protocol):
     """One session's connection to the messaging network."""
@@ -68,6 +75,16 @@ class Driver(Protocol):
 
     async def stop(self, *, logout: bool) -> None:
         """Disconnect; with ``logout`` also forget the pairing on the network side."""
+        ...
+
+    async def request_pairing_code(self, phone_number: str) -> str:
+        """Pair by phone number instead of a QR scan: the code to type on the phone of
+        ``phone_number`` (E.164), e.g. ``ABCD-EFGH``. Once it is entered the driver reports
+        ``PAIRED`` and ``READY`` as after a scan.
+
+        Raises ``registry.Unavailable`` if not connected, ``registry.WrongState`` if the
+        network is not waiting for this session to pair (it is paired already).
+        """
         ...
 
 

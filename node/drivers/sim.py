@@ -1,11 +1,11 @@
 """The ``sim`` driver: a multi-device client of simnet, one TCP connection per session.
 
-It behaves like a real multi-device client: QR codes and pairing without credentials,
-straight to READY with them (so a restart or a move needs no new scan), acks per
-message, and reconnects with a bounded, jittered backoff after a network blip. When
-another connection replaces it, it reports ``connection_replaced`` and stays down: a
-replaced session that reconnected would kick the other one back, which is exactly the
-"connection replaced" loop of two hosts running one session.
+It behaves like a real multi-device client: QR codes (or a pairing code typed on the phone)
+and pairing without credentials, straight to READY with them (so a restart or a move needs
+no new scan), acks per message, and reconnects with a bounded, jittered backoff after a
+network blip. When another connection replaces it, it reports ``connection_replaced`` and
+stays down: a replaced session that reconnected would kick the other one back, which is
+exactly the "connection replaced" loop of two hosts running one session.
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from typing import Any
 import structlog
 from opentelemetry import trace
 
-from node.drivers.base import DriverEvent, DriverEventKind, EventCallback
-from registry import Backoff, Retries, Unavailable, call_safely, parse_host_port
+from node.drivers.base import LOGGED_OUT, DriverEvent, DriverEventKind, EventCallback
+from registry import (
+    Backoff,
+    InvalidInput,
+    Retries,
+    Unavailable,
+    WrongState,
+    call_safely,
+    parse_host_port,
+)
 from simnet import protocol as p
 
 _log = structlog.get_logger(__name__)
@@ -29,6 +37,10 @@ MAX_RECONNECT_BACKOFF_MS = 5_000
 """The reconnect backoff doubles from ``reconnect_backoff_ms`` up to this."""
 CONNECT_TIMEOUT_SECONDS = 5.0
 LOGOUT_TIMEOUT_SECONDS = 2.0
+PAIRING_CODE_TIMEOUT_SECONDS = 10.0
+"""How long simnet may take to answer a pairing code request."""
+PAIRED_STATE = "authenticated"
+"""The state ``WrongState`` names when simnet is not pairing: it paired the account already."""
 _READ_LIMIT_BYTES = 1 << 20  # events are small; a longer line means a broken peer
 
 
@@ -73,6 +85,9 @@ class SimDriver:
         self._is_ready = False
         self._is_down_reported = False
         self._is_stopped = False
+        self._pairing_code_lock = asyncio.Lock()
+        self._pairing_code: asyncio.Future[str] | None = None
+        """The answer a pairing code request waits for (set by the connection loop)."""
 
     @property
     def is_ready(self) -> bool:
@@ -109,6 +124,46 @@ class SimDriver:
                 await writer.drain()
             except (ConnectionError, RuntimeError) as error:
                 raise Unavailable("session is not connected") from error
+
+    async def request_pairing_code(self, phone_number: str) -> str:
+        """Ask simnet for a pairing code (it pairs once its phone "enters" it); raises
+        ``Unavailable`` if not connected, ``WrongState`` if simnet is not pairing."""
+        async with self._pairing_code_lock:  # one request at a time: one answer to wait for
+            writer = self._writer
+            if self._is_stopped or writer is None or writer.is_closing():
+                raise Unavailable("session is not connected")
+            answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._pairing_code = answer
+            try:
+                writer.write(p.encode_line({"op": p.OP_PAIR_CODE, "phone": phone_number}))
+                await writer.drain()
+                async with asyncio.timeout(PAIRING_CODE_TIMEOUT_SECONDS):
+                    return await answer
+            except (ConnectionError, RuntimeError) as error:
+                raise Unavailable("session is not connected") from error
+            except TimeoutError as error:
+                raise Unavailable("simnet did not answer the pairing code request") from error
+            finally:
+                self._pairing_code = None
+
+    def _answer_pairing_code(self, *, code: str = "", error: Exception | None = None) -> None:
+        answer = self._pairing_code
+        if answer is None or answer.done():
+            return
+        if error is not None:
+            answer.set_exception(error)
+        else:
+            answer.set_result(code)
+
+    def _pairing_code_refused(self, reason: str) -> Exception:
+        if reason == p.REASON_NOT_PAIRING:
+            return WrongState(
+                f"session {self._account} is not waiting to pair: the network paired it",
+                state=PAIRED_STATE,
+            )
+        if reason == p.REASON_BAD_REQUEST:
+            return InvalidInput("simnet refused the phone number of the pairing code")
+        return Unavailable(f"simnet refused the pairing code request: {reason}")
 
     async def stop(self, *, logout: bool) -> None:
         """Disconnect (with ``logout`` first forget the pairing); no event follows."""
@@ -196,6 +251,10 @@ class SimDriver:
                     expire_at_unix=float(event["expire_at"]),
                 )
             )
+        elif kind == p.EV_PAIRING_CODE:
+            self._answer_pairing_code(code=str(event["code"]))
+        elif kind == p.EV_ERROR and event.get("op") == p.OP_PAIR_CODE:
+            self._answer_pairing_code(error=self._pairing_code_refused(str(event.get("reason"))))
         elif kind == p.EV_PAIRED:
             self._token = str(event["credentials"])
             self._emit(DriverEvent(kind=DriverEventKind.PAIRED, credentials={"token": self._token}))
@@ -224,7 +283,7 @@ class SimDriver:
             # The pairing is gone (logged out elsewhere): pair again on the same connection.
             self._is_ready = False
             self._token = None
-            self._emit(DriverEvent(kind=DriverEventKind.DISCONNECTED, reason="logged_out"))
+            self._emit(DriverEvent(kind=DriverEventKind.DISCONNECTED, reason=LOGGED_OUT))
             await self._write_connect()
         elif kind == p.EV_REPLACED:
             self._is_ready = False
@@ -247,6 +306,7 @@ class SimDriver:
             self._emit(DriverEvent(kind=DriverEventKind.DISCONNECTED, reason="network"))
 
     async def _close_socket(self) -> None:
+        self._answer_pairing_code(error=Unavailable("the connection to simnet closed"))
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()

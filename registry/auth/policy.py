@@ -41,6 +41,7 @@ SESSION_METHOD_SCOPES: dict[str, str] = {
     "GetSession": SESSIONS_READ,
     "ListSessions": SESSIONS_READ,
     "GetQrCode": SESSIONS_READ,
+    "RequestPairingCode": SESSIONS_MANAGE,
     "WatchSession": SESSIONS_READ,
     "SendMessage": MESSAGES_SEND,
 }

@@ -30,7 +30,7 @@ SESSIONS_READ = "sessions.read"
 MESSAGES_SEND = "messages.send"
 """SendMessage."""
 SESSIONS_MANAGE = "sessions.manage"
-"""CreateSession, DeleteSession."""
+"""CreateSession, DeleteSession, RequestPairingCode."""
 WEBHOOKS_MANAGE = "webhooks.manage"
 """The webhook API, once there is one."""
 SCOPES = (SESSIONS_READ, MESSAGES_SEND, SESSIONS_MANAGE, WEBHOOKS_MANAGE)

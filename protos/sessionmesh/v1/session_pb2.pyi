@@ -158,6 +158,28 @@ class QrCode(_message.Message):
     expire_time: _timestamp_pb2.Timestamp
     def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., code: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class RequestPairingCodeRequest(_message.Message):
+    __slots__ = ("workspace_id", "session_id", "phone_number")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PHONE_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    session_id: str
+    phone_number: str
+    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., phone_number: _Optional[str] = ...) -> None: ...
+
+class PairingCode(_message.Message):
+    __slots__ = ("workspace_id", "session_id", "code", "expire_time")
+    WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    workspace_id: str
+    session_id: str
+    code: str
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, workspace_id: _Optional[str] = ..., session_id: _Optional[str] = ..., code: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class SendMessageRequest(_message.Message):
     __slots__ = ("workspace_id", "session_id", "client_message_id", "to", "text")
     WORKSPACE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class SessionServiceStub:
                 request_serializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.GetQrCodeRequest.SerializeToString,
                 response_deserializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.QrCode.FromString,
                 _registered_method=True)
+        self.RequestPairingCode = channel.unary_unary(
+                '/sessionmesh.v1.SessionService/RequestPairingCode',
+                request_serializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.RequestPairingCodeRequest.SerializeToString,
+                response_deserializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.PairingCode.FromString,
+                _registered_method=True)
         self.SendMessage = channel.unary_unary(
                 '/sessionmesh.v1.SessionService/SendMessage',
                 request_serializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.SendMessageRequest.SerializeToString,
@@ -111,6 +116,16 @@ class SessionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestPairingCode(self, request, context):
+        """Pairs by phone number instead of a QR code (when the QR code cannot be scanned): returns a
+        code to type on the phone (WhatsApp: Linked devices → Link with phone number instead).
+        Only while the session is QR_PENDING, else FAILED_PRECONDITION; once the code is entered
+        the session pairs and goes on to READY, as after a scan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendMessage(self, request, context):
         """Queues a message in the session's durable outbox. Idempotent on
         client_message_id: a retry returns the first answer and sends nothing twice.
@@ -154,6 +169,11 @@ def add_SessionServiceServicer_to_server(servicer, server):
                     servicer.GetQrCode,
                     request_deserializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.GetQrCodeRequest.FromString,
                     response_serializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.QrCode.SerializeToString,
+            ),
+            'RequestPairingCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPairingCode,
+                    request_deserializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.RequestPairingCodeRequest.FromString,
+                    response_serializer=protos_dot_sessionmesh_dot_v1_dot_session__pb2.PairingCode.SerializeToString,
             ),
             'SendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SendMessage,
@@ -301,6 +321,33 @@ class SessionService:
             '/sessionmesh.v1.SessionService/GetQrCode',
             protos_dot_sessionmesh_dot_v1_dot_session__pb2.GetQrCodeRequest.SerializeToString,
             protos_dot_sessionmesh_dot_v1_dot_session__pb2.QrCode.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPairingCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sessionmesh.v1.SessionService/RequestPairingCode',
+            protos_dot_sessionmesh_dot_v1_dot_session__pb2.RequestPairingCodeRequest.SerializeToString,
+            protos_dot_sessionmesh_dot_v1_dot_session__pb2.PairingCode.FromString,
             options,
             channel_credentials,
             insecure,
