@@ -4,6 +4,7 @@ quarantines those it cannot (logged, counted, in etcd), answers DATA_LOSS for th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import aetcd
@@ -11,7 +12,7 @@ import grpc
 import pytest
 
 from protos import session_pb2
-from registry import ClusterKeys, connect_etcd, quarantined
+from registry import ClusterKeys, clear_pin, connect_etcd, quarantined, set_pin
 from testkit import eventually, running_inprocess_mesh
 from tests.test_meshctl import meshctl
 
@@ -41,20 +42,33 @@ class TestFailoverWithDamagedFiles:
             bad_meta, bad_credentials, *good = keys_on_victim
 
             etcd = await connect_etcd(etcd_url)
+            keys = ClusterKeys(cluster_name)
+            held = sorted({bad_meta[0], bad_credentials[0]})
+            folder = mesh.storage
             try:
+                # Damaged while nobody runs them: their workspaces are pinned to a node that
+                # does not exist until the damage is done, so no restore can read the files
+                # before it (a survivor acquires the victim's slots the moment its lease goes).
+                for workspace_id in held:
+                    await set_pin(etcd, keys, workspace_id, "nobody")
+                await eventually(
+                    lambda: _recorded_stopped(folder, [bad_meta, bad_credentials]),
+                    timeout_seconds=10,
+                    message="the damaged sessions stopped where they ran",
+                )
                 await etcd.revoke_lease(mesh.nodes[victim].heartbeat.lease_id)
                 await eventually(
                     lambda: mesh.nodes[victim].manager.hosted_count == 0,
                     timeout_seconds=10,
                     message=f"{victim} fenced itself",
                 )
-                # Damaged while nobody runs them: the survivor's restore reads these.
-                folder = mesh.storage
                 (folder / f"workspace_{bad_meta[0]}" / bad_meta[1] / "meta.json").write_text(
                     '{"workspace_id": "ws-q'  # torn
                 )
                 credentials = folder / f"workspace_{bad_credentials[0]}" / bad_credentials[1]
                 (credentials / "credentials.json").write_text("[1, 2, 3]")  # not an object
+                for workspace_id in held:
+                    await clear_pin(etcd, keys, workspace_id)
 
                 # Restored again (the victim hosts nothing since its fence): on a survivor,
                 # or on the victim itself once it has a lease again and the ring hands its
@@ -69,7 +83,6 @@ class TestFailoverWithDamagedFiles:
                         assert raised.value.code() == grpc.StatusCode.DATA_LOSS
                         assert "quarantined" in (raised.value.details() or "")
 
-                keys = ClusterKeys(cluster_name)
                 await eventually(
                     lambda: _quarantined_count(etcd, keys, 2),
                     timeout_seconds=10,
@@ -85,6 +98,15 @@ class TestFailoverWithDamagedFiles:
             assert by_session[bad_meta]["node_id"]  # whichever node restored the slot last
             table = await meshctl(mesh, "quarantine")
             assert table.exit_code == 0 and bad_meta[1] in table.stdout
+
+
+def _recorded_stopped(storage: Path, sessions: list[tuple[str, str]]) -> bool:
+    """Whether each session's meta says it stopped (its node wrote its last meta)."""
+    for workspace_id, session_id in sessions:
+        meta = storage / f"workspace_{workspace_id}" / session_id / "meta.json"
+        if json.loads(meta.read_bytes()).get("state") != "stopped":
+            return False
+    return True
 
 
 def _key(account: str) -> tuple[str, str]:
