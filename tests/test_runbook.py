@@ -255,7 +255,7 @@ async def run_block(block: Block, environment: dict[str, str]) -> tuple[int, str
     return process.returncode, output.decode(errors="replace")
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)  # about 70 s here, 120 s with the CPU taken by two busy loops
 async def test_every_runnable_block_of_the_runbook_succeeds(tmp_path: Path) -> None:
     """Each ``bash runnable`` block, in order, against one local mesh with tokens on."""
     blocks = runnable_blocks()
