@@ -195,6 +195,13 @@ def _tree(root: Path, *, skip: Path | None = None) -> dict[str, str]:
     return found
 
 
+def _row_is_ready(database_url: str) -> bool:
+    try:
+        return bool(_row(database_url)[1] == "ready")
+    except sa.exc.NoResultFound:
+        return False
+
+
 def _row(database_url: str) -> tuple[Any, ...]:
     engine = sa.create_engine(database_url)
     try:
@@ -277,7 +284,11 @@ async def test_hostile_requests_get_a_status_and_change_nothing(
             return bool(got.state == pb.SESSION_STATE_READY)
 
         await eventually(ready, timeout_seconds=30, message="the kept session is READY")
-        await eventually(lambda: _row(running.database_url), message="its DB row is written")
+        # The row is written beside the call path: wait until it says READY too, or the
+        # writer's catching up would look like a change made by a hostile request.
+        await eventually(
+            lambda: _row_is_ready(running.database_url), message="its DB row says READY"
+        )
         kept_dir = next(path for path in storage.rglob(KEPT[1]) if path.is_dir())
         kept_files, kept_row = _tree(kept_dir), _row(running.database_url)
         outside = _tree(tmp_path, skip=storage)
